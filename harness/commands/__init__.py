@@ -1,0 +1,1 @@
+"""One module per `mage-harness` command group; each exposes register(subparsers)."""

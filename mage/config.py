@@ -1,0 +1,237 @@
+"""Typed configuration for a MAGE model and its two training stages.
+
+A `MageConfig` reads like a row of the paper's ablation table: which vision encoder, which
+connector (IAN or a baseline) at which depth, which LLM, which MSE weight, how each stage
+trains. Every section is a pydantic model with ``extra="forbid"``, so a misspelt or invalid
+field fails at load time with its dotted path (``ian.stride``) and the allowed values.
+
+Registry-backed fields (``vision.encoder``, ``llm.name``) are checked against the
+registries in `mage.registry`; free-form Hugging Face ids and local paths are accepted
+where the registry says so.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any, Literal
+
+import yaml
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
+
+from mage import registry
+from mage.io import atomic_write_text
+
+PROJECTORS = ("ian", "vab", "linear", "mlp2x_gelu")
+
+
+class ConfigError(ValueError):
+    """A config or spec value is invalid; the message names the field and what is allowed."""
+
+
+class _Section(BaseModel):
+    model_config = ConfigDict(extra="forbid", validate_assignment=True)
+
+
+class VisionConfig(_Section):
+    """The vision tower: a registry id plus optional overrides of the registry's defaults."""
+
+    encoder: str = Field("world-resnet", description="id in mage.registry.ENCODERS")
+    pretrained: str | None = Field(
+        None, description="override the registry's weights: open_clip tag, HF id or local path"
+    )
+    feature_layer: int | None = Field(
+        None, description="hidden layer whose patch tokens are used (-2 = penultimate)"
+    )
+    drop_cls: bool | None = None
+    image_size: int | None = Field(None, gt=0)
+    frozen: bool = True
+
+    @field_validator("encoder")
+    @classmethod
+    def _known_encoder(cls, value: str) -> str:
+        registry.check_encoder_id(value)
+        return value
+
+
+
+class IANConfig(_Section):
+    """The connector. ``projector='ian'`` is MAGE's Intelligent Alignment Network."""
+
+    projector: Literal["ian", "vab", "linear", "mlp2x_gelu"] = "ian"
+    depth: int = Field(1, ge=0, le=32, description="IAN depth: number of SEB blocks")
+    vab_depth: int = Field(2, ge=1, le=8, description="layers of the VAB MLP")
+    norm: Literal["layernorm", "rmsnorm", "none"] = "layernorm"
+    stride: int = Field(2, ge=1, description="SEB conv stride; tokens = (grid/stride)^2")
+    num_heads: int = Field(4, ge=1)
+    ffn_mult: float = Field(4.0, gt=0)
+    gate: Literal["tanh", "zero_init"] = "tanh"
+    dropout: float = Field(0.0, ge=0, lt=1)
+
+
+class LoraConfig(_Section):
+    enabled: bool = False
+    r: int = Field(16, ge=1)
+    alpha: int = Field(32, ge=1)
+    dropout: float = Field(0.05, ge=0, lt=1)
+    target_modules: list[str] = Field(
+        default_factory=lambda: ["q_proj", "k_proj", "v_proj", "o_proj"]
+    )
+
+
+class LLMConfig(_Section):
+    """The causal LM: a registry id, a Hugging Face id or a local directory."""
+
+    name: str = "world-llm"
+
+    @field_validator("name")
+    @classmethod
+    def _known_llm(cls, value: str) -> str:
+        registry.check_llm_name(value)
+        return value
+    gguf_file: str | None = None
+    random_init: bool = Field(
+        False, description="build from the architecture only (meta-device counts, GPU benches)"
+    )
+    dtype: Literal["float32", "bfloat16", "float16"] = "float32"
+    lora: LoraConfig = Field(default_factory=LoraConfig)
+
+
+class LossConfig(_Section):
+    """L = CE + mse_weight * MSE(pool(IAN output), caption representation)."""
+
+    mse_weight: float = Field(1.0, ge=0, description="lambda; 0 gives pure cross-entropy")
+    mse_target: Literal["input_embeddings", "last_hidden"] = "input_embeddings"
+    mse_pooling: Literal["mean"] = "mean"
+    mse_in_stage2: bool = False
+
+
+class DataSource(_Section):
+    """A LLaVA-format conversation JSON and the folder its image paths are relative to."""
+
+    path: str
+    image_root: str | None = None
+    weight: float = Field(1.0, gt=0, description="sampling weight in a mix")
+
+
+class StageConfig(_Section):
+    """One training stage. Stage 1 trains the IAN; stage 2 the IAN and the LLM."""
+
+    trainable: list[Literal["ian", "llm", "vision"]] = Field(default_factory=lambda: ["ian"])
+    data: list[DataSource] = Field(default_factory=list)
+    steps: int = Field(100, ge=0)
+    batch_size: int = Field(8, ge=1)
+    grad_accum: int = Field(1, ge=1)
+    lr: float = Field(1e-3, gt=0)
+    weight_decay: float = Field(0.0, ge=0)
+    warmup_ratio: float = Field(0.03, ge=0, le=1)
+    max_grad_norm: float | None = Field(1.0, gt=0)
+    on_bad_image: Literal["error", "skip"] = "error"
+    checkpoint_every: int = Field(0, ge=0, description="steps between checkpoints; 0 = end only")
+
+
+class MageConfig(_Section):
+    """A whole MAGE variant: model, loss and both training stages."""
+
+    name: str = "mage"
+    seed: int = 0
+    blind: bool = Field(False, description="control: zero the image tokens before the LLM")
+    max_length: int = Field(256, ge=8, description="token budget per training sample")
+    assets_dir: str | None = Field(
+        None, description="prepared assets ({assets} in the registries); default $MAGE_ASSETS_DIR"
+    )
+    vision: VisionConfig = Field(default_factory=VisionConfig)
+    ian: IANConfig = Field(default_factory=IANConfig)
+    llm: LLMConfig = Field(default_factory=LLMConfig)
+    loss: LossConfig = Field(default_factory=LossConfig)
+    stage1: StageConfig = Field(default_factory=StageConfig)
+    stage2: StageConfig = Field(
+        default_factory=lambda: StageConfig(trainable=["ian", "llm"], lr=2e-5)
+    )
+
+    @model_validator(mode="after")
+    def _stride_divides_grid(self) -> MageConfig:
+        grid = registry.encoder_grid(self.vision)
+        if grid is not None and self.ian.projector == "ian" and grid % self.ian.stride:
+            divisors = [d for d in range(1, grid + 1) if grid % d == 0]
+            raise ValueError(
+                f"ian.stride={self.ian.stride} does not divide the {grid}x{grid} patch grid of "
+                f"vision.encoder={self.vision.encoder!r}; allowed strides: {divisors}"
+            )
+        return self
+
+    def encoder_spec(self) -> registry.EncoderSpec:
+        """The vision registry entry with this config's overrides and paths filled in."""
+        return registry.resolve_encoder(self.vision, self.assets_dir)
+
+    def llm_spec(self) -> registry.LLMSpec:
+        return registry.resolve_llm(self.llm, self.assets_dir)
+
+    # ---- (de)serialisation -------------------------------------------------------------
+    def to_dict(self) -> dict[str, Any]:
+        return self.model_dump(mode="json")
+
+    def to_yaml(self) -> str:
+        return yaml.safe_dump(self.to_dict(), sort_keys=False)
+
+    def save(self, path: str | Path) -> None:
+        path = Path(path)
+        text = self.to_yaml() if path.suffix in (".yaml", ".yml") else self.model_dump_json(indent=2)
+        atomic_write_text(path, text)
+
+    @classmethod
+    def from_dict(cls, data: dict[str, Any]) -> MageConfig:
+        try:
+            return cls.model_validate(data)
+        except ValidationError as err:
+            raise ConfigError(format_validation_error(err)) from None
+
+    @classmethod
+    def load(cls, path: str | Path) -> MageConfig:
+        path = Path(path)
+        if not path.exists():
+            raise ConfigError(f"config file not found: {path}")
+        data = yaml.safe_load(path.read_text()) or {}
+        if not isinstance(data, dict):
+            raise ConfigError(f"{path}: expected a mapping at the top level")
+        return cls.from_dict(data)
+
+    def with_overrides(self, overrides: dict[str, Any]) -> MageConfig:
+        """A copy with dotted-path overrides applied, e.g. ``{"ian.depth": 2}``."""
+        data = self.to_dict()
+        for dotted, value in overrides.items():
+            set_dotted(data, dotted, value)
+        return MageConfig.from_dict(data)
+
+
+def set_dotted(data: dict[str, Any], dotted: str, value: Any) -> None:
+    """Set ``data['a']['b'] = value`` for ``dotted='a.b'``; unknown paths raise ConfigError."""
+    keys = dotted.split(".")
+    node = data
+    for i, key in enumerate(keys[:-1]):
+        if not isinstance(node, dict) or key not in node:
+            raise ConfigError(f"unknown config field {'.'.join(keys[: i + 1])!r} in {dotted!r}")
+        node = node[key]
+    if not isinstance(node, dict) or keys[-1] not in node:
+        known = sorted(node) if isinstance(node, dict) else []
+        raise ConfigError(f"unknown config field {dotted!r}; fields here: {known}")
+    node[keys[-1]] = value
+
+
+def get_dotted(data: dict[str, Any], dotted: str) -> Any:
+    node: Any = data
+    for key in dotted.split("."):
+        node = node[key]
+    return node
+
+
+def format_validation_error(err: ValidationError) -> str:
+    lines = []
+    for e in err.errors():
+        loc = ".".join(str(p) for p in e["loc"]) or "<config>"
+        msg = e["msg"].removeprefix("Value error, ")
+        if e["type"] == "extra_forbidden":
+            msg = "unknown field (check the spelling; see mage/config.py for the fields)"
+        elif e["type"] == "literal_error":
+            msg = f"{msg} (got {e.get('input')!r})"
+        lines.append(f"{loc}: {msg}")
+    return "invalid config:\n  " + "\n  ".join(lines)

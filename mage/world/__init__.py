@@ -1,0 +1,1 @@
+"""The synthetic shapes world: scenes, training data, benchmark splits and "pretrained" assets."""

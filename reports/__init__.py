@@ -1,0 +1,1 @@
+"""Reports: pure functions turning a results store into tables, statistics and figures."""
