@@ -12,6 +12,7 @@ where the registry says so.
 
 from __future__ import annotations
 
+import os
 from pathlib import Path
 from typing import Any, Literal
 
@@ -53,7 +54,6 @@ class VisionConfig(_Section):
         return value
 
 
-
 class IANConfig(_Section):
     """The connector. ``projector='ian'`` is MAGE's Intelligent Alignment Network."""
 
@@ -88,6 +88,7 @@ class LLMConfig(_Section):
     def _known_llm(cls, value: str) -> str:
         registry.check_llm_name(value)
         return value
+
     gguf_file: str | None = None
     random_init: bool = Field(
         False, description="build from the architecture only (meta-device counts, GPU benches)"
@@ -102,6 +103,9 @@ class LossConfig(_Section):
     mse_weight: float = Field(1.0, ge=0, description="lambda; 0 gives pure cross-entropy")
     mse_target: Literal["input_embeddings", "last_hidden"] = "input_embeddings"
     mse_pooling: Literal["mean"] = "mean"
+    mse_reduction: Literal["sum", "mean"] = Field(
+        "sum", description="sum over the hidden dimension (the reported formula) or mean"
+    )
     mse_in_stage2: bool = False
 
 
@@ -139,6 +143,9 @@ class MageConfig(_Section):
     assets_dir: str | None = Field(
         None, description="prepared assets ({assets} in the registries); default $MAGE_ASSETS_DIR"
     )
+    data_dir: str | None = Field(
+        None, description="fills {data} in stage data paths; default $MAGE_DATA_DIR"
+    )
     vision: VisionConfig = Field(default_factory=VisionConfig)
     ian: IANConfig = Field(default_factory=IANConfig)
     llm: LLMConfig = Field(default_factory=LLMConfig)
@@ -166,6 +173,22 @@ class MageConfig(_Section):
     def llm_spec(self) -> registry.LLMSpec:
         return registry.resolve_llm(self.llm, self.assets_dir)
 
+    def data_sources(self, stage: str) -> list[DataSource]:
+        """The stage's data sources with ``{data}`` filled in (configs stay machine-free)."""
+        root = self.data_dir or os.environ.get("MAGE_DATA_DIR")
+        sources = []
+        for source in getattr(self, stage).data:
+            fields = source.model_dump()
+            for key in ("path", "image_root"):
+                if fields[key] and "{data}" in fields[key]:
+                    if root is None:
+                        raise ConfigError(
+                            f"{stage}.data uses {{data}} but neither data_dir nor $MAGE_DATA_DIR is set"
+                        )
+                    fields[key] = fields[key].replace("{data}", root)
+            sources.append(DataSource(**fields))
+        return sources
+
     # ---- (de)serialisation -------------------------------------------------------------
     def to_dict(self) -> dict[str, Any]:
         return self.model_dump(mode="json")
@@ -175,7 +198,9 @@ class MageConfig(_Section):
 
     def save(self, path: str | Path) -> None:
         path = Path(path)
-        text = self.to_yaml() if path.suffix in (".yaml", ".yml") else self.model_dump_json(indent=2)
+        text = (
+            self.to_yaml() if path.suffix in (".yaml", ".yml") else self.model_dump_json(indent=2)
+        )
         atomic_write_text(path, text)
 
     @classmethod

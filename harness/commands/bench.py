@@ -1,0 +1,95 @@
+"""`mage-harness bench train|eval`: speed and memory figures (benchmarks, never tests)."""
+
+from __future__ import annotations
+
+import argparse
+import json
+
+from harness.commands.overrides import add_override_argument, parse_overrides
+
+
+def register(sub: argparse._SubParsersAction) -> None:
+    bench = sub.add_parser("bench", help="measure training or evaluation speed")
+    kinds = bench.add_subparsers(dest="bench_kind", metavar="KIND", required=True)
+
+    train = kinds.add_parser(
+        "train",
+        help="steps/s, tokens/s and peak memory of one training step at a preset's shapes",
+        description="Random weights and random batches at the preset's shapes; compare "
+        "projectors with --projector (e.g. ian vs mlp2x_gelu).",
+    )
+    train.add_argument("--preset", default="tiny-test", help="preset id (mage.presets.PRESETS)")
+    train.add_argument(
+        "--projector",
+        action="append",
+        help="projector(s) to compare: ian, vab, linear, mlp2x_gelu (repeatable)",
+    )
+    train.add_argument("--stage", choices=["stage1", "stage2"], default="stage1")
+    train.add_argument("--steps", type=int, default=20)
+    train.add_argument("--batch-size", type=int)
+    train.add_argument("--seq-len", type=int)
+    train.add_argument("--threads", type=int, default=1, help="CPU threads (torch)")
+    train.add_argument("--json", action="store_true", help="print JSON instead of a table")
+    add_override_argument(train)
+    train.set_defaults(func=_bench_train)
+
+    ev = kinds.add_parser("eval", help="samples/s at batch 1 vs batch N, answers checked equal")
+    ev.add_argument("checkpoint", help="a MAGE checkpoint folder")
+    ev.add_argument("--data", required=True, help="folder with mme/, mmbench/, seedbench/")
+    ev.add_argument("--tasks", default="mme")
+    ev.add_argument("--batch-size", type=int, default=8)
+    ev.add_argument("--limit", type=int, default=64)
+    ev.add_argument("--threads", type=int, default=1)
+    ev.set_defaults(func=_bench_eval)
+
+
+def _bench_train(args) -> int:
+    import torch
+
+    from harness.bench import bench_train
+
+    torch.set_num_threads(args.threads)
+    overrides = parse_overrides(args.overrides)
+    rows = []
+    for projector in args.projector or [None]:
+        extra = dict(overrides, **({"ian.projector": projector} if projector else {}))
+        rows.append(
+            bench_train(
+                args.preset,
+                args.stage,
+                steps=args.steps,
+                batch_size=args.batch_size,
+                seq_len=args.seq_len,
+                overrides=extra,
+            )
+        )
+    _print_rows(rows, args.json)
+    return 0
+
+
+def _bench_eval(args) -> int:
+    import torch
+
+    from harness.bench_eval import bench_eval
+    from mage.model import MageModel
+
+    torch.set_num_threads(args.threads)
+    model = MageModel.from_pretrained(args.checkpoint)
+    result = bench_eval(model, args.data, args.tasks.split(","), args.batch_size, args.limit)
+    _print_rows([result], json_out=False)
+    return 0 if result.get("answers_identical", True) else 1
+
+
+def _print_rows(rows: list[dict], json_out: bool) -> None:
+    if json_out:
+        print(json.dumps(rows, indent=2))
+        return
+    from rich.console import Console
+    from rich.table import Table
+
+    table = Table(show_header=True)
+    for key in rows[0]:
+        table.add_column(key)
+    for row in rows:
+        table.add_row(*(f"{v:.3g}" if isinstance(v, float) else str(v) for v in row.values()))
+    Console().print(table)

@@ -1,0 +1,53 @@
+"""MageConfig: YAML round trip, presets, and clear errors that name the field."""
+
+from __future__ import annotations
+
+import pytest
+
+from mage.config import ConfigError, MageConfig
+from mage.presets import PRESETS, get_preset
+
+
+@pytest.mark.parametrize("name", sorted(PRESETS))
+def test_every_preset_round_trips_through_yaml(name, tmp_path):
+    cfg = get_preset(name)
+    cfg.save(tmp_path / "c.yaml")
+    assert MageConfig.load(tmp_path / "c.yaml") == cfg
+    cfg.save(tmp_path / "c.json")
+    assert MageConfig.load(tmp_path / "c.json") == cfg
+
+
+@pytest.mark.parametrize(
+    "overrides, field, hint",
+    [
+        ({"vision": {"encoder": "resnet-9000"}}, "vision.encoder", "registered"),
+        ({"ian": {"depth": -1}}, "ian.depth", "greater than or equal to 0"),
+        ({"ian": {"projector": "qformer"}}, "ian.projector", "'mlp2x_gelu'"),
+        ({"ian": {"stride": 5}}, "ian.stride", "allowed strides: [1, 2, 4, 8]"),
+        ({"loss": {"mse_weight": -0.5}}, "loss.mse_weight", "greater than or equal to 0"),
+        ({"stage1": {"lr": 0}}, "stage1.lr", "greater than 0"),
+        ({"ian": {"dept": 2}}, "ian.dept", "unknown field"),
+        ({"llm": {"name": "gpt-17"}}, "llm.name", "registered"),
+    ],
+)
+def test_bad_values_fail_at_load_naming_the_field(overrides, field, hint):
+    with pytest.raises(ConfigError) as err:
+        MageConfig.from_dict({"vision": {"encoder": "world-resnet"}, **overrides})
+    assert field in str(err.value)
+    assert hint in str(err.value)
+
+
+def test_dotted_overrides_and_unknown_paths():
+    cfg = get_preset("tiny-test").with_overrides({"ian.depth": 3, "loss.mse_weight": 0.0})
+    assert cfg.ian.depth == 3 and cfg.loss.mse_weight == 0.0
+    with pytest.raises(ConfigError, match="ian.depht"):
+        cfg.with_overrides({"ian.depht": 2})
+
+
+def test_data_placeholders_need_a_data_dir(monkeypatch):
+    cfg = get_preset("mage-7b")
+    monkeypatch.delenv("MAGE_DATA_DIR", raising=False)
+    with pytest.raises(ConfigError, match="data_dir"):
+        cfg.data_sources("stage1")
+    sources = cfg.with_overrides({"data_dir": "/data"}).data_sources("stage1")
+    assert sources[0].path.startswith("/data/")

@@ -1,0 +1,125 @@
+"""parse_tool_calls: valid calls (with text around, spaced-out decodes) and each kind of bad input."""
+
+from __future__ import annotations
+
+import pytest
+
+from mage.tools.parser import (
+    MalformedJSON,
+    NoToolCall,
+    SchemaViolation,
+    ToolCallError,
+    UnknownTool,
+    format_tool_call,
+    parse_tool_calls,
+)
+
+GEN = '<tool_call>{"name": "image_generation", "arguments": {"prompt": "a small green triangle at the top right"}}</tool_call>'
+
+
+def test_single_call_with_text_around():
+    calls = parse_tool_calls(f"Sure, drawing it now. {GEN} Done.")
+    assert len(calls) == 1
+    call = calls[0]
+    assert call.name == "image_generation"
+    assert call.arguments == {"prompt": "a small green triangle at the top right"}
+    assert call.before == "Sure, drawing it now. "
+    assert f"Sure, drawing it now. {GEN} Done."[call.start : call.end] == GEN
+
+
+def test_several_calls_in_order():
+    speech = format_tool_call("text_to_speech", {"text": "hello there"})
+    calls = parse_tool_calls(f"{GEN} and then {speech}")
+    assert [c.name for c in calls] == ["image_generation", "text_to_speech"]
+    assert calls[1].before == " and then "
+
+
+def test_format_round_trips():
+    text = format_tool_call("image_editing", {"instruction": "make the red circle blue"})
+    assert text.startswith("<tool_call>{") and text.endswith("}</tool_call>")
+    (call,) = parse_tool_calls(text)
+    assert (call.name, call.arguments) == (
+        "image_editing",
+        {"instruction": "make the red circle blue"},
+    )
+
+
+def test_spaced_out_decode_is_accepted():
+    spaced = (
+        '< tool_call > { " name " : " image _ editing " , " arguments " : '
+        '{ " instruction " : "  make the red   circle blue " } } < / tool_call >'
+    )
+    (call,) = parse_tool_calls(spaced)
+    assert call.name == "image_editing"
+    assert call.arguments == {"instruction": "make the red circle blue"}
+
+
+@pytest.mark.parametrize(
+    "reply, error, words",
+    [
+        ("a red circle, no call here", NoToolCall, "no tool call"),
+        ("", NoToolCall, "no tool call"),
+        (
+            '<tool_call>{"name": "image_generation", "arguments": {"prompt": "x"}',
+            MalformedJSON,
+            "never closed",
+        ),
+        (
+            '<tool_call>{"name": "image_generation", "arguments": {"prompt": x}}</tool_call>',
+            MalformedJSON,
+            "invalid JSON",
+        ),
+        ('<tool_call>["image_generation"]</tool_call>', MalformedJSON, "JSON object"),
+        (
+            '<tool_call>{"name": "image_generation"}</tool_call>',
+            MalformedJSON,
+            "missing ['arguments']",
+        ),
+        ('<tool_call>{"name": "", "arguments": {}}</tool_call>', MalformedJSON, "non-empty string"),
+        ("done </tool_call>", MalformedJSON, "without an opening"),
+        (f"<tool_call>{GEN}", MalformedJSON, "opened twice"),
+        (
+            '<tool_call>{"name": "video_generation", "arguments": {"prompt": "a"}}</tool_call>',
+            UnknownTool,
+            "video_generation",
+        ),
+        (
+            '<tool_call>{"name": "image_generation", "arguments": {}}</tool_call>',
+            SchemaViolation,
+            "'prompt' is a required property",
+        ),
+        (
+            '<tool_call>{"name": "image_generation", "arguments": {"prompt": 3}}</tool_call>',
+            SchemaViolation,
+            "arguments.prompt",
+        ),
+        (
+            '<tool_call>{"name": "text_to_speech", "arguments": {"text": "hi", "voice": "x"}}</tool_call>',
+            SchemaViolation,
+            "voice",
+        ),
+        (
+            '<tool_call>{"name": "image_editing", "arguments": "make it blue"}</tool_call>',
+            SchemaViolation,
+            "must be a JSON object",
+        ),
+    ],
+)
+def test_bad_replies_raise_typed_errors(reply, error, words):
+    with pytest.raises(error) as info:
+        parse_tool_calls(reply)
+    assert isinstance(info.value, ToolCallError)
+    assert words in str(info.value)
+
+
+def test_a_bad_second_call_is_not_swallowed():
+    bad = '<tool_call>{"name": "nope", "arguments": {}}</tool_call>'
+    with pytest.raises(UnknownTool):
+        parse_tool_calls(GEN + bad)
+
+
+def test_validate_false_reads_unknown_tools_and_bad_arguments():
+    (call,) = parse_tool_calls(
+        '<tool_call>{"name": "nope", "arguments": {"x": 1}}</tool_call>', validate=False
+    )
+    assert (call.name, call.arguments) == ("nope", {"x": 1})
