@@ -38,7 +38,9 @@ class VisionConfig(_Section):
 
     encoder: str = Field("world-resnet", description="id in mage.registry.ENCODERS")
     pretrained: str | None = Field(
-        None, description="override the registry's weights: open_clip tag, HF id or local path"
+        None,
+        description="override the registry's weights: open_clip tag, HF id or local path; "
+        "'none' = random init even where the registry has weights",
     )
     feature_layer: int | None = Field(
         None, description="hidden layer whose patch tokens are used (-2 = penultimate)"

@@ -7,6 +7,8 @@ knows about MAGE's connector.
 
 from __future__ import annotations
 
+from pathlib import Path
+
 import torch
 from transformers import AutoConfig, AutoModelForCausalLM, AutoTokenizer, PreTrainedModel
 
@@ -56,6 +58,8 @@ def load_llm(cfg: MageConfig, device: str | torch.device | None = None):
 
 
 def _try_tokenizer(spec: LLMSpec):
+    if spec.tokenizer is None and not Path(spec.name_or_path).is_dir():
+        return None  # a Hub id at real shapes: do not reach for the network just to count
     try:
         return load_tokenizer(spec)
     except (OSError, ValueError):

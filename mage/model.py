@@ -12,6 +12,7 @@ the reported formula) or averaged (``"mean"``).
 
 from __future__ import annotations
 
+import inspect
 import json
 from dataclasses import dataclass
 from pathlib import Path
@@ -20,6 +21,7 @@ import torch
 import torch.nn.functional as F
 from safetensors.torch import load_model, save_model
 from torch import nn
+from transformers import LlamaForCausalLM
 
 from mage.config import MageConfig
 from mage.data import IGNORE_INDEX, IMAGE_TOKEN_ID, encode_text, pad_left
@@ -29,6 +31,13 @@ from mage.llm import load_llm, load_llm_architecture, save_llm_architecture
 from mage.registry import EncoderSpec
 from mage.template import IMAGE_TOKEN, get_template
 from mage.vision import build_vision_tower
+
+# transformers renamed `past_key_values` to `cache` during 5.x; use whichever this one has.
+_CACHE_ARG = (
+    "cache"
+    if "cache" in inspect.signature(LlamaForCausalLM.forward).parameters
+    else "past_key_values"
+)
 
 
 @dataclass
@@ -65,7 +74,7 @@ class MageModel(nn.Module):
     def build(cls, config: MageConfig, device: str | torch.device | None = None) -> MageModel:
         """Build every part from the config (pretrained weights where the registry has them)."""
         spec = config.encoder_spec()
-        vision = build_vision_tower(spec, device=device)
+        vision = build_vision_tower(spec, device=device, frozen=config.vision.frozen)
         llm, tokenizer = load_llm(config, device=device)
         return cls._assemble(config, vision, llm, tokenizer, spec, device)
 
@@ -73,7 +82,13 @@ class MageModel(nn.Module):
     def _assemble(cls, config, vision, llm, tokenizer, spec, device=None, template=None):
         hidden = llm.get_input_embeddings().embedding_dim
         with torch.device(device or "cpu"):
-            projector = build_projector(config.ian, vision.feature_dim, hidden, vision.grid_size)
+            projector = build_projector(
+                config.ian,
+                vision.feature_dim,
+                hidden,
+                vision.grid_size,
+                num_patches=vision.num_patches,
+            )
         projector.to(dtype=next(llm.parameters()).dtype)
         template = template or config.llm_spec().template
         return cls(config, vision, projector, llm, tokenizer, spec, template)
@@ -99,8 +114,7 @@ class MageModel(nn.Module):
             else:
                 self.llm.requires_grad_(True)
         if "vision" in parts:
-            self.vision.requires_grad_(True)
-            self.vision.frozen = False
+            self.vision.set_frozen(False)
 
     def enable_lora(self) -> None:
         """Wrap the LLM with peft LoRA adapters (stage 2 with ``llm.lora.enabled``)."""
@@ -239,7 +253,7 @@ class MageModel(nn.Module):
                 inputs_embeds=self.llm.get_input_embeddings()(next_ids).unsqueeze(1),
                 attention_mask=mask,
                 position_ids=positions,
-                past_key_values=out.past_key_values,
+                **{_CACHE_ARG: getattr(out, _CACHE_ARG)},
                 use_cache=True,
             )
         tokens = torch.stack(new_tokens, 1).tolist() if new_tokens else [[] for _ in seqs]
@@ -296,7 +310,7 @@ class MageModel(nn.Module):
             spec["model_config"] = str(directory / "open_clip_config.json")
         spec = EncoderSpec(**spec)
         meta = json.loads((directory / "mage.json").read_text())
-        vision = build_vision_tower(spec)
+        vision = build_vision_tower(spec, frozen=config.vision.frozen)
         llm, tokenizer = load_llm_architecture(directory / "llm")
         model = cls._assemble(config, vision, llm, tokenizer, spec, template=meta["template"])
         if meta["lora_active"]:

