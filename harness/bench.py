@@ -61,6 +61,7 @@ def bench_train(
     warmup: int = 2,
     batch_size: int | None = None,
     seq_len: int | None = None,
+    text_len: int = 64,
     overrides: dict | None = None,
     device: str | None = None,
 ) -> dict:
@@ -75,7 +76,7 @@ def bench_train(
     params = [p for p in model.parameters() if p.requires_grad]
     optimizer = torch.optim.AdamW(params, lr=stage_cfg.lr)
     bs = batch_size or stage_cfg.batch_size
-    length = seq_len or min(cfg.max_length, model.num_image_tokens + 64)
+    length = seq_len or model.num_image_tokens + text_len  # image tokens + text, as in training
     batch = {k: v.to(device) for k, v in random_batch(model, bs, length, stage == "stage1").items()}
     autocast = (
         torch.autocast("cuda", dtype=torch.bfloat16)

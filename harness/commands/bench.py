@@ -87,9 +87,11 @@ def _print_rows(rows: list[dict], json_out: bool) -> None:
     from rich.console import Console
     from rich.table import Table
 
-    table = Table(show_header=True)
+    table = Table(show_header=True, title="one column per run")
+    table.add_column("figure")
+    for i in range(len(rows)):
+        table.add_column(f"run {i + 1}", justify="right")
     for key in rows[0]:
-        table.add_column(key)
-    for row in rows:
-        table.add_row(*(f"{v:.3g}" if isinstance(v, float) else str(v) for v in row.values()))
+        cells = [row.get(key) for row in rows]
+        table.add_row(key, *(f"{v:.4g}" if isinstance(v, float) else str(v) for v in cells))
     Console().print(table)

@@ -1,0 +1,105 @@
+"""`mage-harness eval CHECKPOINT`: score a saved MAGE model on MME, MMBench and SEED.
+
+Runs `harness.eval.evaluate` (lmms-eval's official scoring), writes the result files to
+``--out`` and prints the headline and per-category numbers. Exits non-zero, with the cause
+on stderr, when the checkpoint, the data or the evaluation fails. With ``--data`` the run is
+offline: HF_DATASETS_OFFLINE / HF_HUB_OFFLINE are set unless already set.
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import sys
+from pathlib import Path
+
+
+def register(subparsers: argparse._SubParsersAction) -> None:
+    parser = subparsers.add_parser(
+        "eval",
+        help="score a checkpoint on MME / MMBench / SEED through lmms-eval",
+        description="Score a MageModel checkpoint with lmms-eval's own MME, MMBench and "
+        "SEED-Bench scoring; writes scores.parquet, items.parquet, record.json, "
+        "lmms_eval_results.json and samples/ to --out.",
+    )
+    parser.add_argument("checkpoint", help="folder written by MageModel.save_pretrained")
+    parser.add_argument(
+        "--tasks",
+        default="mme,mmbench,seedbench",
+        help="comma-separated: mme, mmbench, seedbench (alias seed)",
+    )
+    parser.add_argument(
+        "--data",
+        default=None,
+        help="folder with mme/, mmbench/, seedbench/ save_to_disk copies "
+        "(default: the real datasets from the Hugging Face Hub; needs HF_TOKEN)",
+    )
+    parser.add_argument("--out", default=None, help="output folder (default: CHECKPOINT/eval)")
+    parser.add_argument("--batch-size", type=int, default=8, help="questions per generate call")
+    parser.add_argument(
+        "--limit",
+        type=int,
+        default=None,
+        help="only the first N rows of each task (for quick checks)",
+    )
+    parser.add_argument(
+        "--max-new-tokens-cap",
+        type=int,
+        default=None,
+        help="cap every task's token budget (MMBench asks for 1024)",
+    )
+    parser.set_defaults(func=run)
+
+
+def run(args: argparse.Namespace) -> int:
+    from harness.eval import EvalError, check_local_data, parse_tasks
+    from harness.eval_tables import EvalConsistencyError
+
+    try:
+        benchmarks = parse_tasks(args.tasks)
+        for name, value in (("--batch-size", args.batch_size), ("--limit", args.limit)):
+            if value is not None and value < 1:
+                raise EvalError(f"{name} must be a positive integer, got {value}")
+        if args.data is not None:
+            os.environ.setdefault("HF_DATASETS_OFFLINE", "1")
+            os.environ.setdefault("HF_HUB_OFFLINE", "1")
+            check_local_data(args.data, benchmarks, args.limit)  # fail before loading a model
+        checkpoint = Path(args.checkpoint)
+        if not checkpoint.is_dir():
+            raise EvalError(f"checkpoint folder not found: {checkpoint}")
+        from harness.eval import evaluate
+
+        result = evaluate(
+            str(checkpoint),
+            tasks=benchmarks,
+            data_dir=args.data,
+            out_dir=args.out or checkpoint / "eval",
+            batch_size=args.batch_size,
+            limit=args.limit,
+            max_new_tokens_cap=args.max_new_tokens_cap,
+        )
+    except (EvalError, EvalConsistencyError, FileNotFoundError, ValueError) as err:
+        print(f"mage-harness eval: error: {err}", file=sys.stderr)
+        return 1
+    print_scores(result.scores)
+    print(f"results in {args.out or checkpoint / 'eval'}")
+    return 0
+
+
+def print_scores(scores) -> None:
+    """Headline rows first, then per-category rows, as a rich table."""
+    from rich.console import Console
+    from rich.table import Table
+
+    table = Table(title="lmms-eval scores (category 'all' = lmms-eval's headline)")
+    for column in ("benchmark", "metric", "category", "value", "n"):
+        table.add_column(column, justify="right" if column in ("value", "n") else "left")
+    from harness.eval import BENCHMARKS
+
+    order = {name: i for i, name in enumerate(BENCHMARKS)}
+    ordered = scores.assign(
+        _bench=scores["benchmark"].map(order), _headline=scores["category"] != "all"
+    ).sort_values(["_bench", "_headline"], kind="stable")
+    for row in ordered.itertuples():
+        table.add_row(row.benchmark, row.metric, row.category, f"{row.value:.3f}", str(row.n))
+    Console().print(table)
