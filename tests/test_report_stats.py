@@ -1,0 +1,97 @@
+"""reports.stats: seed t-intervals, McNemar's exact test, Wilson intervals, checked against
+hand computations and scipy called directly."""
+
+from __future__ import annotations
+
+import math
+
+import numpy as np
+import pandas as pd
+import pytest
+from scipy import stats as sps
+
+from reports.stats import (
+    discordant_counts,
+    mcnemar_exact,
+    mcnemar_test,
+    summarize_seeds,
+    t_interval,
+    wilson_interval,
+)
+
+
+def test_mcnemar_exact_hand_case():
+    # b=1, c=9: two-sided exact p = 2 * sum_{k<=1} C(10, k) / 2^10 = 2 * 11 / 1024
+    assert mcnemar_exact(1, 9) == pytest.approx(0.021484375, abs=1e-12)
+    assert mcnemar_exact(9, 1) == pytest.approx(0.021484375, abs=1e-12)
+    assert mcnemar_exact(0, 0) == 1.0
+    assert mcnemar_exact(5, 5) == pytest.approx(1.0)
+    with pytest.raises(ValueError, match="discordant"):
+        mcnemar_exact(-1, 3)
+
+
+def _items(seed: int, correct: list[bool], prefix: str = "q") -> pd.DataFrame:
+    return pd.DataFrame(
+        {"seed": seed, "item_id": [f"{prefix}{i}" for i in range(len(correct))], "correct": correct}
+    )
+
+
+def test_mcnemar_test_aligns_by_item_id_and_pools_seeds():
+    # 20 items: 10 both right, 1 only A right, 9 only B right -> b=1, c=9
+    a = [True] * 10 + [True] + [False] * 9
+    b = [True] * 10 + [False] + [True] * 9
+    items_a = _items(0, a)
+    items_b = _items(0, b).iloc[::-1]  # other order: alignment must use item_id
+    result = mcnemar_test(items_a, items_b)
+    assert (result.b, result.c, result.n_pairs) == (1, 9, 20)
+    assert result.p_value == pytest.approx(0.021484375)
+    # two seeds, seed values differ between variants: paired in sorted order and pooled
+    pooled = mcnemar_test(
+        pd.concat([_items(0, a), _items(1, a)]), pd.concat([_items(5, b), _items(6, b)])
+    )
+    assert (pooled.b, pooled.c, pooled.n_pairs) == (2, 18, 40)
+    assert pooled.p_value == pytest.approx(sps.binomtest(2, 20, 0.5).pvalue)
+    per_seed = mcnemar_test(
+        pd.concat([_items(0, a), _items(1, a)]), pd.concat([_items(5, b), _items(6, b)]), True
+    )
+    assert [r.b for r in per_seed] == [1, 1]
+    # items only one side has are not paired
+    assert discordant_counts(_items(0, [True, False]), _items(0, [False]))[2] == 1
+
+
+def test_duplicate_item_ids_are_refused():
+    dup = pd.DataFrame({"seed": 0, "item_id": ["x", "x"], "correct": [True, False]})
+    with pytest.raises(ValueError, match="repeat item_id 'x'"):
+        discordant_counts(dup, dup)
+
+
+def test_t_interval_matches_scipy():
+    values = [1510.7, 1490.2, 1533.9]
+    iv = t_interval(values)
+    low, high = sps.t.interval(0.95, len(values) - 1, loc=np.mean(values), scale=sps.sem(values))
+    assert iv.n == 3
+    assert iv.mean == pytest.approx(np.mean(values))
+    assert (iv.low, iv.high) == pytest.approx((low, high))
+    assert iv.half_width == pytest.approx((high - low) / 2)
+    one = t_interval([3.0])
+    assert one.n == 1 and one.mean == 3.0 and math.isnan(one.half_width)
+    assert t_interval([]).n == 0
+    assert t_interval([1.0, float("nan"), 3.0]).n == 2
+
+
+def test_summarize_seeds_groups():
+    frame = pd.DataFrame({"v": ["a", "a", "b", "b", "b"], "value": [1.0, 3.0, 2.0, 4.0, 9.0]})
+    out = summarize_seeds(frame, ["v"]).set_index("v")
+    assert out.at["a", "mean"] == 2.0 and out.at["b", "n"] == 3
+    assert out.at["b", "ci_high"] == pytest.approx(
+        sps.t.interval(0.95, 2, loc=5.0, scale=sps.sem([2.0, 4.0, 9.0]))[1]
+    )
+
+
+def test_wilson_interval_formula():
+    k, n, z = 7, 20, sps.norm.ppf(0.975)
+    p = k / n
+    centre = (p + z * z / (2 * n)) / (1 + z * z / n)
+    half = z * math.sqrt(p * (1 - p) / n + z * z / (4 * n * n)) / (1 + z * z / n)
+    assert wilson_interval(k, n) == pytest.approx((centre - half, centre + half))
+    assert all(math.isnan(x) for x in wilson_interval(0, 0))
