@@ -140,7 +140,8 @@ class MageModel(nn.Module):
         """[B, 3, H, W] -> image tokens [B, num_image_tokens, hidden]."""
         features = self.vision(pixel_values)
         tokens = self.projector(features.to(next(self.projector.parameters()).dtype))
-        return torch.zeros_like(tokens) if self.config.blind else tokens
+        # Blind control: zero tokens, kept in the graph so a stage that trains only the IAN runs.
+        return tokens * 0.0 if self.config.blind else tokens
 
     def embed(self, input_ids: torch.Tensor, image_tokens: torch.Tensor | None) -> torch.Tensor:
         table = self.llm.get_input_embeddings()

@@ -1,0 +1,372 @@
+"""Run a sweep with Ray Tune (grid, random, or Optuna TPE), resume it, record its provenance.
+
+`run_sweep(spec, out_dir)` validates and plans the spec (nothing starts on a bad spec), writes
+``spec.yaml`` and ``manifest.json``, starts Ray, and runs one Tune experiment per phase:
+
+- ``grid`` / ``random``: one grid over (variant, seed); random variants are drawn up front
+  with ``search_seed``, so the plan is known, shown by ``--dry-run`` and stable on resume.
+- ``optuna``: the baselines as a grid, then ``OptunaSearch`` (TPE seeded with ``search_seed``,
+  study ``<name>`` in an Optuna RDB storage: ``SWEEP_DIR/optuna.db`` or any SQLAlchemy URL)
+  wrapped in Tune's ``Repeater``: each sampled variant is trained once per seed and Optuna is
+  told the mean objective over the seeds (failed seeds left out), so seed noise is averaged,
+  not optimised. ``num_samples`` counts variants, not trials.
+
+Trials run through `harness.trial.execute_trial`; ``early_stopping`` adds an ASHA scheduler on
+the training metric the trial reports; ``max_failures`` is how often Tune restarts a trial
+whose process died. A trial resumed by Tune continues from its last checkpoint (stage caches).
+
+Resume: ``resume_sweep(dir)`` restores each phase with ``Tuner.restore(..., resume_errored=
+True)`` (or starts it again if the driver died before Tune saved its state). A trial first
+looks itself up in the results store and, if it is there, reports the stored result without
+training, so no finished trial runs twice and nothing stored is lost.
+
+Ray on one machine (the default): an embedded single-node Ray started with
+``ray.init(address="local")``, no dashboard, worker logs kept out of the terminal, bound to
+127.0.0.1 only (``RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER=0``). Token authentication (on by default
+in Ray 2.60) stays on: unless you set ``RAY_AUTH_MODE``, ``RAY_AUTH_TOKEN`` or
+``RAY_AUTH_TOKEN_PATH`` yourself, the driver makes a random token for this session and passes
+it to the Ray processes it starts through the ``RAY_AUTH_TOKEN`` environment variable; nothing
+is written to ``~/.ray``, other local users cannot attach to the cluster, and it ends with
+the driver. ``ray status`` from another shell therefore does not see it: use ``mage-harness
+status SWEEP_DIR``. An existing cluster: ``--ray-address ADDR`` or ``RAY_ADDRESS``, with the
+cluster's token in ``RAY_AUTH_TOKEN`` / ``~/.ray/auth_token``; SWEEP_DIR must then be on a
+filesystem every node sees, and ``storage_path`` in the spec may be a cloud URI for Tune's
+own state.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import secrets
+import sys
+import time
+from datetime import UTC, datetime
+from pathlib import Path
+from typing import Any
+
+import yaml
+
+from harness import store
+from harness.progress import StoreCallback, SweepProgress, SweepSummary, summarize, tune_trainable
+from harness.spec import (
+    SpecError,
+    SweepPlan,
+    SweepSpec,
+    load_spec,
+    parse_spec,
+    plan_sweep,
+)
+from harness.trial import TrialFn, planned_steps
+from mage.io import atomic_write_text
+
+PHASES = {"grid": ["main"], "random": ["main"], "optuna": ["baselines", "search"]}
+
+
+# --------------------------------------------------------------------------------------
+# Ray
+# --------------------------------------------------------------------------------------
+
+
+def _embedded_ray_env() -> None:
+    """Loopback only, token auth with a per-session token (see the module docstring)."""
+    os.environ["RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER"] = "0"
+    if "ray._private.ray_constants" in sys.modules:  # read at import: set it if ray is in
+        sys.modules["ray._private.ray_constants"].ENABLE_RAY_CLUSTER = False
+    if not any(k in os.environ for k in ("RAY_AUTH_MODE", "RAY_AUTH_TOKEN", "RAY_AUTH_TOKEN_PATH")):
+        os.environ["RAY_AUTH_TOKEN"] = secrets.token_hex(32)
+
+
+def start_ray(address: str | None = None) -> bool:
+    """Connect to ``address`` / $RAY_ADDRESS, or start the embedded Ray. True if started here."""
+    import ray
+
+    if ray.is_initialized():
+        return False  # the caller's Ray (a notebook, a test fixture)
+    address = address or os.environ.get("RAY_ADDRESS")
+    quiet = {"log_to_driver": False, "logging_level": logging.ERROR}
+    if address:
+        ray.init(address=address, **quiet)
+    else:
+        _embedded_ray_env()
+        ray.init(address="local", include_dashboard=False, **quiet)
+    return True
+
+
+# --------------------------------------------------------------------------------------
+# Tune experiments
+# --------------------------------------------------------------------------------------
+
+
+def _trial_dirname(trial) -> str:
+    return trial.trial_id
+
+
+def _phases(plan: SweepPlan) -> list[str]:
+    return [p for p in PHASES[plan.spec.search] if p == "search" or plan.variants]
+
+
+def _phase_trials(plan: SweepPlan, phase: str) -> int:
+    n = plan.spec.num_samples if phase == "search" else len(plan.variants)
+    return n * len(plan.seeds)
+
+
+def experiment_path(plan: SweepPlan, sweep_dir: Path, phase: str) -> str:
+    base = plan.spec.storage_path or str(sweep_dir / "tune")
+    return f"{base.rstrip('/')}/{plan.spec.name}-{phase}"
+
+
+def _resources(spec: SweepSpec):
+    import ray
+    from ray import tune
+
+    if spec.resources != "whole_node":
+        return {"cpu": spec.resources.cpu, "gpu": spec.resources.gpu}
+    nodes = [n["Resources"] for n in ray.nodes() if n.get("Alive")]
+    cpu = min(n.get("CPU", 0) for n in nodes)
+    gpu = min(n.get("GPU", 0) for n in nodes)
+    return tune.PlacementGroupFactory([{"CPU": cpu, "GPU": gpu}], strategy="STRICT_PACK")
+
+
+def optuna_space(plan: SweepPlan) -> dict[str, Any]:
+    """The spec's axes as Optuna distributions (bundles become categorical labels)."""
+    from optuna.distributions import (
+        CategoricalDistribution,
+        FloatDistribution,
+        IntDistribution,
+    )
+
+    data, space = plan.base.to_dict(), {}
+    for name, axis in plan.spec.axes.items():
+        if name in plan.bundles:
+            space[name] = CategoricalDistribution(list(plan.bundles[name]))
+        elif axis.options is not None:
+            space[name] = CategoricalDistribution(axis.options)
+        elif isinstance(_get(data, name), int) and not isinstance(_get(data, name), bool):
+            step = int(axis.step or 1)
+            space[name] = IntDistribution(int(axis.low), int(axis.high), log=axis.log, step=step)
+        else:
+            space[name] = FloatDistribution(axis.low, axis.high, log=axis.log, step=axis.step)
+    return space
+
+
+def _get(data: dict[str, Any], dotted: str) -> Any:
+    for key in dotted.split("."):
+        data = data[key]
+    return data
+
+
+def _search_alg(plan: SweepPlan, sweep_dir: Path):
+    import optuna
+    from ray.tune.search import Repeater
+    from ray.tune.search.optuna import OptunaSearch
+
+    spec = plan.spec
+    url = spec.optuna_storage or f"sqlite:///{sweep_dir / 'optuna.db'}"
+    searcher = OptunaSearch(
+        space=optuna_space(plan),
+        metric="objective",
+        mode=spec.primary.mode,
+        sampler=optuna.samplers.TPESampler(seed=spec.search_seed),
+        study_name=spec.name,
+        storage=optuna.storages.RDBStorage(url),
+    )
+    return Repeater(searcher, repeat=len(plan.seeds), set_index=True)
+
+
+def _tuner(plan: SweepPlan, sweep_dir: Path, phase: str, trial_fn: TrialFn, callbacks: list):
+    from ray import tune
+    from ray.tune.schedulers import ASHAScheduler
+
+    spec = plan.spec
+    trainable = tune.with_parameters(
+        tune_trainable, sweep_dir=str(sweep_dir), plan=plan, trial_fn=trial_fn
+    )
+    trainable = tune.with_resources(trainable, _resources(spec))
+    path = experiment_path(plan, sweep_dir, phase)
+    if tune.Tuner.can_restore(path):
+        tuner = tune.Tuner.restore(path, trainable=trainable, resume_errored=True)
+        # Tune restores the RunConfig it pickled; give it this session's callbacks.
+        tuner._local_tuner.get_run_config().callbacks = callbacks
+        return tuner
+    scheduler = None
+    if spec.early_stopping:
+        es = spec.early_stopping
+        scheduler = ASHAScheduler(
+            time_attr="global_step",
+            metric=es.metric,
+            mode=es.mode,
+            max_t=es.max_t or planned_steps(plan.base),
+            grace_period=es.grace_period,
+            reduction_factor=es.reduction_factor,
+        )
+    if phase == "search":
+        param_space, search_alg = None, _search_alg(plan, sweep_dir)
+        num_samples = spec.num_samples * len(plan.seeds)
+    else:
+        names = [v.name for v in plan.variants]
+        param_space = {"variant": tune.grid_search(names), "seed": tune.grid_search(plan.seeds)}
+        search_alg, num_samples = None, 1
+    return tune.Tuner(
+        trainable,
+        param_space=param_space,
+        tune_config=tune.TuneConfig(
+            search_alg=search_alg,
+            scheduler=scheduler,
+            num_samples=num_samples,
+            max_concurrent_trials=spec.max_concurrent_trials,
+            trial_dirname_creator=_trial_dirname,
+            reuse_actors=True,  # a fresh process per trial re-imports torch (~5 s each)
+        ),
+        run_config=tune.RunConfig(
+            name=path.rsplit("/", 1)[1],
+            storage_path=path.rsplit("/", 1)[0],
+            failure_config=tune.FailureConfig(max_failures=spec.max_failures),
+            checkpoint_config=tune.CheckpointConfig(num_to_keep=1),
+            callbacks=callbacks,
+            verbose=0,
+        ),
+    )
+
+
+# --------------------------------------------------------------------------------------
+# Entry points
+# --------------------------------------------------------------------------------------
+
+
+def _write_spec(sweep_dir: Path, spec: SweepSpec) -> None:
+    """Keep the spec beside the results; refuse a folder that holds another sweep."""
+    path = sweep_dir / "spec.yaml"
+    if path.exists():
+        stored = yaml.safe_load(path.read_text())
+        if stored != spec.to_dict():
+            raise SpecError(
+                f"{sweep_dir} holds another sweep (its spec.yaml differs from this spec); "
+                "choose another --out folder, or `mage-harness resume` it"
+            )
+        return
+    sweep_dir.mkdir(parents=True, exist_ok=True)
+    atomic_write_text(path, yaml.safe_dump(spec.to_dict(), sort_keys=False))
+
+
+def _plan_manifest(plan: SweepPlan) -> dict[str, Any]:
+    return {
+        "num_trials": plan.num_trials,
+        "seeds": plan.seeds,
+        "swept_fields": plan.swept_fields,
+        "phases": _phases(plan),
+        "variants": [
+            {"name": v.name, "variant_id": v.variant_id, "kind": v.kind, "overrides": v.overrides}
+            for v in plan.variants
+        ],
+    }
+
+
+def run_sweep(
+    spec: SweepSpec | str | Path,
+    out_dir: str | Path | None = None,
+    ray_address: str | None = None,
+    progress: bool = True,
+    trial_fn: TrialFn | None = None,
+    presets: dict[str, Any] | None = None,
+    report: bool = True,
+) -> SweepSummary:
+    """Validate, plan and run a sweep into ``out_dir`` (default ``sweeps/<name>``).
+
+    A folder that already holds this spec is continued (nothing finished runs again).
+    ``trial_fn`` replaces the real trial (`harness.trial.run_trial`), e.g. in tests."""
+    if not isinstance(spec, SweepSpec):
+        spec = load_spec(spec)
+    plan = plan_sweep(spec, presets)  # a bad spec fails here, before Ray starts
+    sweep_dir = Path(out_dir or Path("sweeps") / spec.name).resolve()
+    _write_spec(sweep_dir, spec)
+    return _drive(plan, sweep_dir, ray_address, progress, trial_fn, report, "sweep")
+
+
+def resume_sweep(
+    sweep_dir: str | Path,
+    ray_address: str | None = None,
+    progress: bool = True,
+    trial_fn: TrialFn | None = None,
+    presets: dict[str, Any] | None = None,
+    report: bool = True,
+) -> SweepSummary:
+    """Finish a sweep after a crash or kill: restore Tune's state; skip what is stored."""
+    sweep_dir = Path(sweep_dir).resolve()
+    if not (sweep_dir / "spec.yaml").is_file():
+        raise SpecError(f"{sweep_dir}: not a sweep folder (no spec.yaml); start it with sweep")
+    spec = parse_spec(yaml.safe_load((sweep_dir / "spec.yaml").read_text()), str(sweep_dir))
+    plan = plan_sweep(spec, presets)
+    return _drive(plan, sweep_dir, ray_address, progress, trial_fn, report, "resume")
+
+
+def _drive(plan, sweep_dir, ray_address, progress, trial_fn, report, kind) -> SweepSummary:
+    import ray
+
+    from harness.trial import run_trial
+
+    manifest = store.read_manifest(sweep_dir)
+    sessions = manifest.get("sessions", [])
+    sessions.append({"kind": kind, "started_at": _now(), "wall_s": 0.0})
+    started = time.time()
+    started_ray = start_ray(ray_address)
+    mode = (
+        "embedded"
+        if started_ray and not (ray_address or os.environ.get("RAY_ADDRESS"))
+        else ("existing cluster" if started_ray else "caller's Ray")
+    )
+    resources = ray.cluster_resources()
+    sessions[-1]["ray"] = {"mode": mode, **{k: resources.get(k, 0) for k in ("CPU", "GPU")}}
+    store.update_manifest(
+        sweep_dir,
+        spec=plan.spec.to_dict(),
+        plan=_plan_manifest(plan),
+        sessions=sessions,
+        **store.provenance(),
+    )
+    handler = StoreCallback(sweep_dir, plan)
+    os.environ.setdefault("RAY_AIR_NEW_OUTPUT", "0")  # Tune's new output prints at verbose=0
+    try:
+        for phase in _phases(plan):
+            callbacks = [
+                handler,
+                SweepProgress(
+                    f"{plan.spec.name}:{phase}",
+                    _phase_trials(plan, phase),
+                    plan.spec.primary.mode,
+                    progress,
+                ),
+            ]
+            _tuner(plan, sweep_dir, phase, trial_fn or run_trial, callbacks).fit()
+    finally:
+        sessions[-1].update(wall_s=time.time() - started, ended_at=_now())
+        handler.consolidate()
+        store.update_manifest(
+            sweep_dir, sessions=sessions, wall_s=sum(s["wall_s"] for s in sessions)
+        )
+        if started_ray:
+            ray.shutdown()
+    if report:
+        _build_report(sweep_dir)
+    return summarize(sweep_dir)
+
+
+def _now() -> str:
+    return datetime.now(UTC).isoformat(timespec="seconds")
+
+
+def _build_report(sweep_dir: Path) -> None:
+    try:
+        from reports.build import build_report
+    except ModuleNotFoundError as err:
+        if err.name in ("reports.build", "reports"):
+            return
+        raise
+    try:
+        build_report(sweep_dir)
+    except Exception as err:  # the results are stored; a report can be rebuilt later
+        print(
+            f"report not built ({type(err).__name__}: {err}); the results are stored in "
+            f"{sweep_dir}; rebuild with `mage-harness report {sweep_dir}`",
+            file=sys.stderr,
+        )

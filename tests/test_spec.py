@@ -1,0 +1,175 @@
+"""Sweep specs: bad specs are refused before anything starts, with the field named; plans
+(grid, random, Optuna space, bundles, baselines, seeds, swept fields) come out as specified."""
+
+from __future__ import annotations
+
+import copy
+
+import pytest
+
+from harness.spec import SpecError, load_spec, parse_spec, plan_sweep
+
+BASE = {
+    "name": "t",
+    "base": "tiny-test",
+    "axes": {"ian.depth": {"values": [0, 1]}, "loss.mse_weight": {"values": [0.0, 1.0]}},
+    "seeds": 2,
+    "objective": {"benchmark": "mme", "metric": "mme_perception_score"},
+    "baselines": [
+        {"name": "mlp2x", "overrides": {"ian.projector": "mlp2x_gelu"}},
+        {"name": "blind", "blind": True},
+    ],
+    "report": {"baseline": "mlp2x"},
+}
+
+
+def spec_with(**changes):
+    data = copy.deepcopy(BASE)
+    data.update(changes)
+    return data
+
+
+def plan_of(data):
+    return plan_sweep(parse_spec(data))
+
+
+def test_misspelt_axis_is_refused_before_ray_starts(tmp_path):
+    ray = pytest.importorskip("ray")
+    from harness.sweep import run_sweep
+
+    data = spec_with(axes={"ian.depht": {"values": [1, 2]}})
+    with pytest.raises(SpecError, match=r"axes\['ian.depht'\]: unknown config field 'ian.depht'"):
+        run_sweep(parse_spec(data), tmp_path / "sweep", progress=False)
+    assert ray.is_initialized() is False
+    assert not (tmp_path / "sweep").exists()
+
+
+@pytest.mark.parametrize(
+    "changes, message",
+    [
+        ({"axis": {}}, r"axis: unknown field"),
+        (
+            {"axes": {"ian.projector": {"values": ["mlp3x"]}}},
+            r"axes\['ian.projector'\] value 'mlp3x'",
+        ),
+        (
+            {"axes": {"ian.depth": {"values": [-1]}}},
+            r"(?s)axes\['ian.depth'\] value -1.*ian.depth: Input should be greater",
+        ),
+        ({"axes": {"ian.stride": {"values": [3]}}}, r"ian.stride=3 does not divide"),
+        ({"axes": {"ian.depth": {"low": 0, "high": 3}}}, r"a grid needs `values"),
+        ({"axes": {"ian.depth": {"values": []}}}, r"`values` is empty"),
+        ({"search": "optuna"}, r"needs num_samples"),
+        ({"report": {"baseline": "nope"}}, r"report.baseline: 'nope' is not a variant"),
+        ({"base": "no-such-preset"}, r"base: unknown preset 'no-such-preset'"),
+        ({"overrides": {"stage1.stpes": 3}}, r"overrides: unknown config field 'stage1.stpes'"),
+        ({"seeds": [1, 1]}, r"seeds: .*without repeats"),
+        ({"objective": {"benchmark": "tools", "metric": "parse_rate"}}, r"not among tasks"),
+        (
+            {
+                "baselines": [
+                    {"name": "d0", "overrides": {"ian.depth": 0, "loss.mse_weight": 0.0}}
+                ],
+                "report": {},
+            },
+            r"are the same config",
+        ),
+        (
+            {"search": "optuna", "num_samples": 2, "early_stopping": {"grace_period": 2}},
+            r"early_stopping with search: optuna/random and several seeds is refused",
+        ),
+    ],
+)
+def test_bad_specs_name_the_field(changes, message):
+    with pytest.raises(SpecError, match=message):
+        plan_of(spec_with(**changes))
+
+
+def test_grid_plan_variants_seeds_and_swept_fields():
+    plan = plan_of(BASE)
+    assert [v.kind for v in plan.variants] == ["grid"] * 4 + ["baseline"] * 2
+    assert plan.num_trials == 6 * 2
+    assert plan.seeds == [0, 1]
+    assert plan.swept_fields == ["ian.depth", "loss.mse_weight", "ian.projector", "blind"]
+    depth1 = plan.variants[2]
+    assert depth1.overrides == {"ian.depth": 1, "loss.mse_weight": 0.0}
+    assert depth1.config.ian.depth == 1
+    # seeds of a variant share its id; trials differ by seed; variants differ
+    a, b = plan.trial_config(depth1, 0), plan.trial_config(depth1, 1)
+    assert (a.seed, b.seed) == (0, 1)
+    assert len({v.variant_id for v in plan.variants}) == 6
+    assert depth1.trial_id(1) == f"{depth1.variant_id}-s1"
+    assert plan.swept_values(plan.variants[-1].config)["blind"] is True
+    assert plan.swept_values(plan.variants[-2].config)["ian.projector"] == "mlp2x_gelu"
+
+
+def test_bundle_axis_sets_fields_together():
+    bundle = {
+        "values": [
+            {"vision.encoder": "tiny-vit-random", "ian.stride": 2},
+            {"vision.encoder": "tiny-resnet-random", "ian.stride": 4},
+        ]
+    }
+    plan = plan_of(spec_with(axes={"encoder": bundle}, baselines=[], report={}))
+    assert [v.config.ian.stride for v in plan.variants] == [2, 4]
+    assert plan.swept_fields == ["vision.encoder", "ian.stride"]
+    bad = {"values": [{"vision.encoder": "tiny-resnet-random", "ian.stride": 3}]}
+    with pytest.raises(SpecError, match=r"(?s)axes\['encoder'\].*does not divide"):
+        plan_of(spec_with(axes={"encoder": bad}))
+
+
+def test_random_search_draws_the_same_plan_for_the_same_seed():
+    axes = {
+        "ian.depth": {"low": 0, "high": 3},
+        "loss.mse_weight": {"low": 0.01, "high": 10, "log": True},
+    }
+    data = spec_with(axes=axes, search="random", num_samples=4, baselines=[], report={})
+    first, again = plan_of(data), plan_of(data)
+    other = plan_of({**data, "search_seed": 1})
+    overrides = [v.overrides for v in first.variants]
+    assert overrides == [v.overrides for v in again.variants]
+    assert overrides != [v.overrides for v in other.variants]
+    assert len(overrides) == 4
+    for o in overrides:
+        assert isinstance(o["ian.depth"], int) and 0 <= o["ian.depth"] <= 3
+        assert 0.01 <= o["loss.mse_weight"] <= 10
+
+
+def test_optuna_space_types_and_trial_count():
+    pytest.importorskip("optuna")
+    from optuna.distributions import CategoricalDistribution, FloatDistribution, IntDistribution
+
+    from harness.sweep import optuna_space
+
+    axes = {
+        "ian.depth": {"low": 0, "high": 3},
+        "loss.mse_weight": {"low": 0.01, "high": 10, "log": True},
+        "ian.projector": {"choices": ["ian", "vab"]},
+    }
+    plan = plan_of(
+        spec_with(
+            axes=axes,
+            search="optuna",
+            num_samples=5,
+            baselines=[{"name": "blind", "blind": True}],
+            report={},
+        )
+    )
+    space = optuna_space(plan)
+    assert isinstance(space["ian.depth"], IntDistribution)
+    assert isinstance(space["loss.mse_weight"], FloatDistribution) and space["loss.mse_weight"].log
+    assert isinstance(space["ian.projector"], CategoricalDistribution)
+    assert [v.name for v in plan.variants] == ["blind"]  # searched variants come from Optuna
+    assert plan.num_trials == (5 + 1) * 2
+
+
+def test_load_spec_names_the_file(tmp_path):
+    path = tmp_path / "s.yaml"
+    path.write_text("name: [unclosed\n")
+    with pytest.raises(SpecError, match=r"s.yaml: not valid YAML"):
+        load_spec(path)
+    path.write_text("name: t\nbase: tiny-test\nobjective: {benchmark: mme, metric: x}\nseeds: 0\n")
+    with pytest.raises(SpecError, match=r"(?s)s.yaml.*seeds: .*>= 1"):
+        load_spec(path)
+    with pytest.raises(SpecError, match="sweep spec not found"):
+        load_spec(tmp_path / "missing.yaml")
