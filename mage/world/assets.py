@@ -1,0 +1,304 @@
+"""Prepare (once) and check the world's "pretrained" assets: encoders and LLM.
+
+``prepare_assets(world, out_dir, size)`` fills ``out_dir`` (the registry's ``{assets}``)::
+
+    assets.json                      key, world hash, per-component fingerprints, evaluations
+    world-vit/    open_clip_config.json, open_clip_model.safetensors, fingerprint.json, log.json
+    world-resnet/ (the same)
+    world-llm/    config.json, model.safetensors, tokenizer files, fingerprint.json, log.json
+
+Each component is built into a temporary folder and swapped in atomically, then never
+rebuilt: its fingerprint is a hash of (its training config, the world's content hash, the
+assets format). Preparing into a folder whose assets have another fingerprint (another world,
+another size or config) is refused with an `AssetsError`, as is loading them with
+`check_assets` against a different world: stale encoders or features would silently
+misalign with the images.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import time
+from dataclasses import asdict, dataclass
+from pathlib import Path
+
+import datasets
+import numpy as np
+import torch
+
+from mage.io import atomic_path, atomic_write_json
+from mage.world import encoders, text, textlm
+from mage.world.generate import WorldPaths, load_world
+from mage.world.progress import progress_bar
+from mage.world.scene import Scene
+from mage.world.vocab import world_tokenizer
+
+ASSETS_FORMAT = 1
+LLM_ID = "world-llm"
+COMPONENTS = (*encoders.ENCODER_IDS, LLM_ID)
+
+
+class AssetsError(ValueError):
+    """Assets are missing or were prepared for something else; the message says what to do."""
+
+
+@dataclass(frozen=True)
+class AssetConfig:
+    vit: encoders.ClipTrainConfig
+    resnet: encoders.ClipTrainConfig
+    llm: textlm.TextLMConfig
+
+    def component(self, name: str):
+        return {"world-vit": self.vit, "world-resnet": self.resnet, LLM_ID: self.llm}[name]
+
+
+ASSET_CONFIGS = {
+    # seconds: enough to exercise every code path, not to learn much
+    "test": AssetConfig(
+        vit=encoders.ClipTrainConfig(steps=8, batch_size=32, warmup=2),
+        resnet=encoders.ClipTrainConfig(steps=8, batch_size=32, warmup=2),
+        llm=textlm.TextLMConfig(steps=12, num_layers=2, batch_size=16, warmup=2),
+    ),
+    # minutes on 2 CPU cores (see the CPU-world design note); the LLM dominates
+    "demo": AssetConfig(
+        vit=encoders.ClipTrainConfig(steps=600),
+        resnet=encoders.ClipTrainConfig(steps=300),
+        llm=textlm.TextLMConfig(steps=3000, num_layers=4, mcq_hint_rate=0.5),
+    ),
+}
+
+
+def _hash(data) -> str:
+    return hashlib.sha256(json.dumps(data, sort_keys=True, default=str).encode()).hexdigest()
+
+
+def component_fingerprint(name: str, cfg: AssetConfig, world_hash: str) -> str:
+    extra = encoders.clip_kwargs(name) if name in encoders.ENCODER_IDS else None
+    return _hash(
+        {
+            "format": ASSETS_FORMAT,
+            "component": name,
+            "config": asdict(cfg.component(name)),
+            "architecture": extra,
+            "world": world_hash,
+        }
+    )
+
+
+def resolve_world(world: WorldPaths | str | Path) -> tuple[WorldPaths, dict]:
+    paths = world if isinstance(world, WorldPaths) else load_world(world)
+    return paths, paths.info()
+
+
+def _read_json(path: Path) -> dict | None:
+    return json.loads(path.read_text()) if path.is_file() else None
+
+
+def prepare_assets(
+    world: WorldPaths | str | Path,
+    out_dir: str | Path,
+    size: str = "demo",
+    progress: bool = True,
+    features: bool = False,
+) -> Path:
+    """Build the world's encoders and LLM into ``out_dir`` (cached); returns ``out_dir``.
+
+    ``features=True`` also caches both encoders' features of the training images
+    (`mage.world.features`)."""
+    if size not in ASSET_CONFIGS:
+        raise AssetsError(f"unknown assets size {size!r}; choose one of {sorted(ASSET_CONFIGS)}")
+    cfg = ASSET_CONFIGS[size]
+    paths, info = resolve_world(world)
+    world_hash = info["content_hash"]
+    out_dir = Path(out_dir)
+    fingerprints = {name: component_fingerprint(name, cfg, world_hash) for name in COMPONENTS}
+    key = _hash({"size": size, "components": fingerprints})
+    manifest = _read_json(out_dir / "assets.json")
+    if manifest is not None and manifest.get("key") != key:
+        raise AssetsError(
+            f"{out_dir} holds assets prepared for another world or config (world "
+            f"{str(manifest.get('world_content_hash'))[:12]}, size {manifest.get('size')!r}; "
+            f"wanted world {world_hash[:12]}, size {size!r}). Use another --out folder, or "
+            "delete this one to rebuild."
+        )
+    if manifest is not None:
+        check_assets(out_dir, paths)
+        return _with_features(paths, out_dir, features)
+    for name in COMPONENTS:
+        found = _read_json(out_dir / name / "fingerprint.json")
+        if found is not None and found.get("fingerprint") != fingerprints[name]:
+            raise AssetsError(
+                f"{out_dir / name} was prepared for another world or config (fingerprint "
+                f"mismatch); use another --out folder, or delete {out_dir / name} to rebuild."
+            )
+    logs: dict[str, dict] = {}
+    with progress_bar(progress) as bar:
+        for name in COMPONENTS:
+            target = out_dir / name
+            if (target / "fingerprint.json").is_file():
+                logs[name] = _read_json(target / "log.json") or {}
+                continue
+            start = time.perf_counter()
+            with atomic_path(target) as tmp:
+                build = _build_encoder if name in encoders.ENCODER_IDS else _build_llm
+                log = build(name, paths, info, cfg, tmp, bar)
+                log["wall_seconds"] = round(time.perf_counter() - start, 2)
+                atomic_write_json(tmp / "log.json", log)
+                atomic_write_json(
+                    tmp / "fingerprint.json",
+                    {"fingerprint": fingerprints[name], "world_content_hash": world_hash},
+                )
+            logs[name] = log
+    atomic_write_json(
+        out_dir / "assets.json",
+        {
+            "format_version": ASSETS_FORMAT,
+            "key": key,
+            "size": size,
+            "world_content_hash": world_hash,
+            "world_seed": info["seed"],
+            "world_size": info["size"],
+            "components": fingerprints,
+            "logs": logs,
+        },
+    )
+    return _with_features(paths, out_dir, features)
+
+
+def _with_features(paths: WorldPaths, out_dir: Path, features: bool) -> Path:
+    if features:
+        from mage.world.features import cache_features
+
+        for name in encoders.ENCODER_IDS:
+            cache_features(paths, out_dir, name)
+    return out_dir
+
+
+def check_assets(assets_dir: str | Path, world: WorldPaths | str | Path | None = None) -> dict:
+    """Verify prepared assets (every component's fingerprint file, and the world if given);
+    returns assets.json. Raises `AssetsError` naming what is wrong."""
+    assets_dir = Path(assets_dir)
+    manifest = _read_json(assets_dir / "assets.json")
+    if manifest is None:
+        raise AssetsError(
+            f"no prepared assets in {assets_dir} (assets.json missing); run "
+            "`mage-harness prepare --world WORLD --out DIR`"
+        )
+    for name, fingerprint in manifest["components"].items():
+        found = _read_json(assets_dir / name / "fingerprint.json")
+        if found is None or found.get("fingerprint") != fingerprint:
+            raise AssetsError(
+                f"{assets_dir / name}: fingerprint does not match {assets_dir / 'assets.json'} "
+                "(missing, or copied from other assets); delete the folder and run "
+                "`mage-harness prepare` again"
+            )
+    if world is not None:
+        _, info = resolve_world(world)
+        if info["content_hash"] != manifest["world_content_hash"]:
+            raise AssetsError(
+                f"assets in {assets_dir} were prepared for world "
+                f"{manifest['world_content_hash'][:12]}, not for {info['content_hash'][:12]} "
+                "(another seed or size); prepare assets for this world into another folder"
+            )
+    return manifest
+
+
+# --------------------------------------------------------------------------------------
+# Components
+# --------------------------------------------------------------------------------------
+
+
+def _build_encoder(name, paths: WorldPaths, info, cfg: AssetConfig, out: Path, bar) -> dict:
+    records = json.loads(paths.stage1.read_text())
+    images = encoders.load_images([paths.root / r["image"] for r in records])
+    captions = [r["caption"] for r in records]
+    train_cfg = cfg.component(name)
+    task = bar.add_task(f"pretrain {name} (CLIP)", total=train_cfg.steps) if bar else None
+    model, kwargs, log = encoders.train_clip(
+        name,
+        images,
+        captions,
+        train_cfg,
+        seed=info["seed"],
+        on_step=(lambda _s: bar.advance(task)) if bar else None,
+    )
+    held_out = _held_out_pairs(paths)
+    if held_out:
+        log["held_out_retrieval_top1"] = encoders.retrieval_accuracy(model, *held_out)
+    encoders.save_clip(model, kwargs, out)
+    return log
+
+
+def _held_out_pairs(paths: WorldPaths, n: int = 256):
+    """(images, captions) of up to n SEED-Bench held-out images, for a retrieval check."""
+    dd = datasets.load_from_disk(str(paths.bench["seedbench"]))
+    split = next(iter(dd.values()))
+    scenes = json.loads(paths.scenes.read_text())
+    rows = split.select(range(min(n, len(split))))
+    arrays = [np.asarray(r["image"][0].convert("RGB")) for r in rows]
+    caps = [text.caption(Scene.from_dict(scenes[r["question_id"]])) for r in rows]
+    if not arrays:
+        return None
+    return torch.from_numpy(np.stack(arrays)).permute(0, 3, 1, 2).contiguous(), caps
+
+
+def _build_llm(name, paths: WorldPaths, info, cfg: AssetConfig, out: Path, bar) -> dict:
+    tokenizer = world_tokenizer()
+    records = json.loads(paths.stage2.read_text())
+    task = bar.add_task("pretrain world-llm (text)", total=cfg.llm.steps) if bar else None
+    model, log = textlm.train_text_llm(
+        records,
+        tokenizer,
+        cfg.llm,
+        seed=info["seed"],
+        on_step=(lambda _s: bar.advance(task)) if bar else None,
+    )
+    log["text_eval"] = textlm.evaluate_text_llm(model, tokenizer, text_eval_items(paths))
+    textlm.save_text_llm(model, tokenizer, out)
+    return log
+
+
+def text_eval_items(paths: WorldPaths) -> dict[str, list[dict]]:
+    """Held-out benchmark questions with each image's caption, for the text-only check."""
+    scenes = json.loads(paths.scenes.read_text())
+
+    def caption_of(image_id: str) -> str:
+        return text.caption(Scene.from_dict(scenes[image_id]))
+
+    def rows(bench: str, columns: list[str]):
+        dd = datasets.load_from_disk(str(paths.bench[bench]))
+        return next(iter(dd.values())).select_columns(columns)
+
+    yes_no = [
+        {
+            "caption": caption_of(r["question_id"].split("/")[-1].removesuffix(".png")),
+            "question": r["question"],
+            "answer": r["answer"],
+            "pair": r["question_id"],
+        }
+        for r in rows("mme", ["question_id", "question", "answer"])
+    ]
+    mcq = [
+        {
+            "caption": caption_of(r["question_id"]),
+            "answer": r["answer"],
+            "prompt": text.seed_prompt(r["question"], tuple(r[f"choice_{c}"] for c in "abcd")),
+        }
+        for r in rows(
+            "seedbench",
+            ["question_id", "question", "answer", "choice_a", "choice_b", "choice_c", "choice_d"],
+        )
+    ]
+    mm = rows("mmbench", ["index", "question", "answer", "A", "B", "C", "D"])
+    for r in mm:
+        if r["index"] < 1_000_000:
+            iid = f"mmbench-{r['index']:06d}"
+            mcq.append(
+                {
+                    "caption": caption_of(iid),
+                    "answer": r["answer"],
+                    "prompt": text.mmbench_prompt(r["question"], tuple(r[c] for c in "ABCD")),
+                }
+            )
+    return {"yes_no": yes_no, "mcq": mcq}

@@ -1,0 +1,70 @@
+"""Presets that train MAGE on the synthetic shapes world on a CPU.
+
+``world-demo`` is the embedded default's base (ablations/smoke.yaml); ``world-test`` is the
+same model with a handful of steps, for CI. Data paths use ``{data}`` (the generated world's
+folder) and encoders/LLM come from ``{assets}`` (its prepared assets); the sweep harness fills
+both. The recipe follows ../shared/design/cpu-world.md, tuned by measurement (see README):
+stage 1 trains the IAN on captions with CE + MSE; stage 2 trains everything on the
+instruction mix (captions, short answers, yes/no, lettered MCQ) and the tool-calling samples.
+"""
+
+from __future__ import annotations
+
+from mage.config import (
+    DataSource,
+    IANConfig,
+    LLMConfig,
+    LossConfig,
+    MageConfig,
+    StageConfig,
+    VisionConfig,
+)
+
+STAGE1_DATA = [DataSource(path="{data}/stage1.json")]
+STAGE2_DATA = [
+    DataSource(path="{data}/stage2.json", weight=0.9),
+    DataSource(path="{data}/tools_train.json", weight=0.1),
+]
+
+
+def world_demo() -> MageConfig:
+    return MageConfig(
+        name="world-demo",
+        max_length=96,
+        vision=VisionConfig(encoder="world-resnet"),
+        ian=IANConfig(projector="ian", depth=1, vab_depth=2, stride=2, num_heads=4, ffn_mult=2.0),
+        llm=LLMConfig(name="world-llm"),
+        loss=LossConfig(mse_weight=1.0, mse_reduction="mean"),
+        stage1=StageConfig(
+            trainable=["ian"],
+            data=STAGE1_DATA,
+            steps=300,
+            batch_size=32,
+            lr=1e-3,
+            warmup_ratio=0.05,
+        ),
+        stage2=StageConfig(
+            trainable=["ian", "llm"],
+            data=STAGE2_DATA,
+            steps=600,
+            batch_size=32,
+            lr=3e-4,
+            warmup_ratio=0.05,
+        ),
+    )
+
+
+def world_test() -> MageConfig:
+    """world-demo's model with a few steps: exercises the whole pipeline in seconds."""
+    return world_demo().with_overrides(
+        {
+            "name": "world-test",
+            "stage1.steps": 6,
+            "stage1.batch_size": 8,
+            "stage2.steps": 8,
+            "stage2.batch_size": 8,
+        }
+    )
+
+
+WORLD_PRESETS = {"world-demo": world_demo, "world-test": world_test}

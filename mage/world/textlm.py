@@ -1,0 +1,261 @@
+"""The world's "pretrained" LLM: a tiny Llama taught the world's language from text alone.
+
+Real MAGE starts from a pretrained Vicuna; the world starts every variant from this tiny
+``LlamaForCausalLM`` instead. It is trained once on the world's stage-2 instructions with
+the image replaced by its caption (``"<caption>\\n<question>"``), plus caption modelling
+(a caption prompt without image -> a caption), using the "world" conversation template
+(`mage.template`), loss on reply tokens only and EOS after each reply. Without such a start
+a tiny VLM trained for minutes stays at the answer prior (see the CPU-world design note).
+
+`evaluate_text_llm` measures the text-only upper bound on the held-out benchmark questions
+(caption in the prompt): MME-style yes/no accuracy, acc+ (both questions of an image right)
+and multiple-choice accuracy, from the first generated token.
+"""
+
+from __future__ import annotations
+
+import re
+import time
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+import torch
+from transformers import LlamaConfig, LlamaForCausalLM, PreTrainedTokenizerBase
+
+from mage.template import IMAGE_TOKEN, get_template
+from mage.world import text
+
+IGNORE_INDEX = -100
+TEMPLATE = "world"
+
+
+@dataclass(frozen=True)
+class TextLMConfig:
+    steps: int
+    hidden_size: int = 128
+    num_layers: int = 4
+    num_heads: int = 4
+    intermediate_size: int = 512
+    initializer_range: float = 0.06  # 0.02 (transformers' default) never leaves the prior
+    batch_size: int = 32
+    lr: float = 1e-3
+    warmup: int = 100
+    max_length: int = 192
+    # sampling weights of stage-2 kinds: the one-token answers (yes/no, letters) need more
+    # examples than the stage-2 mix gives them; each sample's loss is averaged over its own
+    # reply tokens, so a one-letter reply weighs as much as a caption
+    kind_weights: tuple[tuple[str, float], ...] = (
+        ("caption", 0.1), ("short", 0.25), ("yes_no", 0.3), ("mcq", 0.35)
+    )  # fmt: skip
+    mcq_hint_rate: float = 0.0
+
+
+def build_llm(tokenizer: PreTrainedTokenizerBase, cfg: TextLMConfig, seed: int) -> LlamaForCausalLM:
+    config = LlamaConfig(
+        vocab_size=len(tokenizer),
+        hidden_size=cfg.hidden_size,
+        intermediate_size=cfg.intermediate_size,
+        num_hidden_layers=cfg.num_layers,
+        num_attention_heads=cfg.num_heads,
+        num_key_value_heads=cfg.num_heads,
+        max_position_embeddings=512,
+        initializer_range=cfg.initializer_range,
+        tie_word_embeddings=True,
+        pad_token_id=tokenizer.pad_token_id,
+        bos_token_id=tokenizer.bos_token_id,
+        eos_token_id=tokenizer.eos_token_id,
+    )
+    torch.manual_seed(seed)
+    model = LlamaForCausalLM(config)
+    model.generation_config.pad_token_id = tokenizer.pad_token_id
+    model.generation_config.eos_token_id = tokenizer.eos_token_id
+    return model
+
+
+def text_conversations(
+    records: list[dict], hint_rate: float = 0.0, seed: int = 0
+) -> list[list[dict]]:
+    """Stage-2 records with the image replaced by its caption (caption records: no image).
+
+    With ``hint_rate``, that share of multiple-choice records also states the answer
+    ("The answer is red."), so the last step (find the option, say its letter) is learnt on
+    its own; benchmark prompts never carry a hint."""
+    rng = np.random.default_rng([seed, 17])
+    out = []
+    for rec in records:
+        turns = [dict(t) for t in rec["conversations"]]
+        human = turns[0]["value"]
+        if rec.get("kind") == "caption":
+            turns[0]["value"] = human.replace(f"{IMAGE_TOKEN}\n", "")
+        else:
+            context = rec["caption"]
+            if rec.get("kind") == "mcq" and hint_rate and rng.random() < hint_rate:
+                option = re.search(rf"^{turns[1]['value']}\. (.+)$", human, re.MULTILINE)
+                context += f"\nThe answer is {option.group(1)}."
+            turns[0]["value"] = human.replace(IMAGE_TOKEN, context)
+        out.append(turns)
+    return out
+
+
+def encode(conversations: list[dict], tokenizer, max_length: int) -> tuple[list[int], list[int]]:
+    """Token ids and labels (-100 outside replies); EOS closes every reply."""
+    ids: list[int] = []
+    labels: list[int] = []
+    for piece, is_target in get_template(TEMPLATE).segments(conversations):
+        piece_ids = tokenizer.encode(piece, add_special_tokens=False)
+        if is_target:
+            piece_ids = piece_ids + [tokenizer.eos_token_id]
+        ids += piece_ids
+        labels += piece_ids if is_target else [IGNORE_INDEX] * len(piece_ids)
+    return ids[:max_length], labels[:max_length]
+
+
+def collate(batch: list[tuple[list[int], list[int]]], pad_id: int) -> dict[str, torch.Tensor]:
+    width = max(len(ids) for ids, _ in batch)
+    input_ids = torch.full((len(batch), width), pad_id, dtype=torch.long)
+    labels = torch.full((len(batch), width), IGNORE_INDEX, dtype=torch.long)
+    mask = torch.zeros((len(batch), width), dtype=torch.long)
+    for i, (ids, lab) in enumerate(batch):
+        input_ids[i, : len(ids)] = torch.tensor(ids)
+        labels[i, : len(lab)] = torch.tensor(lab)
+        mask[i, : len(ids)] = 1
+    return {"input_ids": input_ids, "labels": labels, "attention_mask": mask}
+
+
+def train_text_llm(
+    records: list[dict], tokenizer, cfg: TextLMConfig, seed: int, on_step=None
+) -> tuple[LlamaForCausalLM, dict]:
+    """Train the tiny Llama on the text form of ``records``; returns ``(model, log)``."""
+    model = build_llm(tokenizer, cfg, seed)
+    conversations = text_conversations(records, cfg.mcq_hint_rate, seed)
+    encoded = [encode(c, tokenizer, cfg.max_length) for c in conversations]
+    weights = _record_weights(records, dict(cfg.kind_weights))
+    opt = torch.optim.AdamW(model.parameters(), lr=cfg.lr, weight_decay=0.0)
+    sched = torch.optim.lr_scheduler.LambdaLR(
+        opt,
+        lambda s: (
+            min(1.0, (s + 1) / max(1, cfg.warmup))
+            * 0.5
+            * (1 + np.cos(np.pi * min(1.0, s / max(1, cfg.steps))))
+        ),
+    )
+    batches = _length_grouped_batches(encoded, weights, cfg.batch_size, np.random.default_rng(seed))
+    model.train()
+    start, losses = time.perf_counter(), []
+    for step in range(cfg.steps):
+        batch = collate([encoded[i] for i in next(batches)], tokenizer.pad_token_id)
+        loss = per_sample_loss(model, batch)
+        opt.zero_grad(set_to_none=True)
+        loss.backward()
+        torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0)
+        opt.step()
+        sched.step()
+        losses.append(loss.item())
+        if on_step:
+            on_step(step)
+    model.eval()
+    log = {
+        "steps": cfg.steps,
+        "train_samples": len(encoded),
+        "final_loss": float(np.mean(losses[-50:])) if losses else None,
+        "train_seconds": round(time.perf_counter() - start, 2),
+    }
+    return model, log
+
+
+def per_sample_loss(model, batch: dict[str, torch.Tensor]) -> torch.Tensor:
+    """Cross-entropy averaged over each sample's reply tokens, then over the samples."""
+    logits = model(input_ids=batch["input_ids"], attention_mask=batch["attention_mask"]).logits
+    labels = batch["labels"][:, 1:]
+    token_loss = torch.nn.functional.cross_entropy(
+        logits[:, :-1].flatten(0, 1).float(), labels.flatten(), reduction="none",
+        ignore_index=IGNORE_INDEX,
+    ).view(labels.shape)  # fmt: skip
+    counts = (labels != IGNORE_INDEX).sum(1)
+    keep = counts > 0
+    return (token_loss.sum(1)[keep] / counts[keep]).mean()
+
+
+def _record_weights(records: list[dict], kind_weights: dict[str, float]) -> np.ndarray:
+    kinds = [r.get("kind", "other") for r in records]
+    present = {k: kinds.count(k) for k in set(kinds)}
+    weight = np.array([kind_weights.get(k, 0.0) / present[k] for k in kinds])
+    if weight.sum() <= 0:  # no known kinds: uniform
+        weight = np.ones(len(records))
+    return weight / weight.sum()
+
+
+def _length_grouped_batches(
+    encoded: list, weights: np.ndarray, batch_size: int, rng: np.random.Generator, group: int = 16
+):
+    """Endless batches drawn with ``weights``; each run of ``group`` batches is split by
+    length, so a batch pads little (about 1.5x fewer tokens on the world's mixed lengths)."""
+    batch_size = min(batch_size, len(encoded))
+    lengths = np.array([len(ids) for ids, _ in encoded])
+    while True:
+        pool = rng.choice(len(encoded), size=batch_size * group, p=weights)
+        pool = pool[np.argsort(lengths[pool], kind="stable")]
+        chunks = [pool[i : i + batch_size] for i in range(0, len(pool), batch_size)]
+        for k in rng.permutation(len(chunks)):
+            yield [int(i) for i in chunks[k]]
+
+
+@torch.no_grad()
+def first_token_answers(model, tokenizer, prompts: list[str], batch_size: int = 64) -> list[str]:
+    """Greedy first reply token for each user prompt (left-padded batches), decoded."""
+    template = get_template(TEMPLATE)
+    out: list[str] = []
+    for i in range(0, len(prompts), batch_size):
+        encoded = [
+            tokenizer.encode(template.prompt(p), add_special_tokens=False)
+            for p in prompts[i : i + batch_size]
+        ]
+        width = max(map(len, encoded))
+        ids = torch.full((len(encoded), width), tokenizer.pad_token_id, dtype=torch.long)
+        mask = torch.zeros_like(ids)
+        for j, e in enumerate(encoded):
+            ids[j, width - len(e) :] = torch.tensor(e)
+            mask[j, width - len(e) :] = 1
+        position_ids = (mask.cumsum(-1) - 1).clamp(min=0)
+        logits = model(input_ids=ids, attention_mask=mask, position_ids=position_ids).logits
+        out += [tokenizer.decode([t]).strip() for t in logits[:, -1].argmax(-1).tolist()]
+    return out
+
+
+def evaluate_text_llm(model, tokenizer, bench_items: dict[str, list[dict]]) -> dict:
+    """Text-only accuracy with the caption in the prompt.
+
+    ``bench_items``: ``{"yes_no": [{"caption", "question", "answer", "pair"}...],
+    "mcq": [{"caption", "prompt", "answer"}...]}`` (see assets.text_eval_items)."""
+    result: dict = {}
+    yn = bench_items.get("yes_no", [])
+    if yn:
+        preds = first_token_answers(
+            model, tokenizer, [f"{x['caption']}\n{text.mme_prompt(x['question'])}" for x in yn]
+        )
+        right = [p == x["answer"] for p, x in zip(preds, yn)]
+        pairs: dict[str, list[bool]] = {}
+        for ok, x in zip(right, yn):
+            pairs.setdefault(x["pair"], []).append(ok)
+        result.update(
+            yes_no_acc=float(np.mean(right)),
+            yes_no_acc_plus=float(np.mean([all(v) for v in pairs.values()])),
+            yes_no_n=len(yn),
+            yes_rate=float(np.mean([p == text.YES for p in preds])),
+        )
+    mcq = bench_items.get("mcq", [])
+    if mcq:
+        preds = first_token_answers(
+            model, tokenizer, [f"{x['caption']}\n{x['prompt']}" for x in mcq]
+        )
+        result.update(
+            mcq_acc=float(np.mean([p == x["answer"] for p, x in zip(preds, mcq)])),
+            mcq_n=len(mcq),
+        )
+    return result
+
+
+def save_text_llm(model, tokenizer, out_dir: Path) -> None:
+    model.save_pretrained(out_dir)
+    tokenizer.save_pretrained(out_dir)

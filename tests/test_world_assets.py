@@ -1,0 +1,107 @@
+"""Prepared world assets: loadable by their consumers, cached, and fingerprint-checked."""
+
+from __future__ import annotations
+
+import json
+import shutil
+
+import numpy as np
+import open_clip
+import pytest
+import torch
+from safetensors.torch import load_file
+from transformers import AutoModelForCausalLM, AutoTokenizer
+
+from harness.cli import main as cli_main
+from mage.config import VisionConfig
+from mage.registry import resolve_encoder
+from mage.world.assets import COMPONENTS, AssetsError, check_assets, prepare_assets
+from mage.world.encoders import load_clip, normalise
+from mage.world.generate import generate_world
+from mage.world.scene import Scene, WorldObject, render_scene
+from mage.world.vocab import world_tokenizer
+
+
+def test_layout_and_manifest(test_world, test_assets):
+    manifest = check_assets(test_assets, test_world)
+    assert set(manifest["components"]) == set(COMPONENTS)
+    assert manifest["world_content_hash"] == test_world.info()["content_hash"]
+    for name in ("world-vit", "world-resnet"):
+        cfg = json.loads((test_assets / name / "open_clip_config.json").read_text())
+        assert set(cfg) == {"embed_dim", "vision_cfg", "text_cfg"}
+        model = open_clip.CLIP(**cfg)
+        model.load_state_dict(load_file(str(test_assets / name / "open_clip_model.safetensors")))
+        assert cfg["text_cfg"]["vocab_size"] == len(world_tokenizer())
+    llm_eval = manifest["logs"]["world-llm"]["text_eval"]
+    assert {"yes_no_acc", "yes_no_acc_plus", "mcq_acc"} <= set(llm_eval)
+
+
+def test_world_llm_loads_with_auto_classes(test_assets):
+    directory = test_assets / "world-llm"
+    model = AutoModelForCausalLM.from_pretrained(directory)
+    tok = AutoTokenizer.from_pretrained(directory)
+    assert type(model).__name__ == "LlamaForCausalLM"
+    assert model.config.initializer_range == pytest.approx(0.06)
+    assert tok.get_vocab() == world_tokenizer().get_vocab()
+    assert model.config.eos_token_id == tok.eos_token_id
+    ids = tok("USER: What is in the image? ASSISTANT:", return_tensors="pt").input_ids
+    assert model(input_ids=ids).logits.shape == (1, ids.shape[1], len(tok))
+
+
+@pytest.mark.parametrize("encoder, dim", [("world-vit", 64), ("world-resnet", 128)])
+def test_registry_vision_tower_loads_the_encoders(test_assets, encoder, dim):
+    vision = pytest.importorskip("mage.vision")
+    spec = resolve_encoder(VisionConfig(encoder=encoder), str(test_assets))
+    tower = vision.build_vision_tower(spec)
+    assert tower.grid_size == 8 and tower.feature_dim == dim
+    scene = Scene((WorldObject("cross", "orange", "large", "bottom left"),), jitter_seed=3)
+    image = render_scene(scene)
+    pixels = tower.preprocess([image])
+    # the tower normalises exactly as the encoders were pretrained
+    reference = normalise(torch.from_numpy(np.array(image)).permute(2, 0, 1)[None])
+    assert torch.allclose(pixels, reference, atol=1e-5)
+    assert tower(pixels).shape == (1, 64, dim)
+    clip = load_clip(test_assets / encoder)
+    own = dict(clip.visual.state_dict())
+    assert all(torch.equal(own[k], v) for k, v in tower.visual.state_dict().items())
+
+
+def test_second_prepare_is_cached(test_world, test_assets):
+    weights = test_assets / "world-llm" / "model.safetensors"
+    before = weights.stat().st_mtime_ns
+    assert prepare_assets(test_world, test_assets, size="test", progress=False) == test_assets
+    assert weights.stat().st_mtime_ns == before
+
+
+def test_assets_for_another_world_are_refused(test_world, test_assets, tmp_path):
+    other = generate_world(tmp_path / "other", seed=1, size="test")
+    with pytest.raises(AssetsError, match="another world or config"):
+        prepare_assets(other, test_assets, size="test", progress=False)
+    with pytest.raises(AssetsError, match="were prepared for world"):
+        check_assets(test_assets, other)
+
+
+def test_tampered_fingerprint_is_refused(test_world, test_assets, tmp_path):
+    copy = tmp_path / "assets"
+    shutil.copytree(test_assets, copy)
+    fingerprint = copy / "world-vit" / "fingerprint.json"
+    fingerprint.write_text(json.dumps({"fingerprint": "0" * 64}))
+    with pytest.raises(AssetsError, match="fingerprint does not match"):
+        check_assets(copy)
+    with pytest.raises(AssetsError, match="fingerprint does not match"):
+        prepare_assets(test_world, copy, size="test", progress=False)
+    (copy / "assets.json").unlink()  # a half-built folder with a foreign component
+    with pytest.raises(AssetsError, match="world-vit was prepared for another world"):
+        prepare_assets(test_world, copy, size="test", progress=False)
+    with pytest.raises(AssetsError, match="mage-harness prepare"):
+        check_assets(tmp_path / "nothing")
+
+
+def test_cli_synth_and_cached_prepare(test_world, test_assets, tmp_path, capsys):
+    assert cli_main(["data", "synth", str(tmp_path / "w"), "--seed", "3", "--size", "test",
+                     "--quiet"]) == 0  # fmt: skip
+    info = json.loads((tmp_path / "w" / "world.json").read_text())
+    assert (info["seed"], info["size"]) == (3, "test")
+    args = ["prepare", "--world", str(test_world.root), "--out", str(test_assets)]
+    assert cli_main([*args, "--size", "test", "--quiet"]) == 0
+    assert str(test_assets) in capsys.readouterr().out
