@@ -29,7 +29,7 @@ import numpy as np
 import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
-from mage.config import ConfigError, MageConfig, get_dotted, set_dotted
+from mage.config import ConfigError, MageConfig, describe_error, get_dotted, set_dotted
 
 
 class SpecError(ConfigError):
@@ -170,6 +170,9 @@ class SweepSpec(_Strict):
     )
     eval_batch_size: int = Field(8, ge=1)
     eval_limit: int | None = Field(None, ge=1, description="items per benchmark (quick runs)")
+    eval_max_new_tokens: int | None = Field(
+        None, ge=1, description="cap on generated tokens per answer (MMBench asks for 1024)"
+    )
     storage_path: str | None = Field(
         None, description="Tune's storage (local folder or cloud URI); default SWEEP_DIR/tune"
     )
@@ -250,12 +253,7 @@ def format_spec_error(err: ValidationError, source: str) -> str:
                 loc += f"[{str(part)!r}]"
             else:
                 loc += f".{part}" if loc else str(part)
-        msg = e["msg"].removeprefix("Value error, ")
-        if e["type"] == "extra_forbidden":
-            msg = "unknown field (check the spelling; the fields are in harness/spec.py)"
-        elif e["type"] == "literal_error":
-            msg = f"{msg} (got {e.get('input')!r})"
-        lines.append(f"{loc or '<spec>'}: {msg}")
+        lines.append(f"{loc or '<spec>'}: {describe_error(e, 'harness/spec.py')}")
     return f"invalid sweep spec {source}:\n  " + "\n  ".join(lines)
 
 

@@ -300,11 +300,35 @@ def resume_sweep(
     return _drive(plan, sweep_dir, ray_address, progress, trial_fn, report, "resume")
 
 
+def _prepare_shared_inputs(plan: SweepPlan) -> None:
+    """Generate the synthetic world and prepare its assets once, in the driver, with every
+    local core; trials (one CPU each) then find them cached instead of one trial building them
+    on a single thread while the others wait on its lock."""
+    if plan.spec.world is None:
+        return
+    import torch
+
+    from harness.trial import needs_assets, prepare_data
+
+    configs = [plan.base] + [v.config for v in plan.variants]
+    config = next((c for c in configs if needs_assets(c)), plan.base)
+    threads = torch.get_num_threads()
+    torch.set_num_threads(os.cpu_count() or 1)
+    started = time.time()
+    print("preparing the synthetic world and its assets (once; cached) ...", file=sys.stderr)
+    try:
+        prepare_data(plan.spec, config)
+        print(f"world and assets ready ({time.time() - started:.0f} s)", file=sys.stderr)
+    finally:
+        torch.set_num_threads(threads)
+
+
 def _drive(plan, sweep_dir, ray_address, progress, trial_fn, report, kind) -> SweepSummary:
     import ray
 
     from harness.trial import run_trial
 
+    _prepare_shared_inputs(plan)
     manifest = store.read_manifest(sweep_dir)
     sessions = manifest.get("sessions", [])
     sessions.append({"kind": kind, "started_at": _now(), "wall_s": 0.0})

@@ -196,7 +196,7 @@ def _world_dir(spec: SweepSpec) -> Path:
     return Path(world.dir) if world.dir else default_world_dir() / f"{world.size}-seed{world.seed}"
 
 
-def _needs_assets(config: MageConfig) -> bool:
+def needs_assets(config: MageConfig) -> bool:
     from mage import registry
 
     enc = registry.ENCODERS.get(config.vision.encoder)
@@ -239,7 +239,7 @@ def prepare_data(spec: SweepSpec, config: MageConfig) -> TrialData:
         if not getattr(config, stage).data:
             source = DataSource(path="{data}/" + name, image_root="{data}")
             update[stage] = getattr(config, stage).model_copy(update={"data": [source]})
-    if _needs_assets(config):
+    if needs_assets(config):
         from mage.world.assets import prepare_assets
 
         assets = assets_dir_for(spec, config)
@@ -320,6 +320,7 @@ def _evaluate(ctx: TrialContext, model, data: TrialData, out: Path) -> None:
             out_dir=out / "lmms_eval",
             batch_size=spec.eval_batch_size,
             limit=spec.eval_limit,
+            max_new_tokens_cap=spec.eval_max_new_tokens,
         )
         scores, items, record = [result.scores], [result.items], result.record
     if "tools" in spec.tasks:

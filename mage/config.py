@@ -251,14 +251,19 @@ def get_dotted(data: dict[str, Any], dotted: str) -> Any:
     return node
 
 
+def describe_error(e: dict, fields_hint: str = "mage/config.py") -> str:
+    """One pydantic error as a sentence, saying where the allowed fields/values are."""
+    msg = e["msg"].removeprefix("Value error, ")
+    if e["type"] == "extra_forbidden":
+        return f"unknown field (check the spelling; the fields are in {fields_hint})"
+    if e["type"] == "literal_error":
+        return f"{msg} (got {e.get('input')!r})"
+    return msg
+
+
 def format_validation_error(err: ValidationError) -> str:
     lines = []
     for e in err.errors():
         loc = ".".join(str(p) for p in e["loc"]) or "<config>"
-        msg = e["msg"].removeprefix("Value error, ")
-        if e["type"] == "extra_forbidden":
-            msg = "unknown field (check the spelling; see mage/config.py for the fields)"
-        elif e["type"] == "literal_error":
-            msg = f"{msg} (got {e.get('input')!r})"
-        lines.append(f"{loc}: {msg}")
+        lines.append(f"{loc}: {describe_error(e)}")
     return "invalid config:\n  " + "\n  ".join(lines)

@@ -64,7 +64,7 @@ ASSET_CONFIGS = {
     "demo": AssetConfig(
         vit=encoders.ClipTrainConfig(steps=600),
         resnet=encoders.ClipTrainConfig(steps=300),
-        llm=textlm.TextLMConfig(steps=3000, num_layers=4, mcq_hint_rate=0.5),
+        llm=textlm.TextLMConfig(steps=2000, num_layers=4, mcq_hint_rate=0.5),
     ),
 }
 

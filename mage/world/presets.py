@@ -38,7 +38,7 @@ def world_demo() -> MageConfig:
         stage1=StageConfig(
             trainable=["ian"],
             data=STAGE1_DATA,
-            steps=300,
+            steps=150,
             batch_size=32,
             lr=1e-3,
             warmup_ratio=0.05,
@@ -46,7 +46,7 @@ def world_demo() -> MageConfig:
         stage2=StageConfig(
             trainable=["ian", "llm"],
             data=STAGE2_DATA,
-            steps=600,
+            steps=400,
             batch_size=32,
             lr=3e-4,
             warmup_ratio=0.05,
