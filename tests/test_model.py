@@ -165,3 +165,26 @@ def test_missing_and_corrupt_images_name_the_record(tiny, tmp_path):
     skipping = bad.with_overrides({"stage1.on_bad_image": "skip"})
     ds = build_dataset(skipping, "stage1")
     assert ds.load_image(ds.records[2]) is None and len(ds.skipped) == 1
+
+
+def test_stage2_with_lora_trains_adapters_and_ian_only_and_reloads(tiny, tmp_path):
+    cfg, _ = tiny
+    cfg = cfg.with_overrides({"llm.lora.enabled": True, "llm.lora.r": 4, "llm.lora.alpha": 8})
+    torch.manual_seed(0)
+    model = MageModel.build(cfg)
+    base = {k: v.clone() for k, v in model.llm.state_dict().items()}
+    train_stage(model, cfg, "stage2", tmp_path / "s2")
+    assert model.lora_active
+    trained = {n for n, p in model.llm.named_parameters() if p.requires_grad}
+    assert trained and all("lora_" in n for n in trained)
+    frozen_now = {
+        k.replace("base_model.model.", "").replace(".base_layer", ""): v
+        for k, v in model.llm.state_dict().items()
+        if "lora_" not in k
+    }
+    assert all(torch.equal(v, frozen_now[k]) for k, v in base.items())
+    model.save_pretrained(tmp_path / "ckpt")
+    again = MageModel.from_pretrained(tmp_path / "ckpt")
+    batch = _one_batch(cfg, model, "stage2")
+    model.eval()
+    assert torch.equal(model(**batch).logits, again(**batch).logits)
