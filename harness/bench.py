@@ -1,7 +1,7 @@
 """Training-speed benchmark: steps/s, tokens/s and peak memory of one preset and projector.
 
 Weights are random (``llm.random_init``, vision ``pretrained: none``) and batches are random
-token ids of the preset's ``max_length`` (or ``--seq-len``) plus random pixels, so the figure
+token ids (the image tokens plus 64 text tokens, or ``--seq-len``) plus random pixels, so the figure
 measures the architecture at its real shapes, not data loading. On CUDA the model runs in
 bf16 autocast, as in training.
 """

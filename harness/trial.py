@@ -355,6 +355,7 @@ def run_trial(ctx: TrialContext) -> TrialOutcome:
         "tasks": ctx.spec.tasks,
         "batch": ctx.spec.eval_batch_size,
         "limit": ctx.spec.eval_limit,
+        "max_new_tokens": ctx.spec.eval_max_new_tokens,
         "data": data.eval_dir,
     }
     ev = s2 / f"eval-{_hash(settings)}"

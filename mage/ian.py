@@ -1,6 +1,6 @@
 """The connector between the vision tower and the LLM: MAGE's IAN and the baselines.
 
-The Intelligent Alignment Network (IAN) is two blocks (docs: design/mage-model.md, IAN):
+The Intelligent Alignment Network (IAN) is two blocks (docs/mage-model.md, section IAN):
 
 - `VectorAlignmentBlock` (VAB): an MLP of ``ian.vab_depth`` layers mapping the patch features
   to the LLM width, then a learnable norm: ``a = Norm(Linear -> GELU -> ... -> Linear)(V)``.

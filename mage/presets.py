@@ -2,7 +2,7 @@
 
 ``PRESETS = {id: factory}``; `get_preset(id)` returns a fresh `MageConfig`. Sweep specs name a
 preset as their base and override fields by dotted path. The paper presets follow
-`../shared/design/mage-model.md`: CLIP ViT-L/14-336 (576 patches) -> IAN with a stride-2 SEB
+`docs/mage-model.md`: CLIP ViT-L/14-336 (576 patches) -> IAN with a stride-2 SEB
 (144 tokens) -> Vicuna v1.5; stage 1 at lr 1e-3 / global batch 256, stage 2 at lr 2e-5 /
 global batch 128, the LLaVA-1.5 recipe. Data paths use ``{data}`` (``data_dir``).
 """
@@ -105,12 +105,8 @@ PRESETS: dict[str, Callable[[], MageConfig]] = {
 
 
 def _register_world_presets() -> None:
-    try:
-        from mage.world.presets import WORLD_PRESETS
-    except ModuleNotFoundError as err:
-        if err.name != "mage.world.presets":
-            raise
-        return
+    from mage.world.presets import WORLD_PRESETS
+
     PRESETS.update(WORLD_PRESETS)
 
 

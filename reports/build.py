@@ -26,7 +26,7 @@ from reports.tables import Table, all_tables
 REPORT_DIRNAME = "report"
 FIGURE_FORMATS = ("png", "pdf")
 # manifest sections too long for the report page (they stay in manifest.json)
-PROVENANCE_SKIP = {"spec", "plan", "trial_configs", "trial_hours", "eval_records"}
+PROVENANCE_SKIP = {"spec", "plan", "trial_configs", "trial_hours", "eval_record"}
 
 
 class ReportError(ValueError):

@@ -85,10 +85,11 @@ def _prepare(args) -> int:
         torch.set_num_threads(args.threads)
     start = time.perf_counter()
     if args.world is None:
-        world = ensure_world(default_world_dir(), args.seed, args.size, progress=not args.quiet)
+        root = default_world_dir() / f"{args.size}-seed{args.seed}"  # where sweeps look too
+        world = ensure_world(root, args.seed, args.size, progress=not args.quiet)
     else:
         world = load_world(args.world)
-    out = args.out or Path(default_assets_dir())
+    out = args.out or Path(default_assets_dir()) / f"{args.size}-seed{args.seed}"
     prepare_assets(world, out, size=args.size, progress=not args.quiet, features=args.features)
     manifest = json.loads((out / "assets.json").read_text())
     summary = {

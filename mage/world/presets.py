@@ -3,7 +3,7 @@
 ``world-demo`` is the embedded default's base (ablations/smoke.yaml); ``world-test`` is the
 same model with a handful of steps, for CI. Data paths use ``{data}`` (the generated world's
 folder) and encoders/LLM come from ``{assets}`` (its prepared assets); the sweep harness fills
-both. The recipe follows ../shared/design/cpu-world.md, tuned by measurement (see README):
+both. The recipe follows docs/cpu-world.md, tuned by measurement (see README):
 stage 1 trains the IAN on captions with CE + MSE; stage 2 trains everything on the
 instruction mix (captions, short answers, yes/no, lettered MCQ) and the tool-calling samples.
 """
