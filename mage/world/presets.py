@@ -30,7 +30,7 @@ STAGE2_DATA = [
 def world_demo() -> MageConfig:
     return MageConfig(
         name="world-demo",
-        max_length=96,
+        max_length=192,
         vision=VisionConfig(encoder="world-resnet"),
         ian=IANConfig(projector="ian", depth=1, vab_depth=2, stride=2, num_heads=4, ffn_mult=2.0),
         llm=LLMConfig(name="world-llm"),
@@ -38,7 +38,7 @@ def world_demo() -> MageConfig:
         stage1=StageConfig(
             trainable=["ian"],
             data=STAGE1_DATA,
-            steps=150,
+            steps=200,
             batch_size=16,
             lr=1e-3,
             warmup_ratio=0.05,
@@ -46,7 +46,7 @@ def world_demo() -> MageConfig:
         stage2=StageConfig(
             trainable=["ian", "llm"],
             data=STAGE2_DATA,
-            steps=350,
+            steps=450,
             batch_size=16,
             lr=5e-4,
             warmup_ratio=0.05,
