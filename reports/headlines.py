@@ -135,8 +135,9 @@ HEADLINES: tuple[Headline, ...] = (
         "mme",
         ("mme_perception_score",),
         "MME perception score (0-2000)",
-        "MME perception: lmms-eval's mme_perception_score, the sum of acc + acc+ over the 10 "
-        "perception categories (0-2000; always answering Yes scores 500).",
+        "MME perception: lmms-eval's mme_perception_score, the sum of acc + acc+ over the "
+        "perception categories present (at most 10: 0-2000; always answering Yes scores 50 "
+        "per category).",
         MME_PERCEPTION,
     ),
     Headline(

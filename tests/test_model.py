@@ -188,3 +188,12 @@ def test_stage2_with_lora_trains_adapters_and_ian_only_and_reloads(tiny, tmp_pat
     batch = _one_batch(cfg, model, "stage2")
     model.eval()
     assert torch.equal(model(**batch).logits, again(**batch).logits)
+
+
+def test_params_command_reports_parts_of_the_paper_preset(capsys):
+    from harness.cli import main
+
+    assert main(["params", "mage-7b", "--set", "ian.depth=2"]) == 0
+    out = capsys.readouterr().out
+    assert "144 image tokens" in out
+    assert all(part in out for part in ("vision", "ian", "llm", "total"))

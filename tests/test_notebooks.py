@@ -5,6 +5,7 @@ reproduce_tables.ipynb asserts that its regenerated tables equal the report's fi
 from __future__ import annotations
 
 import importlib.util
+import shutil
 from pathlib import Path
 
 import nbformat
@@ -64,3 +65,16 @@ def test_explore_sweep_notebook(sweep_dir, monkeypatch):
     assert "baseline: llava_mlp2x" in text
     images = sum("image/png" in o.get("data", {}) for c in nb.cells for o in c.get("outputs", []))
     assert images == 2  # learning curves and the MME difference heatmap
+
+
+SMOKE_STORE = ROOT / "tests" / "fixtures" / "smoke_store"
+
+
+@pytest.mark.skipif(
+    not (SMOKE_STORE / "results.parquet").exists(), reason="no committed smoke-sweep store"
+)
+def test_reproduce_tables_notebook_on_the_committed_smoke_store(monkeypatch, tmp_path):
+    """The real smoke-sweep output in the repo: its committed report is regenerated exactly."""
+    store = Path(shutil.copytree(SMOKE_STORE, tmp_path / "smoke_store"))
+    nb = run_notebook("reproduce_tables.ipynb", store, monkeypatch)
+    assert "match the stored report byte for byte" in _outputs(nb)

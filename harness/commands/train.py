@@ -24,6 +24,16 @@ def register(sub: argparse._SubParsersAction) -> None:
     add_override_argument(p)
     p.set_defaults(func=_train)
 
+    q = sub.add_parser(
+        "params",
+        help="parameter count by part (tower / IAN / LLM) at real shapes, on the meta device",
+        description="Builds the preset with random weights on PyTorch's meta device: no memory "
+        "is allocated and nothing is downloaded.",
+    )
+    q.add_argument("preset", help="preset id, e.g. mage-7b")
+    add_override_argument(q)
+    q.set_defaults(func=_params)
+
 
 def _train(args) -> int:
     import torch
@@ -53,4 +63,18 @@ def _train(args) -> int:
         train_stage(model, cfg, stage, args.out / stage, callback=show)
     model.save_pretrained(args.out / "checkpoint")
     console.print(f"saved {args.out / 'checkpoint'}")
+    return 0
+
+
+def _params(args) -> int:
+    from mage.model import MageModel
+    from mage.presets import get_preset
+
+    overrides = {"llm.random_init": True, "vision.pretrained": "none"}
+    cfg = get_preset(args.preset).with_overrides({**overrides, **parse_overrides(args.overrides)})
+    model = MageModel.build(cfg, device="meta")
+    counts = model.param_counts()
+    print(f"{args.preset}: {model.num_image_tokens} image tokens")
+    for part, n in {**counts, "total": sum(counts.values())}.items():
+        print(f"  {part:7s} {n / 1e6:10.1f}M")
     return 0
