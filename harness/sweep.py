@@ -58,6 +58,7 @@ from harness.spec import (
     plan_sweep,
 )
 from harness.trial import TrialFn, planned_steps
+from mage.config import get_dotted
 from mage.io import atomic_write_text
 
 PHASES = {"grid": ["main"], "random": ["main"], "optuna": ["baselines", "search"]}
@@ -142,18 +143,14 @@ def optuna_space(plan: SweepPlan) -> dict[str, Any]:
             space[name] = CategoricalDistribution(list(plan.bundles[name]))
         elif axis.options is not None:
             space[name] = CategoricalDistribution(axis.options)
-        elif isinstance(_get(data, name), int) and not isinstance(_get(data, name), bool):
+        elif isinstance(get_dotted(data, name), int) and not isinstance(
+            get_dotted(data, name), bool
+        ):
             step = int(axis.step or 1)
             space[name] = IntDistribution(int(axis.low), int(axis.high), log=axis.log, step=step)
         else:
             space[name] = FloatDistribution(axis.low, axis.high, log=axis.log, step=axis.step)
     return space
-
-
-def _get(data: dict[str, Any], dotted: str) -> Any:
-    for key in dotted.split("."):
-        data = data[key]
-    return data
 
 
 def _search_alg(plan: SweepPlan, sweep_dir: Path):
