@@ -211,11 +211,12 @@ def assets_dir_for(spec: SweepSpec, config: MageConfig) -> Path:
     import os
 
     from mage.registry import default_assets_dir
+    from mage.world.assets import assets_cache_name
 
     explicit = spec.assets_dir or config.assets_dir or os.environ.get("MAGE_ASSETS_DIR")
     if explicit or spec.world is None:
         return Path(explicit or default_assets_dir())
-    return Path(default_assets_dir()) / f"{spec.world.size}-seed{spec.world.seed}"
+    return Path(default_assets_dir()) / assets_cache_name(spec.world.size, spec.world.seed)
 
 
 def prepare_data(spec: SweepSpec, config: MageConfig) -> TrialData:
@@ -250,6 +251,9 @@ def prepare_data(spec: SweepSpec, config: MageConfig) -> TrialData:
     eval_dir = spec.eval_data_dir or str(world.root / "bench")
     tools = str(world.root / "tools_eval.json")
     fingerprint = world.info()["content_hash"]
+    if "assets_dir" in update:  # stages trained on other assets are not reused
+        manifest = json.loads((Path(update["assets_dir"]) / "assets.json").read_text())
+        fingerprint = _hash({"world": fingerprint, "assets": manifest["key"]})
     info = {"world": world.info(), "assets_dir": update.get("assets_dir")}
     return TrialData(config.model_copy(update=update), eval_dir, tools, fingerprint, info)
 

@@ -117,6 +117,11 @@ class DataSource(_Section):
     path: str
     image_root: str | None = None
     weight: float = Field(1.0, gt=0, description="sampling weight in a mix")
+    kinds: list[str] | None = Field(
+        None,
+        min_length=1,
+        description="keep only records whose 'kind' is listed (e.g. [mcq]); None keeps all",
+    )
 
 
 class StageConfig(_Section):

@@ -56,6 +56,9 @@ def load_records(source: DataSource, caption_from_reply: bool) -> list[Record]:
     for i, item in enumerate(raw):
         rid = item.get("id", f"#{i}") if isinstance(item, dict) else f"#{i}"
         where = f"{path} record {rid!r}"
+        if source.kinds is not None and isinstance(item, dict):
+            if item.get("kind") not in source.kinds:
+                continue
         if not isinstance(item, dict) or not isinstance(item.get("conversations"), list):
             raise DataError(f"{where}: needs a 'conversations' list")
         turns = item["conversations"]
@@ -70,6 +73,9 @@ def load_records(source: DataSource, caption_from_reply: bool) -> list[Record]:
         if caption is None and caption_from_reply and image is not None:
             caption = next(t["value"] for t in turns if t.get("from") in ("gpt", "assistant"))
         records.append(Record(str(rid), turns, image, caption, str(path)))
+    if not records:
+        wanted = f" of kinds {source.kinds}" if source.kinds is not None else ""
+        raise DataError(f"{path}: no records{wanted}")
     return records
 
 

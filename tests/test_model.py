@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import json
+
 import pytest
 import torch
 from model_fixtures import write_tiny_dataset
@@ -197,3 +199,23 @@ def test_params_command_reports_parts_of_the_paper_preset(capsys):
     out = capsys.readouterr().out
     assert "144 image tokens" in out
     assert all(part in out for part in ("vision", "ian", "llm", "total"))
+
+
+def test_a_source_can_keep_only_some_kinds(tiny, tmp_path):
+    cfg, _ = tiny
+    data = write_tiny_dataset(tmp_path / "mix", n=6)
+    records = json.loads(data.read_text())
+    for i, record in enumerate(records):
+        record["kind"] = "mcq" if i % 3 == 0 else "short"
+    data.write_text(json.dumps(records))
+    mix = cfg.with_overrides(
+        {"stage1.data": [{"path": str(data)}, {"path": str(data), "kinds": ["mcq"]}]}
+    )
+    ds = build_dataset(mix, "stage1")
+    by_source = [[r.id for r in part] for part in ds.parts]
+    assert by_source == [[f"r{i}" for i in range(6)], ["r0", "r3"]]
+    none = cfg.with_overrides(
+        {"stage1.data": [{"path": str(data)}, {"path": str(data), "kinds": ["tool"]}]}
+    )
+    with pytest.raises(DataError, match=r"no records of kinds \['tool'\]"):
+        build_dataset(none, "stage1")

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import re
 import shutil
 
 import numpy as np
@@ -105,3 +106,19 @@ def test_cli_synth_and_cached_prepare(test_world, test_assets, tmp_path, capsys)
     args = ["prepare", "--world", str(test_world.root), "--out", str(test_assets)]
     assert cli_main([*args, "--size", "test", "--quiet"]) == 0
     assert str(test_assets) in capsys.readouterr().out
+
+
+def test_default_cache_name_follows_the_recipe(monkeypatch):
+    from dataclasses import replace
+
+    from mage.world import assets
+
+    name = assets.assets_cache_name("demo", 0)
+    assert re.fullmatch(r"demo-seed0-[0-9a-f]{10}", name)
+    assert assets.assets_cache_name("demo", 1) != name
+    demo = assets.ASSET_CONFIGS["demo"]
+    changed = replace(demo, llm=replace(demo.llm, steps=demo.llm.steps + 1))
+    monkeypatch.setitem(assets.ASSET_CONFIGS, "demo", changed)
+    assert assets.assets_cache_name("demo", 0) != name  # a new recipe gets a new folder
+    with pytest.raises(AssetsError, match="unknown assets size"):
+        assets.assets_cache_name("huge", 0)

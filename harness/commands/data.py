@@ -41,14 +41,14 @@ def register(sub: argparse._SubParsersAction) -> None:
         help="pretrain the world's tiny encoders and LLM (cached)",
         description="Pretrain world-vit / world-resnet (open_clip CLIP, contrastive on captions) "
         "and world-llm (tiny Llama, text-only) for a world. Cached: a second run with the same "
-        "world and size returns at once; a folder prepared for another world is refused.",
+        "world and size returns at once; a folder prepared for another world is refused. The "
+        "default folder, <size>-seed<seed>-<recipe hash> below $MAGE_ASSETS_DIR or "
+        "~/.cache/mage-harness/assets, is where a sweep looks.",
     )
     prep.add_argument(
         "--world", type=Path, default=None, help="world folder (default: $MAGE_WORLD_DIR)"
     )
-    prep.add_argument(
-        "--out", type=Path, default=None, help="assets folder (default: $MAGE_ASSETS_DIR)"
-    )
+    prep.add_argument("--out", type=Path, default=None, help="assets folder (default: see above)")
     prep.add_argument(
         "--size", choices=SIZES, default="demo", help="training budget (default demo)"
     )
@@ -78,7 +78,7 @@ def _prepare(args) -> int:
     import torch
 
     from mage.registry import default_assets_dir
-    from mage.world.assets import prepare_assets
+    from mage.world.assets import assets_cache_name, prepare_assets
     from mage.world.generate import default_world_dir, ensure_world, load_world
 
     if args.threads:
@@ -89,7 +89,7 @@ def _prepare(args) -> int:
         world = ensure_world(root, args.seed, args.size, progress=not args.quiet)
     else:
         world = load_world(args.world)
-    out = args.out or Path(default_assets_dir()) / f"{args.size}-seed{args.seed}"
+    out = args.out or Path(default_assets_dir()) / assets_cache_name(args.size, args.seed)
     prepare_assets(world, out, size=args.size, progress=not args.quiet, features=args.features)
     manifest = json.loads((out / "assets.json").read_text())
     summary = {

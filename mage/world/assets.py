@@ -64,7 +64,19 @@ ASSET_CONFIGS = {
     "demo": AssetConfig(
         vit=encoders.ClipTrainConfig(steps=600),
         resnet=encoders.ClipTrainConfig(steps=300),
-        llm=textlm.TextLMConfig(steps=2000, num_layers=4, mcq_hint_rate=0.5),
+        llm=textlm.TextLMConfig(
+            steps=3000,
+            num_layers=4,
+            mcq_hint_rate=0.5,
+            lookup_steps=1000,
+            kind_weights=(
+                ("caption", 0.1),
+                ("short", 0.2),
+                ("yes_no", 0.3),
+                ("mcq", 0.3),
+                ("option_lookup", 0.1),
+            ),  # fmt: skip
+        ),
     ),
 }
 
@@ -84,6 +96,16 @@ def component_fingerprint(name: str, cfg: AssetConfig, world_hash: str) -> str:
             "world": world_hash,
         }
     )
+
+
+def assets_cache_name(size: str, seed: int) -> str:
+    """The default cache folder's name for a world's assets, e.g. ``demo-seed0-1a2b3c4d5e``:
+    the hash of the size's asset configs is part of the name, so a changed recipe (a new
+    release) prepares fresh assets beside the old ones instead of refusing them."""
+    if size not in ASSET_CONFIGS:
+        raise AssetsError(f"unknown assets size {size!r}; choose one of {sorted(ASSET_CONFIGS)}")
+    digest = _hash({"format": ASSETS_FORMAT, "config": asdict(ASSET_CONFIGS[size])})
+    return f"{size}-seed{seed}-{digest[:10]}"
 
 
 def resolve_world(world: WorldPaths | str | Path) -> tuple[WorldPaths, dict]:

@@ -7,6 +7,14 @@ the image replaced by its caption (``"<caption>\\n<question>"``), plus caption m
 (`mage.template`), loss on reply tokens only and EOS after each reply. Without such a start
 a tiny VLM trained for minutes stays at the answer prior (see the CPU-world design note).
 
+Lettered multiple choice needs one more skill than the world's facts: find the option that
+says the answer and reply with its letter. A tiny model trained only on one-letter replies
+sits at chance for a long time before that lookup forms (a plateau of about 600 steps on
+hinted questions alone). Option-lookup drills (`option_lookup_conversation`: the options,
+then "The answer is X." turn after turn, each answered with a letter) give four supervised
+lookups per sequence, and a first phase (``lookup_steps``) trains them with hinted
+multiple choice before the normal mix starts.
+
 `evaluate_text_llm` measures the text-only upper bound on the held-out benchmark questions
 (caption in the prompt): MME-style yes/no accuracy, acc+ (both questions of an image right)
 and multiple-choice accuracy, from the first generated token.
@@ -49,6 +57,12 @@ class TextLMConfig:
         ("caption", 0.1), ("short", 0.25), ("yes_no", 0.3), ("mcq", 0.35)
     )  # fmt: skip
     mcq_hint_rate: float = 0.0
+    # first phase: option-lookup drills and hinted multiple choice only (see the docstring)
+    lookup_steps: int = 0
+    lookup_kind_weights: tuple[tuple[str, float], ...] = (
+        ("option_lookup", 0.7),
+        ("mcq_hinted", 0.3),
+    )
 
 
 def build_llm(tokenizer: PreTrainedTokenizerBase, cfg: TextLMConfig, seed: int) -> LlamaForCausalLM:
@@ -123,14 +137,55 @@ def collate(batch: list[tuple[list[int], list[int]]], pad_id: int) -> dict[str, 
     return {"input_ids": input_ids, "labels": labels, "attention_mask": mask}
 
 
+_OPTION = re.compile(r"^([A-Z])\. (.+)$", re.MULTILINE)
+
+
+def option_lookup_conversation(record: dict, rng: np.random.Generator) -> list[dict]:
+    """A multiple-choice record's options as a lookup drill: every option in random order
+    as "The answer is X." (the first turn also lists the options), each answered with its
+    letter."""
+    options = _OPTION.findall(record["conversations"][0]["value"])
+    block = "\n".join(f"{letter}. {option}" for letter, option in options)
+    conversation = []
+    for k, j in enumerate(rng.permutation(len(options))):
+        letter, option = options[j]
+        hint = f"The answer is {option}."
+        conversation.append({"from": "human", "value": f"{block}\n{hint}" if k == 0 else hint})
+        conversation.append({"from": "gpt", "value": letter})
+    return conversation
+
+
+def training_pool(
+    records: list[dict], cfg: TextLMConfig, seed: int
+) -> tuple[list[list[dict]], list[str]]:
+    """Every text conversation the LLM may be trained on, with its kind: the records' own
+    (`text_conversations`), and for each multiple-choice record an option-lookup drill
+    (``option_lookup``) and a hinted copy (``mcq_hinted``) when a phase samples them."""
+    conversations = text_conversations(records, cfg.mcq_hint_rate, seed)
+    kinds = [r.get("kind", "other") for r in records]
+    phases = (*cfg.kind_weights, *(cfg.lookup_kind_weights if cfg.lookup_steps else ()))
+    wanted = {kind for kind, weight in phases if weight > 0}
+    mcq = [r for r in records if r.get("kind") == "mcq"]
+    if "option_lookup" in wanted:
+        rng = np.random.default_rng([seed, 23])
+        conversations += [option_lookup_conversation(r, rng) for r in mcq]
+        kinds += ["option_lookup"] * len(mcq)
+    if "mcq_hinted" in wanted:
+        conversations += text_conversations(mcq, hint_rate=1.0, seed=seed + 1)
+        kinds += ["mcq_hinted"] * len(mcq)
+    return conversations, kinds
+
+
 def train_text_llm(
     records: list[dict], tokenizer, cfg: TextLMConfig, seed: int, on_step=None
 ) -> tuple[LlamaForCausalLM, dict]:
-    """Train the tiny Llama on the text form of ``records``; returns ``(model, log)``."""
+    """Train the tiny Llama on the text form of ``records``; returns ``(model, log)``.
+
+    The first ``cfg.lookup_steps`` steps sample kinds by ``cfg.lookup_kind_weights``, the
+    rest by ``cfg.kind_weights``."""
     model = build_llm(tokenizer, cfg, seed)
-    conversations = text_conversations(records, cfg.mcq_hint_rate, seed)
+    conversations, kinds = training_pool(records, cfg, seed)
     encoded = [encode(c, tokenizer, cfg.max_length) for c in conversations]
-    weights = _record_weights(records, dict(cfg.kind_weights))
     opt = torch.optim.AdamW(model.parameters(), lr=cfg.lr, weight_decay=0.0)
     sched = torch.optim.lr_scheduler.LambdaLR(
         opt,
@@ -140,11 +195,11 @@ def train_text_llm(
             * (1 + np.cos(np.pi * min(1.0, s / max(1, cfg.steps))))
         ),
     )
-    batches = _length_grouped_batches(encoded, weights, cfg.batch_size, np.random.default_rng(seed))
+    schedule = batch_schedule([len(ids) for ids, _ in encoded], kinds, cfg, seed)
     model.train()
     start, losses = time.perf_counter(), []
-    for step in range(cfg.steps):
-        batch = collate([encoded[i] for i in next(batches)], tokenizer.pad_token_id)
+    for step, indices in zip(range(cfg.steps), schedule):
+        batch = collate([encoded[i] for i in indices], tokenizer.pad_token_id)
         loss = per_sample_loss(model, batch)
         opt.zero_grad(set_to_none=True)
         loss.backward()
@@ -157,11 +212,26 @@ def train_text_llm(
     model.eval()
     log = {
         "steps": cfg.steps,
+        "lookup_steps": cfg.lookup_steps,
         "train_samples": len(encoded),
         "final_loss": float(np.mean(losses[-50:])) if losses else None,
         "train_seconds": round(time.perf_counter() - start, 2),
     }
     return model, log
+
+
+def batch_schedule(lengths: list[int], kinds: list[str], cfg: TextLMConfig, seed: int):
+    """Endless index batches: ``cfg.lookup_steps`` by ``lookup_kind_weights``, then by
+    ``kind_weights``."""
+    rng = np.random.default_rng(seed)
+    if cfg.lookup_steps:
+        weights = _kind_weights(kinds, dict(cfg.lookup_kind_weights))
+        first = _length_grouped_batches(lengths, weights, cfg.batch_size, rng)
+        for _ in range(cfg.lookup_steps):
+            yield next(first)
+    yield from _length_grouped_batches(
+        lengths, _kind_weights(kinds, dict(cfg.kind_weights)), cfg.batch_size, rng
+    )
 
 
 def per_sample_loss(model, batch: dict[str, torch.Tensor]) -> torch.Tensor:
@@ -177,24 +247,25 @@ def per_sample_loss(model, batch: dict[str, torch.Tensor]) -> torch.Tensor:
     return (token_loss.sum(1)[keep] / counts[keep]).mean()
 
 
-def _record_weights(records: list[dict], kind_weights: dict[str, float]) -> np.ndarray:
-    kinds = [r.get("kind", "other") for r in records]
+def _kind_weights(kinds: list[str], kind_weights: dict[str, float]) -> np.ndarray:
+    """Sampling probability of each item: its kind's weight shared among that kind."""
     present = {k: kinds.count(k) for k in set(kinds)}
     weight = np.array([kind_weights.get(k, 0.0) / present[k] for k in kinds])
     if weight.sum() <= 0:  # no known kinds: uniform
-        weight = np.ones(len(records))
+        weight = np.ones(len(kinds))
     return weight / weight.sum()
 
 
 def _length_grouped_batches(
-    encoded: list, weights: np.ndarray, batch_size: int, rng: np.random.Generator, group: int = 16
-):
+    lengths: list[int], weights: np.ndarray, batch_size: int, rng: np.random.Generator,
+    group: int = 16,
+):  # fmt: skip
     """Endless batches drawn with ``weights``; each run of ``group`` batches is split by
     length, so a batch pads little (about 1.5x fewer tokens on the world's mixed lengths)."""
-    batch_size = min(batch_size, len(encoded))
-    lengths = np.array([len(ids) for ids, _ in encoded])
+    batch_size = min(batch_size, len(lengths))
+    lengths = np.asarray(lengths)
     while True:
-        pool = rng.choice(len(encoded), size=batch_size * group, p=weights)
+        pool = rng.choice(len(lengths), size=batch_size * group, p=weights)
         pool = pool[np.argsort(lengths[pool], kind="stable")]
         chunks = [pool[i : i + batch_size] for i in range(0, len(pool), batch_size)]
         for k in rng.permutation(len(chunks)):

@@ -1,0 +1,59 @@
+"""The world LLM's text pretraining data: option-lookup drills and the lookup-first schedule."""
+
+from __future__ import annotations
+
+import json
+import re
+from collections import Counter
+
+import numpy as np
+
+from mage.world import textlm
+
+
+def _mcq_records(test_world) -> list[dict]:
+    records = json.loads(test_world.stage2.read_text())
+    return [r for r in records if r.get("kind") == "mcq"]
+
+
+def test_option_lookup_asks_every_option_once_and_answers_its_letter(test_world):
+    record = _mcq_records(test_world)[0]
+    options = dict(re.findall(r"^([A-D])\. (.+)$", record["conversations"][0]["value"], re.M))
+    conversation = textlm.option_lookup_conversation(record, np.random.default_rng(0))
+    humans, replies = conversation[0::2], conversation[1::2]
+    assert all(h["from"] == "human" for h in humans) and all(r["from"] == "gpt" for r in replies)
+    assert sorted(r["value"] for r in replies) == sorted(options)
+    for human, reply in zip(humans, replies):
+        stated = re.search(r"The answer is (.+)\.$", human["value"]).group(1)
+        assert options[reply["value"]] == stated
+    # the first turn lists the options as the benchmark prompt does
+    assert all(f"{letter}. {text}" in humans[0]["value"] for letter, text in options.items())
+
+
+def test_training_pool_adds_lookup_kinds_only_when_a_phase_samples_them(test_world):
+    records = json.loads(test_world.stage2.read_text())
+    n_mcq = len(_mcq_records(test_world))
+    plain = textlm.TextLMConfig(steps=1)
+    _, kinds = textlm.training_pool(records, plain, seed=0)
+    assert len(kinds) == len(records)
+    curriculum = textlm.TextLMConfig(steps=1, lookup_steps=1)
+    conversations, kinds = textlm.training_pool(records, curriculum, seed=0)
+    counts = Counter(kinds)
+    assert counts["option_lookup"] == n_mcq and counts["mcq_hinted"] == n_mcq
+    hinted = [c for c, k in zip(conversations, kinds) if k == "mcq_hinted"]
+    assert all("The answer is" in c[0]["value"] for c in hinted)
+
+
+def test_schedule_draws_lookup_kinds_first_then_the_mix(test_world):
+    records = json.loads(test_world.stage2.read_text())
+    cfg = textlm.TextLMConfig(steps=20, lookup_steps=5, batch_size=8)
+    conversations, kinds = textlm.training_pool(records, cfg, seed=0)
+    lengths = [len(c[0]["value"]) for c in conversations]
+    schedule = textlm.batch_schedule(lengths, kinds, cfg, seed=0)
+    batches = [next(schedule) for _ in range(cfg.steps)]
+    first = {kinds[i] for b in batches[:5] for i in b}
+    later = {kinds[i] for b in batches[5:] for i in b}
+    assert first <= {"option_lookup", "mcq_hinted"} and first
+    assert "mcq_hinted" not in later and {"yes_no", "mcq"} <= later
+    again = textlm.batch_schedule(lengths, kinds, cfg, seed=0)
+    assert [next(again) for _ in range(cfg.steps)] == batches  # deterministic
