@@ -64,19 +64,7 @@ ASSET_CONFIGS = {
     "demo": AssetConfig(
         vit=encoders.ClipTrainConfig(steps=600),
         resnet=encoders.ClipTrainConfig(steps=300),
-        llm=textlm.TextLMConfig(
-            steps=3000,
-            num_layers=4,
-            mcq_hint_rate=0.5,
-            lookup_steps=1000,
-            kind_weights=(
-                ("caption", 0.1),
-                ("short", 0.2),
-                ("yes_no", 0.3),
-                ("mcq", 0.3),
-                ("option_lookup", 0.1),
-            ),  # fmt: skip
-        ),
+        llm=textlm.TextLMConfig(steps=2000, num_layers=4, mcq_hint_rate=0.5),
     ),
 }
 

@@ -21,14 +21,8 @@ from mage.config import (
 )
 
 STAGE1_DATA = [DataSource(path="{data}/stage1.json")]
-# Stage 2 re-weights the world's instruction mix: lettered multiple choice and yes/no get extra
-# draws (`DataSource.kinds`), as their one-token replies carry few bits per example; the tool
-# calls take a tenth. Measured on one seed (IAN depth 1, world-resnet, 900 steps): without the
-# extra draws MMBench stayed near 0; with multiple choice at 0.5 MME fell to always-"No".
 STAGE2_DATA = [
-    DataSource(path="{data}/stage2.json", weight=0.45),
-    DataSource(path="{data}/stage2.json", weight=0.3, kinds=["mcq"]),
-    DataSource(path="{data}/stage2.json", weight=0.15, kinds=["yes_no"]),
+    DataSource(path="{data}/stage2.json", weight=0.9),
     DataSource(path="{data}/tools_train.json", weight=0.1),
 ]
 
@@ -52,7 +46,7 @@ def world_demo() -> MageConfig:
         stage2=StageConfig(
             trainable=["ian", "llm"],
             data=STAGE2_DATA,
-            steps=900,
+            steps=450,
             batch_size=16,
             lr=5e-4,
             warmup_ratio=0.05,
