@@ -246,6 +246,24 @@ def _write_spec(sweep_dir: Path, spec: SweepSpec) -> None:
     atomic_write_text(path, yaml.safe_dump(spec.to_dict(), sort_keys=False))
 
 
+def _check_plan(sweep_dir: Path, plan: SweepPlan) -> None:
+    """Refuse to continue a sweep whose variants now resolve to other configs (a preset or a
+    default changed since it started): old and new trials would mix two recipes."""
+    stored = store.read_manifest(sweep_dir).get("plan") or {}
+    before = {v["name"]: v["variant_id"] for v in stored.get("variants", [])}
+    now = {v.name: v.variant_id for v in plan.variants}
+    changed = sorted(name for name in before.keys() & now.keys() if before[name] != now[name])
+    if changed:
+        shown = ", ".join(changed[:3]) + (
+            f" and {len(changed) - 3} more" if len(changed) > 3 else ""
+        )
+        raise SpecError(
+            f"{sweep_dir}: the spec now resolves to other configs than when this sweep started "
+            f"({shown}: a preset or a default changed since); its stored trials would mix two "
+            f"recipes. Choose another --out folder, or delete {sweep_dir} to start over"
+        )
+
+
 def _plan_manifest(plan: SweepPlan) -> dict[str, Any]:
     return {
         "num_trials": plan.num_trials,
@@ -277,6 +295,7 @@ def run_sweep(
     plan = plan_sweep(spec, presets)  # a bad spec fails here, before Ray starts
     sweep_dir = Path(out_dir or Path("sweeps") / spec.name).resolve()
     _write_spec(sweep_dir, spec)
+    _check_plan(sweep_dir, plan)
     return _drive(plan, sweep_dir, ray_address, progress, trial_fn, report, "sweep")
 
 
@@ -294,6 +313,7 @@ def resume_sweep(
         raise SpecError(f"{sweep_dir}: not a sweep folder (no spec.yaml); start it with sweep")
     spec = parse_spec(yaml.safe_load((sweep_dir / "spec.yaml").read_text()), str(sweep_dir))
     plan = plan_sweep(spec, presets)
+    _check_plan(sweep_dir, plan)
     return _drive(plan, sweep_dir, ray_address, progress, trial_fn, report, "resume")
 
 

@@ -44,6 +44,28 @@ def test_misspelt_axis_is_refused_before_ray_starts(tmp_path):
     assert not (tmp_path / "sweep").exists()
 
 
+def test_a_sweep_whose_variants_now_resolve_differently_is_not_continued(tmp_path):
+    ray = pytest.importorskip("ray")
+    import yaml
+
+    from harness import store
+    from harness.sweep import resume_sweep, run_sweep
+
+    spec = parse_spec(spec_with())
+    plan = plan_sweep(spec)
+    folder = tmp_path / "sweep"
+    folder.mkdir()
+    (folder / "spec.yaml").write_text(yaml.safe_dump(spec.to_dict(), sort_keys=False))
+    same = [{"name": v.name, "variant_id": v.variant_id} for v in plan.variants]
+    other = [dict(v, variant_id="0123456789") if v["name"] == "blind" else v for v in same]
+    store.update_manifest(folder, plan={"variants": other})  # as if a preset had changed
+    with pytest.raises(SpecError, match=r"resolves to other configs .*\(blind: a preset"):
+        run_sweep(spec, folder, progress=False)
+    with pytest.raises(SpecError, match=r"resolves to other configs"):
+        resume_sweep(folder, progress=False)
+    assert ray.is_initialized() is False
+
+
 @pytest.mark.parametrize(
     "changes, message",
     [
