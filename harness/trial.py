@@ -216,7 +216,7 @@ def assets_dir_for(spec: SweepSpec, config: MageConfig) -> Path:
     explicit = spec.assets_dir or config.assets_dir or os.environ.get("MAGE_ASSETS_DIR")
     if explicit or spec.world is None:
         return Path(explicit or default_assets_dir())
-    return Path(default_assets_dir()) / assets_cache_name(spec.world.size, spec.world.seed)
+    return Path(default_assets_dir()) / assets_cache_name(spec.world.asset_recipe, spec.world.seed)
 
 
 def prepare_data(spec: SweepSpec, config: MageConfig) -> TrialData:
@@ -246,7 +246,7 @@ def prepare_data(spec: SweepSpec, config: MageConfig) -> TrialData:
         assets = assets_dir_for(spec, config)
         assets.parent.mkdir(parents=True, exist_ok=True)
         with FileLock(str(assets) + ".lock"):
-            prepare_assets(world, assets, spec.world.size, progress=False)
+            prepare_assets(world, assets, spec.world.asset_recipe, progress=False)
         update["assets_dir"] = str(assets)
     eval_dir = spec.eval_data_dir or str(world.root / "bench")
     tools = str(world.root / "tools_eval.json")

@@ -122,3 +122,10 @@ def test_default_cache_name_follows_the_recipe(monkeypatch):
     assert assets.assets_cache_name("demo", 0) != name  # a new recipe gets a new folder
     with pytest.raises(AssetsError, match="unknown assets size"):
         assets.assets_cache_name("huge", 0)
+
+
+def test_prepare_offers_every_recipe():
+    from harness.commands import data
+    from mage.world.assets import ASSET_CONFIGS
+
+    assert set(data.RECIPES) == set(ASSET_CONFIGS)

@@ -2,10 +2,11 @@
 
 ``data synth OUT --seed N [--size test|demo]`` writes a world (images, stage1.json,
 stage2.json, held-out MME/MMBench/SEED splits in their official schemas, world.json).
-``prepare [--world DIR] [--out DIR] [--size test|demo]`` pretrains the world's tiny encoders
-(world-vit, world-resnet) and LLM (world-llm) into the assets folder the registry reads as
-``{assets}`` (default ``$MAGE_ASSETS_DIR``); without ``--world`` it uses (and if needed
-generates) the default world (``$MAGE_WORLD_DIR``).
+``prepare [--world DIR] [--out DIR] [--size test|demo] [--recipe R]`` pretrains the world's
+tiny encoders (world-vit, world-resnet) and LLM (world-llm) with the asset recipe R (default:
+the size) into the assets folder the registry reads as ``{assets}`` (default
+``<R>-seed<N>-<recipe hash>`` below ``$MAGE_ASSETS_DIR``); without ``--world`` it uses (and if
+needed generates) the default world (``$MAGE_WORLD_DIR``).
 """
 
 from __future__ import annotations
@@ -16,6 +17,7 @@ import time
 from pathlib import Path
 
 SIZES = ("test", "demo")
+RECIPES = ("test", "demo", "demo-lookup")  # mage.world.assets.ASSET_CONFIGS (checked by a test)
 
 
 def register(sub: argparse._SubParsersAction) -> None:
@@ -56,6 +58,12 @@ def register(sub: argparse._SubParsersAction) -> None:
         "--seed", type=int, default=0, help="seed of the default world if it is generated"
     )
     prep.add_argument(
+        "--recipe",
+        choices=RECIPES,
+        default=None,
+        help="asset recipe (default: --size); demo-lookup's LLM also learns lettered choice",
+    )
+    prep.add_argument(
         "--features", action="store_true", help="also cache encoder features of training images"
     )
     prep.add_argument("--threads", type=int, default=None, help="CPU threads for torch")
@@ -89,8 +97,9 @@ def _prepare(args) -> int:
         world = ensure_world(root, args.seed, args.size, progress=not args.quiet)
     else:
         world = load_world(args.world)
-    out = args.out or Path(default_assets_dir()) / assets_cache_name(args.size, args.seed)
-    prepare_assets(world, out, size=args.size, progress=not args.quiet, features=args.features)
+    recipe = args.recipe or args.size
+    out = args.out or Path(default_assets_dir()) / assets_cache_name(recipe, args.seed)
+    prepare_assets(world, out, size=recipe, progress=not args.quiet, features=args.features)
     manifest = json.loads((out / "assets.json").read_text())
     summary = {
         "assets": str(out),

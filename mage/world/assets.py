@@ -66,6 +66,26 @@ ASSET_CONFIGS = {
         resnet=encoders.ClipTrainConfig(steps=300),
         llm=textlm.TextLMConfig(steps=2000, num_layers=4, mcq_hint_rate=0.5),
     ),
+    # the demo encoders and a world LLM that also learns to pick lettered options: 1,000
+    # steps of option-lookup drills and hinted MCQ first (docs/cpu-world.md); text-only MCQ
+    # 0.357 against 0.25, about 12 min on 1 thread. Used by ablations/lettered_choice.yaml.
+    "demo-lookup": AssetConfig(
+        vit=encoders.ClipTrainConfig(steps=600),
+        resnet=encoders.ClipTrainConfig(steps=300),
+        llm=textlm.TextLMConfig(
+            steps=3000,
+            num_layers=4,
+            mcq_hint_rate=0.5,
+            lookup_steps=1000,
+            kind_weights=(
+                ("caption", 0.1),
+                ("short", 0.2),
+                ("yes_no", 0.3),
+                ("mcq", 0.3),
+                ("option_lookup", 0.1),
+            ),
+        ),
+    ),
 }
 
 
