@@ -20,7 +20,7 @@ from __future__ import annotations
 import hashlib
 import json
 import time
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, replace
 from pathlib import Path
 
 import datasets
@@ -53,6 +53,13 @@ class AssetConfig:
         return {"world-vit": self.vit, "world-resnet": self.resnet, LLM_ID: self.llm}[name]
 
 
+# minutes on 2 CPU cores (see the CPU-world design note); the LLM dominates
+DEMO_ASSETS = AssetConfig(
+    vit=encoders.ClipTrainConfig(steps=600),
+    resnet=encoders.ClipTrainConfig(steps=300),
+    llm=textlm.TextLMConfig(steps=2000, num_layers=4, mcq_hint_rate=0.5),
+)
+
 ASSET_CONFIGS = {
     # seconds: enough to exercise every code path, not to learn much
     "test": AssetConfig(
@@ -60,22 +67,15 @@ ASSET_CONFIGS = {
         resnet=encoders.ClipTrainConfig(steps=8, batch_size=32, warmup=2),
         llm=textlm.TextLMConfig(steps=12, num_layers=2, batch_size=16, warmup=2),
     ),
-    # minutes on 2 CPU cores (see the CPU-world design note); the LLM dominates
-    "demo": AssetConfig(
-        vit=encoders.ClipTrainConfig(steps=600),
-        resnet=encoders.ClipTrainConfig(steps=300),
-        llm=textlm.TextLMConfig(steps=2000, num_layers=4, mcq_hint_rate=0.5),
-    ),
+    "demo": DEMO_ASSETS,
     # the demo encoders and a world LLM that also learns to pick lettered options: 1,000
     # steps of option-lookup drills and hinted MCQ first (docs/cpu-world.md); text-only MCQ
     # 0.357 against 0.25, about 12 min on 1 thread. Used by ablations/lettered_choice.yaml.
-    "demo-lookup": AssetConfig(
-        vit=encoders.ClipTrainConfig(steps=600),
-        resnet=encoders.ClipTrainConfig(steps=300),
-        llm=textlm.TextLMConfig(
+    "demo-lookup": replace(
+        DEMO_ASSETS,
+        llm=replace(
+            DEMO_ASSETS.llm,
             steps=3000,
-            num_layers=4,
-            mcq_hint_rate=0.5,
             lookup_steps=1000,
             kind_weights=(
                 ("caption", 0.1),
