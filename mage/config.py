@@ -68,6 +68,11 @@ class IANConfig(_Section):
     ffn_mult: float = Field(4.0, gt=0)
     gate: Literal["tanh", "zero_init"] = "tanh"
     dropout: float = Field(0.0, ge=0, lt=1)
+    position_embedding: bool = Field(
+        False,
+        description="add a learned embedding per output token (its place in the image grid); "
+        "for encoders whose features carry no position",
+    )
 
 
 class LoraConfig(_Section):

@@ -133,6 +133,11 @@ class Projector(nn.Module):
         self.in_dim, self.out_dim = in_dim, out_dim
         self.grid_size, self.num_patches = grid_size, num_patches
         self.num_tokens = num_patches
+        self.position: nn.Parameter | None = None
+
+    def add_position_embedding(self) -> None:
+        """A learned embedding per output token, added to the projected tokens."""
+        self.position = nn.Parameter(torch.randn(self.num_tokens, self.out_dim) * 0.02)
 
     def forward(self, features: torch.Tensor) -> torch.Tensor:
         if features.ndim != 3 or tuple(features.shape[1:]) != (self.num_patches, self.in_dim):
@@ -140,7 +145,8 @@ class Projector(nn.Module):
                 f"{type(self).__name__} expects features [B, {self.num_patches}, {self.in_dim}] "
                 f"(the vision tower's num_patches x feature_dim), got {list(features.shape)}"
             )
-        return self.project(features)
+        tokens = self.project(features)
+        return tokens if self.position is None else tokens + self.position
 
     def project(self, features: torch.Tensor) -> torch.Tensor:
         raise NotImplementedError
@@ -226,4 +232,7 @@ def build_projector(
     if cfg.projector not in PROJECTORS:
         raise ConfigError(f"ian.projector={cfg.projector!r}: use one of {sorted(PROJECTORS)}")
     patches = grid_size**2 if num_patches is None else num_patches
-    return PROJECTORS[cfg.projector](cfg, in_dim, out_dim, grid_size, patches)
+    projector = PROJECTORS[cfg.projector](cfg, in_dim, out_dim, grid_size, patches)
+    if cfg.position_embedding:
+        projector.add_position_embedding()
+    return projector

@@ -131,3 +131,22 @@ def test_paper_size_on_meta():
     conv = sum(p.numel() for p in ian.seb.local.parameters())
     assert conv == d * 2 * 2 + d + d * d + d  # depthwise 2x2 + bias, pointwise Linear
     assert ian(torch.empty(1, 576, 1024, device="meta")).shape == (1, 144, 4096)
+
+
+@pytest.mark.parametrize("projector", sorted(PROJECTORS))
+def test_position_embedding_adds_one_learned_vector_per_token(projector):
+    torch.manual_seed(0)
+    plain = build_projector(IANConfig(projector=projector), IN_DIM, OUT_DIM, GRID)
+    torch.manual_seed(0)
+    placed = build_projector(
+        IANConfig(projector=projector, position_embedding=True), IN_DIM, OUT_DIM, GRID
+    )
+    extra = sum(p.numel() for p in placed.parameters()) - sum(p.numel() for p in plain.parameters())
+    assert plain.position is None and extra == placed.num_tokens * OUT_DIM
+    features = _features()
+    # same weights otherwise: the outputs differ by exactly the position table
+    torch.testing.assert_close(
+        placed(features) - plain(features), placed.position.expand(2, -1, -1)
+    )
+    placed(features).sum().backward()
+    assert placed.position.grad is not None and placed.position.grad.abs().sum() > 0
