@@ -3,9 +3,11 @@
 ``world-demo`` is the embedded default's base (ablations/smoke.yaml); ``world-test`` is the
 same model with a handful of steps, for CI. Data paths use ``{data}`` (the generated world's
 folder) and encoders/LLM come from ``{assets}`` (its prepared assets); the sweep harness fills
-both. The recipe follows docs/cpu-world.md, tuned by measurement (see README):
+both. The recipe follows docs/cpu-world.md, tuned by measurement (figures there):
 stage 1 trains the IAN on captions with CE + MSE; stage 2 trains everything on the
-instruction mix (captions, short answers, yes/no, lettered MCQ) and the tool-calling samples.
+instruction mix (captions, short answers, yes/no, lettered MCQ, with extra draws of the
+yes/no and MCQ kinds) and the tool-calling samples, 2,000 steps: shorter runs learn counting
+but leave the other categories and lettered choice at chance.
 """
 
 from __future__ import annotations
@@ -21,8 +23,12 @@ from mage.config import (
 )
 
 STAGE1_DATA = [DataSource(path="{data}/stage1.json")]
+# The instruction mix plus extra draws of its one-token-answer kinds (lettered MCQ, yes/no),
+# which carry few bits per example, and the tool-calling samples.
 STAGE2_DATA = [
-    DataSource(path="{data}/stage2.json", weight=0.9),
+    DataSource(path="{data}/stage2.json", weight=0.45),
+    DataSource(path="{data}/stage2.json", weight=0.3, kinds=["mcq"]),
+    DataSource(path="{data}/stage2.json", weight=0.15, kinds=["yes_no"]),
     DataSource(path="{data}/tools_train.json", weight=0.1),
 ]
 
@@ -32,7 +38,16 @@ def world_demo() -> MageConfig:
         name="world-demo",
         max_length=192,
         vision=VisionConfig(encoder="world-resnet"),
-        ian=IANConfig(projector="ian", depth=1, vab_depth=2, stride=2, num_heads=4, ffn_mult=2.0),
+        # world-resnet's conv features carry no position: each token gets a learned one
+        ian=IANConfig(
+            projector="ian",
+            depth=1,
+            vab_depth=2,
+            stride=2,
+            num_heads=4,
+            ffn_mult=2.0,
+            position_embedding=True,
+        ),
         llm=LLMConfig(name="world-llm"),
         loss=LossConfig(mse_weight=1.0, mse_reduction="mean"),
         stage1=StageConfig(
@@ -46,7 +61,7 @@ def world_demo() -> MageConfig:
         stage2=StageConfig(
             trainable=["ian", "llm"],
             data=STAGE2_DATA,
-            steps=450,
+            steps=2000,
             batch_size=16,
             lr=5e-4,
             warmup_ratio=0.05,
