@@ -33,8 +33,8 @@ from typing import Any
 
 import pandas as pd
 
-SCORE_COLUMNS = ["benchmark", "metric", "category", "value", "n"]
-ITEM_COLUMNS = ["benchmark", "item_id", "category", "correct"]
+from mage.scores import ITEM_COLUMNS, SCORE_COLUMNS
+
 TOLERANCE = 1e-6
 
 MME_HEADLINES = ("mme_perception_score", "mme_cognition_score")

@@ -1,14 +1,9 @@
-"""How a sweep's trials flow through Ray Tune, inside a trial and on the driver.
+"""What a researcher sees of a running or finished sweep.
 
-Inside a trial, `tune_trainable` is the function Tune runs: it looks the trial up in the results
-store first (a trial finished in an earlier session reports its stored result and trains
-nothing), continues from Tune's checkpoint if it has one, reports the training loss as it goes
-(ASHA reads it; every ``planned_steps // REPORTS_PER_TRIAL`` steps) with a checkpoint at each
-finished stage, and stores its record before its last report. On the driver, `StoreCallback`
-stores the trials Tune stopped early (``stopped``, with their curves so far) or gave up on after
-``max_failures`` (``failed``, with Tune's error), then merges the store; `SweepProgress` draws a
-live line with rich (done / running / failed, best so far, elapsed) and stays quiet when ``CI``
-is true or stdout is not a terminal.
+`SweepProgress` draws a live line with rich from Tune's trial events (done / running / failed,
+best objective so far, elapsed) and stays quiet when ``CI`` is true or stdout is not a
+terminal; `summarize` reads a sweep folder's store into a `SweepSummary` (counts by status,
+best trial, wall time) for the closing message.
 """
 
 from __future__ import annotations
@@ -16,20 +11,14 @@ from __future__ import annotations
 import math
 import os
 import sys
-import tempfile
 import time
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-import yaml
 from ray.tune import Callback
 
 from harness import store
-from harness.spec import SweepPlan, SweepSpec, Variant
-from harness.trial import TrialContext, TrialFn, execute_trial, planned_steps
-
-REPORTS_PER_TRIAL = 50  # intermediate Tune reports per trial (early stopping, live progress)
 
 
 @dataclass
@@ -39,143 +28,6 @@ class SweepSummary:
     planned: int
     best: dict[str, Any] | None
     wall_s: float
-
-
-def identify(plan: SweepPlan, config: dict[str, Any]) -> tuple[Variant, int]:
-    """The variant and seed of a Tune trial config (grid: by name; Optuna: sampled values)."""
-    if "variant" in config:
-        by_name = {v.name: v for v in plan.variants}
-        return by_name[config["variant"]], int(config["seed"])
-    sampled = {k: config[k] for k in plan.spec.axes}
-    variant = plan.variant(plan.axis_overrides(sampled), "searched")
-    return variant, plan.seeds[int(config.get("__trial_index__", 0))]
-
-
-def _final(record: store.TrialRecord, spec: SweepSpec) -> dict[str, Any]:
-    value = record.objectives.get(spec.primary.key)
-    return {
-        "trial_key": record.trial_id,
-        "trial_status": record.status,
-        "trial_final": 1,
-        "global_step": record.steps,
-        "train_loss": math.nan,
-        "objective": math.nan if value is None else float(value),
-    }
-
-
-def tune_trainable(config: dict[str, Any], *, sweep_dir: str, plan: SweepPlan, trial_fn: TrialFn):
-    import ray
-    from ray import tune
-
-    variant, seed = identify(plan, config)
-    trial_id = variant.trial_id(seed)
-    stored = store.stored_trial(sweep_dir, trial_id)
-    if stored is not None:  # finished in an earlier session: report it, do not re-run it
-        tune.report(_final(stored, plan.spec))
-        return
-    trial_config = plan.trial_config(variant, seed)
-    stage1_steps, every = (
-        trial_config.stage1.steps,
-        max(1, planned_steps(trial_config) // REPORTS_PER_TRIAL),
-    )
-    state = {"global_step": 0, "train_loss": math.nan}
-    live = store.RunningCurves(sweep_dir, trial_id)
-    live.remove()  # points of an attempt that was interrupted
-
-    def metrics() -> dict[str, Any]:
-        return {"trial_key": trial_id, "trial_final": 0, "objective": math.nan, **state}
-
-    def on_report(stage: str, step: int, values: dict) -> None:
-        state["global_step"] = step + (stage1_steps if stage == "stage2" else 0)
-        state["train_loss"] = float(values.get("loss", math.nan))
-        live.append(stage, step, values)
-        if state["global_step"] % every == 0:
-            tune.report(metrics())
-
-    def on_progress(progress: dict) -> None:
-        with tempfile.TemporaryDirectory() as tmp:
-            Path(tmp, "progress.json").write_text(yaml.safe_dump(progress))
-            tune.report(metrics(), checkpoint=tune.Checkpoint.from_directory(tmp))
-
-    progress = None
-    if (checkpoint := tune.get_checkpoint()) is not None:
-        with checkpoint.as_directory() as folder:
-            progress = yaml.safe_load(Path(folder, "progress.json").read_text())
-    assigned = ray.get_runtime_context().get_assigned_resources()
-    ctx = TrialContext(
-        sweep_dir=Path(sweep_dir),
-        spec=plan.spec,
-        trial_id=trial_id,
-        variant_id=variant.variant_id,
-        variant_name=variant.name,
-        seed=seed,
-        config=trial_config,
-        swept=plan.swept_values(trial_config),
-        cpus=assigned.get("CPU", 1.0),
-        gpus=assigned.get("GPU", 0.0),
-        progress=progress,
-        on_report=on_report,
-        on_progress=on_progress,
-    )
-    record = execute_trial(ctx, trial_fn)
-    live.remove()
-    tune.report(_final(record, plan.spec))
-
-
-class StoreCallback(Callback):
-    """Driver side: store trials Tune stopped early or whose process died; merge the store."""
-
-    def __init__(self, sweep_dir: Path, plan: SweepPlan):
-        self.sweep_dir, self.plan = Path(sweep_dir), plan
-
-    def on_trial_complete(self, iteration, trials, trial, **info) -> None:
-        self.handle(trial, error=False)
-
-    def on_trial_error(self, iteration, trials, trial, **info) -> None:
-        self.handle(trial, error=True)
-
-    def handle(self, trial, error: bool) -> None:
-        variant, seed = identify(self.plan, trial.config)
-        trial_id = variant.trial_id(seed)
-        if store.stored_trial(self.sweep_dir, trial_id) is None:
-            self._store_unfinished(trial, variant, seed, error)
-        self.consolidate()
-
-    def _store_unfinished(self, trial, variant: Variant, seed: int, error: bool) -> None:
-        trial_id = variant.trial_id(seed)
-        last = trial.last_result or {}
-        config = self.plan.trial_config(variant, seed)
-        res = self.plan.spec.resources
-        cpu, gpu = (0.0, 0.0) if res == "whole_node" else (res.cpu, res.gpu)
-        wall = float(last.get("time_total_s") or 0.0)
-        cause = None
-        if error:
-            path = trial.error_file
-            text = Path(path).read_text() if path and Path(path).exists() else ""
-            text = text if len(text) < 1500 else f"{text[:500]} ... {text[-900:]}"
-            cause = f"trial process failed (Tune gave up after max_failures): {text}"
-        live = store.RunningCurves(self.sweep_dir, trial_id)
-        record = store.TrialRecord(
-            trial_id=trial_id,
-            variant_id=variant.variant_id,
-            variant_name=variant.name,
-            seed=seed,
-            status="failed" if error else "stopped",
-            error=cause,
-            swept=self.plan.swept_values(config),
-            config=config.to_dict(),
-            wall_s=wall,
-            cpu_hours=wall * cpu / 3600,
-            gpu_hours=wall * gpu / 3600,
-            steps=int(last.get("global_step") or 0),
-            planned_steps=planned_steps(config),
-            stopped_early=not error,
-        )
-        store.write_trial(self.sweep_dir, record, curves=live.read())
-        live.remove()
-
-    def consolidate(self) -> None:
-        store.consolidate(self.sweep_dir, self.plan.spec.name, self.plan.swept_fields)
 
 
 def interactive() -> bool:

@@ -1,35 +1,25 @@
 """Sweep specs: what to vary, how to search, how to score; validated before anything starts.
 
 A spec is a YAML file (see ``ablations/``) loaded into `SweepSpec` (pydantic, unknown keys
-refused). `plan_sweep` then resolves it against `mage.presets.PRESETS`: the base preset plus
-``overrides``, every axis value and every baseline is turned into the `MageConfig` it implies,
-so a misspelt field or a bad value fails here, naming the field (``axes['ian.depht']: unknown
-config field ...``), before Ray is started or a model is built.
+refused, errors name the field). `harness.plan.plan_sweep` then builds the config of every
+variant it implies, before Ray is started or a model is built.
 
 Axes are dotted config paths (``ian.depth``). An axis whose name is not a config path and whose
 values are mappings is a *bundle*: each value sets several fields together (e.g. an encoder
 with the SEB stride that divides its patch grid). ``values`` is a grid; ``choices`` or
 ``{low, high, log, step}`` are sampled by ``search: optuna`` (TPE) or ``search: random``.
-`plan_sweep` returns the `SweepPlan`: the variants (grid points or pre-sampled random points,
-plus baselines), the seeds, and the swept fields that become results columns.
 """
 
 from __future__ import annotations
 
-import copy
-import hashlib
-import json
-import math
 import re
-from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Literal
 
-import numpy as np
 import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
-from mage.config import ConfigError, MageConfig, describe_error, get_dotted, set_dotted
+from mage.config import ConfigError, describe_error
 
 
 class SpecError(ConfigError):
@@ -299,184 +289,3 @@ def load_spec(path: str | Path) -> SweepSpec:
     except yaml.YAMLError as err:
         raise SpecError(f"{path}: not valid YAML ({err})") from None
     return parse_spec(data, str(path))
-
-
-# --------------------------------------------------------------------------------------
-# The plan: every variant resolved to the MageConfig it implies
-# --------------------------------------------------------------------------------------
-
-
-def variant_id(config: MageConfig) -> str:
-    """A short hash of a config without its seed, name and folders: seeds of one variant (on
-    any machine) share it."""
-    skip = ("seed", "name", "data_dir", "assets_dir")
-    data = {k: v for k, v in config.to_dict().items() if k not in skip}
-    return hashlib.sha1(json.dumps(data, sort_keys=True).encode()).hexdigest()[:10]
-
-
-@dataclass(frozen=True)
-class Variant:
-    """A config without its seed; ``overrides`` apply on top of base + spec overrides."""
-
-    name: str
-    kind: Literal["grid", "sampled", "searched", "baseline"]
-    overrides: dict[str, Any]
-    config: MageConfig = field(repr=False)
-
-    @property
-    def variant_id(self) -> str:
-        return variant_id(self.config)
-
-    def trial_id(self, seed: int) -> str:
-        return f"{self.variant_id}-s{seed}"
-
-
-@dataclass
-class SweepPlan:
-    """What a sweep runs: fixed variants (grid points, random draws, baselines) x seeds; with
-    ``search: optuna`` the searched variants appear as Optuna proposes them."""
-
-    spec: SweepSpec
-    base: MageConfig
-    seeds: list[int]
-    bundles: dict[str, dict[str, dict[str, Any]]]  # bundle axis -> label -> overrides
-    variants: list[Variant] = field(default_factory=list)
-    swept_fields: list[str] = field(default_factory=list)
-
-    @property
-    def num_trials(self) -> int:
-        searched = self.spec.num_samples if self.spec.search == "optuna" else 0
-        return (len(self.variants) + searched) * len(self.seeds)
-
-    def axis_overrides(self, point: dict[str, Any]) -> dict[str, Any]:
-        """Overrides for axis values; a bundle value (or its label) sets several fields."""
-        out: dict[str, Any] = {}
-        for name, value in point.items():
-            if name in self.bundles:
-                out.update(value if isinstance(value, dict) else self.bundles[name][value])
-            else:
-                out[name] = value
-        return out
-
-    def variant(self, overrides: dict[str, Any], kind: str = "searched", name: str = "") -> Variant:
-        name = name or ",".join(f"{k}={v}" for k, v in overrides.items()) or "base"
-        return Variant(name, kind, overrides, _build(self.base, overrides, f"variant {name}"))
-
-    def trial_config(self, variant: Variant, seed: int) -> MageConfig:
-        return variant.config.model_copy(update={"seed": seed, "name": variant.name})
-
-    def swept_values(self, config: MageConfig) -> dict[str, Any]:
-        data = config.to_dict()
-        return {path: get_dotted(data, path) for path in self.swept_fields}
-
-
-def _build(config: MageConfig, overrides: dict[str, Any], where: str) -> MageConfig:
-    try:
-        return config.with_overrides(overrides)
-    except ConfigError as err:
-        raise SpecError(f"{where}: {err}") from None
-
-
-def _field_kind(data: dict[str, Any], dotted: str) -> str | None:
-    """'int', 'other' for a config field, None if the path is not one."""
-    node: Any = data
-    for key in dotted.split("."):
-        if not isinstance(node, dict) or key not in node:
-            return None
-        node = node[key]
-    return "int" if isinstance(node, int) and not isinstance(node, bool) else "other"
-
-
-def _check_axes(spec: SweepSpec, base: MageConfig) -> dict[str, dict[str, dict[str, Any]]]:
-    """Build the config of every axis value (bundles: of every bundle); return the bundles."""
-    data, bundles = base.to_dict(), {}
-    for name, axis in spec.axes.items():
-        where, options = f"axes[{name!r}]", axis.options
-        if _field_kind(data, name) is None:
-            if not (options and all(isinstance(v, dict) and v for v in options)):
-                try:
-                    set_dotted(copy.deepcopy(data), name, None)  # raises: names the field
-                except ConfigError as err:
-                    raise SpecError(f"{where}: {err}") from None
-            bundles[name] = {",".join(f"{k}={v}" for k, v in o.items()): o for o in options}
-            for value in options:
-                _build(base, value, f"{where} value {value}")
-            continue
-        if axis.kind != "values" and spec.search == "optuna" and options:
-            bad = [v for v in options if not isinstance(v, str | int | float | bool | None)]
-            if bad:
-                raise SpecError(f"{where}: Optuna choices must be scalars, got {bad[0]!r}")
-        for value in options or [axis.low, axis.high]:
-            value = (
-                int(value) if axis.kind == "range" and _field_kind(data, name) == "int" else value
-            )
-            _build(base, {name: value}, f"{where} value {value!r}")
-    return bundles
-
-
-def _random_points(spec: SweepSpec, base: MageConfig) -> list[dict[str, Any]]:
-    """``num_samples`` distinct points drawn with ``search_seed`` (the same plan every run)."""
-    rng, data, points = np.random.default_rng(spec.search_seed), base.to_dict(), []
-    for _ in range(100 * spec.num_samples):
-        point = {}
-        for name, a in spec.axes.items():
-            if a.options is not None:
-                point[name] = a.options[int(rng.integers(len(a.options)))]
-                continue
-            x = (
-                math.exp(rng.uniform(math.log(a.low), math.log(a.high)))
-                if a.log
-                else rng.uniform(a.low, a.high)
-            )
-            x = min(a.high, a.low + round((x - a.low) / a.step) * a.step) if a.step else x
-            point[name] = int(round(x)) if _field_kind(data, name) == "int" else float(x)
-        if point not in points:
-            points.append(point)
-        if len(points) == spec.num_samples:
-            break
-    return points
-
-
-def plan_sweep(spec: SweepSpec, presets: dict[str, Any] | None = None) -> SweepPlan:
-    """Resolve a spec into variants; every config is built, so bad values fail here."""
-    if presets is None:
-        from mage.presets import PRESETS as presets
-    if spec.base not in presets:
-        raise SpecError(f"base: unknown preset {spec.base!r}; known presets: {sorted(presets)}")
-    base = presets[spec.base]()
-    paths = {k: getattr(spec, k) for k in ("data_dir", "assets_dir") if getattr(spec, k)}
-    base = _build(base.model_copy(update=paths), spec.overrides, "overrides")
-    plan = SweepPlan(spec, base, spec.seed_list, _check_axes(spec, base))
-    points: list[dict[str, Any]] = []
-    if spec.search == "grid" and spec.axes:
-        points = [{}]
-        for name, axis in spec.axes.items():
-            points = [{**p, name: v} for p in points for v in axis.values]
-    elif spec.search == "random":
-        points = _random_points(spec, base)
-    kind = "grid" if spec.search == "grid" else "sampled"
-    plan.variants = [plan.variant(plan.axis_overrides(p), kind) for p in points]
-    for b in spec.baselines:
-        overrides = {**b.overrides, **({"blind": True} if b.blind else {})}
-        plan.variants.append(plan.variant(overrides, "baseline", b.name))
-    seen: dict[str, str] = {}
-    for v in plan.variants:
-        if v.variant_id in seen:
-            raise SpecError(
-                f"variants {seen[v.variant_id]!r} and {v.name!r} are the same config; drop one"
-            )
-        seen[v.variant_id] = v.name
-    fields = []
-    for name in spec.axes:  # a bundle's fields, else the axis itself
-        fields += (
-            [k for o in plan.bundles[name].values() for k in o] if name in plan.bundles else [name]
-        )
-    fields += [k for v in plan.variants if v.kind == "baseline" for k in v.overrides]
-    plan.swept_fields = list(dict.fromkeys(fields))
-    names = [v.name for v in plan.variants]
-    if spec.report.baseline is not None and spec.report.baseline not in names:
-        raise SpecError(
-            f"report.baseline: {spec.report.baseline!r} is not a variant of this sweep; "
-            f"choose one of {names}"
-        )
-    return plan

@@ -34,10 +34,9 @@ import pandas as pd
 import yaml
 
 from mage.io import atomic_path, atomic_write, atomic_write_json
+from mage.scores import ITEM_COLUMNS, SCORE_COLUMNS
 
 STATUSES = ("ok", "failed", "stopped")
-SCORE_COLUMNS = ["benchmark", "metric", "category", "value", "n"]
-ITEM_COLUMNS = ["benchmark", "item_id", "category", "correct"]
 CURVE_COLUMNS = ["stage", "step", "metric", "value"]
 TABLES = ("results", "trials", "items", "curves")
 

@@ -48,16 +48,11 @@ from typing import Any
 import yaml
 
 from harness import store
-from harness.progress import StoreCallback, SweepProgress, SweepSummary, summarize, tune_trainable
-from harness.spec import (
-    SpecError,
-    SweepPlan,
-    SweepSpec,
-    load_spec,
-    parse_spec,
-    plan_sweep,
-)
+from harness.plan import SweepPlan, plan_sweep
+from harness.progress import SweepProgress, SweepSummary, summarize
+from harness.spec import SpecError, SweepSpec, load_spec, parse_spec
 from harness.trial import TrialFn, planned_steps
+from harness.tune_trial import StoreCallback, tune_trainable
 from mage.config import get_dotted
 from mage.io import atomic_write_text
 

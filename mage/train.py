@@ -161,7 +161,8 @@ def train_stage(
     started, tokens = time.perf_counter(), 0
     for step in range(start, stage_cfg.steps):
         optimizer.zero_grad(set_to_none=True)
-        totals = {"loss": 0.0, "ce_loss": 0.0, "mse_loss": 0.0}
+        # no MSE term at weight 0: its metric is absent (not a misleading 0)
+        totals = {"loss": 0.0, "ce_loss": 0.0, **({"mse_loss": 0.0} if mse_weight > 0 else {})}
         for micro in range(stage_cfg.grad_accum):
             gen = _batch_generator(cfg.seed, stage, step, micro)
             records = [
@@ -181,7 +182,7 @@ def train_stage(
             loss.backward()
             totals["loss"] += out.loss.item() / stage_cfg.grad_accum
             totals["ce_loss"] += out.ce_loss.item() / stage_cfg.grad_accum
-            if out.mse_loss is not None:
+            if "mse_loss" in totals and out.mse_loss is not None:
                 totals["mse_loss"] += out.mse_loss.item() / stage_cfg.grad_accum
         if stage_cfg.max_grad_norm:
             torch.nn.utils.clip_grad_norm_(params, stage_cfg.max_grad_norm)

@@ -42,6 +42,17 @@ def test_stage1_trains_only_the_ian(tiny, tmp_path):
     assert changed, "stage 1 did not change the IAN"
 
 
+@pytest.mark.parametrize(("mse_weight", "has_mse"), [(0.0, False), (0.5, True)])
+def test_mse_metric_is_reported_only_when_the_term_is_on(tiny, tmp_path, mse_weight, has_mse):
+    cfg, model = tiny
+    cfg = cfg.with_overrides({"loss.mse_weight": mse_weight, "stage1.steps": 2})
+    seen = []
+    final = train_stage(model, cfg, "stage1", tmp_path / "s1", callback=lambda s, m: seen.append(m))
+    assert ("mse_loss" in final) is has_mse and all(("mse_loss" in m) is has_mse for m in seen)
+    if has_mse:
+        assert final["mse_loss"] > 0 and final["loss"] > final["ce_loss"]
+
+
 def _one_batch(cfg, model, stage="stage1", with_captions=True):
     from mage.data import Collator
 

@@ -7,7 +7,8 @@ import copy
 
 import pytest
 
-from harness.spec import SpecError, load_spec, parse_spec, plan_sweep
+from harness.plan import plan_sweep
+from harness.spec import SpecError, load_spec, parse_spec
 
 BASE = {
     "name": "t",

@@ -10,7 +10,8 @@ import pytest
 
 from harness.cli import main
 from harness.commands.sweep import plan_text
-from harness.spec import load_spec, plan_sweep
+from harness.plan import plan_sweep
+from harness.spec import load_spec
 
 ABLATIONS = Path(__file__).resolve().parent.parent / "ablations"
 SPECS = sorted(ABLATIONS.glob("*.yaml"))

@@ -54,7 +54,8 @@ def _print_summary(summary) -> None:
 
 
 def _sweep(args) -> int:
-    from harness.spec import SpecError, load_spec, plan_sweep
+    from harness.plan import plan_sweep
+    from harness.spec import SpecError, load_spec
 
     try:
         spec = load_spec(args.spec)

@@ -30,6 +30,7 @@ from typing import Any
 import pandas as pd
 from PIL import Image
 
+from mage.scores import ITEM_COLUMNS, SCORE_COLUMNS
 from mage.tools.data import scene_from_records
 from mage.tools.errors import ToolCallError, ToolExecutionError
 from mage.tools.parser import ToolCall, parse_tool_calls
@@ -44,8 +45,6 @@ METRICS = (
     "argument_f1",
     "round_trip_fidelity",
 )
-SCORE_COLUMNS = ["benchmark", "metric", "category", "value", "n"]
-ITEM_COLUMNS = ["benchmark", "item_id", "category", "correct"]
 
 
 def normalize(value: Any) -> str:
