@@ -76,7 +76,7 @@ class SweepPlan:
         return out
 
     def variant(self, overrides: dict[str, Any], kind: str = "searched", name: str = "") -> Variant:
-        name = name or ",".join(f"{k}={v}" for k, v in overrides.items()) or "base"
+        name = name or ",".join(f"{k}={v}" for k, v in overrides.items()) or self.spec.base
         return Variant(name, kind, overrides, _build(self.base, overrides, f"variant {name}"))
 
     def trial_config(self, variant: Variant, seed: int) -> MageConfig:
@@ -165,7 +165,7 @@ def plan_sweep(spec: SweepSpec, presets: dict[str, Any] | None = None) -> SweepP
     base = _build(base.model_copy(update=paths), spec.overrides, "overrides")
     plan = SweepPlan(spec, base, spec.seed_list, _check_axes(spec, base))
     points: list[dict[str, Any]] = []
-    if spec.search == "grid" and spec.axes:
+    if spec.search == "grid":  # no axes: the base config itself is the one grid point
         points = [{}]
         for name, axis in spec.axes.items():
             points = [{**p, name: v} for p in points for v in axis.values]

@@ -140,6 +140,15 @@ def test_grid_plan_variants_seeds_and_swept_fields():
     assert plan.swept_values(plan.variants[-2].config)["ian.projector"] == "mlp2x_gelu"
 
 
+def test_a_grid_without_axes_runs_the_base_preset_against_its_baselines():
+    plan = plan_of(spec_with(axes={}))
+    assert [(v.name, v.kind) for v in plan.variants] == [
+        ("tiny-test", "grid"), ("mlp2x", "baseline"), ("blind", "baseline")
+    ]  # fmt: skip
+    assert plan.variants[0].overrides == {} and plan.num_trials == 3 * 2
+    assert plan.swept_fields == ["ian.projector", "blind"]
+
+
 def test_bundle_axis_sets_fields_together():
     bundle = {
         "values": [
