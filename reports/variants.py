@@ -110,7 +110,9 @@ def collect_variants(data: SweepData, objective_means: dict[str, float] | None =
     rows["baseline_name"] = rows["variant_id"].map(names)
     rows["is_grid"] = rows["baseline_name"].isna()
     rows["label"] = [
-        name if isinstance(name, str) else _compact_label(row, axes)
+        name
+        if isinstance(name, str)
+        else _grid_label(row, axes, runs_base=bool(data.spec) and not data.axes)
         for name, (_, row) in zip(rows["baseline_name"], rows.iterrows())
     ]
     rows = _order(rows, data, axes)
@@ -180,6 +182,13 @@ def _baseline_names(data: SweepData, rows: pd.DataFrame, axes: tuple[str, ...]) 
             for vid in match["variant_id"]:
                 names.setdefault(vid, name)
     return names
+
+
+def _grid_label(row: pd.Series, axes: tuple[str, ...], runs_base: bool) -> str:
+    """A grid variant's label; a spec without axes runs its base preset, named as stored."""
+    if runs_base and isinstance(row.get("variant_name"), str):
+        return str(row["variant_name"])
+    return _compact_label(row, axes)
 
 
 def _compact_label(row: pd.Series, axes: tuple[str, ...]) -> str:

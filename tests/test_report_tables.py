@@ -277,3 +277,23 @@ def test_store_written_by_harness_store_reads_the_same(tmp_path):
     assert set(direct) == set(written)
     for name in direct:
         assert written[name] == direct[name], name
+
+
+def test_a_spec_without_axes_labels_its_base_variant_by_name(store, tmp_path):
+    import shutil
+
+    from reports.variants import collect_variants
+
+    copy = Path(shutil.copytree(store, tmp_path / "no_axes"))
+    manifest = json.loads((copy / "manifest.json").read_text())
+    manifest["spec"]["axes"] = {}
+    (copy / "manifest.json").write_text(json.dumps(manifest))
+    data = load_sweep(copy)
+    grid = collect_variants(data).table.query("is_grid").variant_id
+    base = grid.iloc[0]
+    for frame in (data.trials, data.results):
+        frame.loc[frame.variant_id == base, "variant_name"] = "world-demo"
+    variants = collect_variants(data)
+    assert variants.label(base) == "world-demo"
+    # before the fix the label was built from the swept fields, e.g. "no" for blind=False
+    assert all(variants.label(v) != "world-demo" for v in grid.iloc[1:])
