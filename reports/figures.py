@@ -178,7 +178,9 @@ def category_heatmap(summary: Summary, key: str) -> Figure | None:
     matrix.index = [labels[v] for v in order]
     with figure_style():
         fig = Figure(
-            figsize=(2.5 + 0.55 * len(cats), 1.2 + 0.32 * len(order)), layout="constrained"
+            # at least 2.8 in high: with few variants the rotated labels would not fit
+            figsize=(2.5 + 0.55 * len(cats), max(2.8, 1.2 + 0.32 * len(order))),
+            layout="constrained",
         )
         ax = fig.subplots()
         sns.heatmap(
@@ -190,6 +192,7 @@ def category_heatmap(summary: Summary, key: str) -> Figure | None:
             annot_kws={"fontsize": 6},
             cbar_kws={"label": spec.unit},
         )
+        ax.tick_params(axis="y", labelrotation=0)  # variant names read across
         ax.set_xlabel("category")
         ax.set_ylabel("variant")
         ax.set_title(f"{spec.title} (mean over seeds)")
