@@ -29,6 +29,7 @@ import torch
 
 from mage.io import atomic_path, atomic_write_json
 from mage.world import encoders, text, textlm
+from mage.world.generate import FORMAT_VERSION as WORLD_FORMAT
 from mage.world.generate import WorldPaths, load_world
 from mage.world.progress import progress_bar
 from mage.world.scene import Scene
@@ -109,11 +110,13 @@ def component_fingerprint(name: str, cfg: AssetConfig, world_hash: str) -> str:
 
 def assets_cache_name(size: str, seed: int) -> str:
     """The default cache folder's name for a world's assets, e.g. ``demo-seed0-1a2b3c4d5e``:
-    the hash of the size's asset configs is part of the name, so a changed recipe (a new
-    release) prepares fresh assets beside the old ones instead of refusing them."""
+    the hash of the size's asset configs and of the world's format is part of the name, so a
+    changed recipe or world generator (a new release) prepares fresh assets beside the old
+    ones instead of refusing them."""
     if size not in ASSET_CONFIGS:
         raise AssetsError(f"unknown assets size {size!r}; choose one of {sorted(ASSET_CONFIGS)}")
-    digest = _hash({"format": ASSETS_FORMAT, "config": asdict(ASSET_CONFIGS[size])})
+    config = asdict(ASSET_CONFIGS[size])
+    digest = _hash({"format": ASSETS_FORMAT, "config": config, "world_format": WORLD_FORMAT})
     return f"{size}-seed{seed}-{digest[:10]}"
 
 

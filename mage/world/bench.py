@@ -10,6 +10,11 @@ split name (`mage.world.schemas`), so lmms-eval scores it with its own code:
   `text.MCQ_CATEGORIES`; three circular copies with rotated options at
   ``index + k * 1_000_000`` (k = 1..3), as in MMBench's circular evaluation.
 - SEED-Bench: per image one 4-option question with SEED's ``question_type_id``.
+
+Answers are balanced so that a model that never sees the image lands at chance (see
+`mage.world.text`): a lettered counting question's image is drawn (`held_out_scene`, from
+the image's own scene stream) until it has a shape with a target count, the target drawn
+uniformly from the options "0".."3", as real benchmarks balance their answers.
 """
 
 from __future__ import annotations
@@ -20,7 +25,7 @@ import numpy as np
 from datasets import Dataset, DatasetDict
 
 from mage.world import text
-from mage.world.scene import Scene
+from mage.world.scene import MAX_OBJECTS, Scene, sample_scene
 from mage.world.schemas import (
     BENCHMARKS,
     MMBENCH_CIRCULAR_OFFSET,
@@ -39,15 +44,49 @@ MMBENCH_L2 = {
 }
 
 
+# The question category of each held-out image cycles through its benchmark's categories.
+CATEGORIES = {
+    "mme": text.YES_NO_CATEGORIES,
+    "mmbench": text.MCQ_CATEGORIES,
+    "seedbench": tuple(text.SEED_QUESTION_TYPES),
+}
+# Benchmarks whose counting questions are lettered (their answer is a drawn target count).
+TARGET_COUNT_BENCHMARKS = ("mmbench", "seedbench")
+# Scene draws before giving up on a target count (the rarest, 3 of a shape, takes ~75).
+MAX_SCENE_DRAWS = 10_000
+
+
 @dataclass(frozen=True)
 class HeldOut:
-    """One held-out image: its id, scene, PNG bytes and its own question stream."""
+    """One held-out image: its id, scene, PNG bytes and its own question stream;
+    ``target_count`` is the answer of its lettered counting question (else None)."""
 
     image_id: str
     index: int
     scene: Scene
     png: bytes
     rng: np.random.Generator
+    target_count: int | None = None
+
+
+def category_of(name: str, index: int) -> str:
+    """The question category of held-out image ``index`` of benchmark ``name``."""
+    categories = CATEGORIES[name]
+    return categories[index % len(categories)]
+
+
+def held_out_scene(name: str, index: int, rng: np.random.Generator) -> tuple[Scene, int | None]:
+    """The scene of held-out image ``index`` of ``name`` (from its scene stream ``rng``) and
+    its target count: for a lettered counting question a count 0..MAX_OBJECTS is drawn
+    first, then scenes until one has a shape with that count."""
+    if name not in TARGET_COUNT_BENCHMARKS or category_of(name, index) != "count":
+        return sample_scene(rng), None
+    target = int(rng.integers(MAX_OBJECTS + 1))
+    for _ in range(MAX_SCENE_DRAWS):
+        scene = sample_scene(rng)
+        if target in text.shape_counts(scene).values():
+            return scene, target
+    raise RuntimeError(f"no scene with a shape counted {target} in {MAX_SCENE_DRAWS} draws")
 
 
 def _image(png: bytes) -> dict:
@@ -61,7 +100,7 @@ def _columns(rows: list[dict], features) -> dict[str, list]:
 def build_mme(items: list[HeldOut]) -> DatasetDict:
     rows = []
     for item in items:
-        category = text.YES_NO_CATEGORIES[item.index % len(text.YES_NO_CATEGORIES)]
+        category = category_of("mme", item.index)
         pair = text.yes_no_pair(item.scene, category, item.rng)
         qid = f"{category}/{item.image_id}.png"
         for question, answer in ((pair.yes, text.YES), (pair.no, text.NO)):
@@ -80,8 +119,8 @@ def build_mme(items: list[HeldOut]) -> DatasetDict:
 def build_mmbench(items: list[HeldOut]) -> DatasetDict:
     main, copies = [], []
     for item in items:
-        category = text.MCQ_CATEGORIES[item.index % len(text.MCQ_CATEGORIES)]
-        mcq = text.multiple_choice(item.scene, category, item.rng)
+        category = category_of("mmbench", item.index)
+        mcq = text.multiple_choice(item.scene, category, item.rng, item.target_count)
         for k in range(4):
             rotated = mcq.rotated(k)
             row = {
@@ -103,10 +142,9 @@ def build_mmbench(items: list[HeldOut]) -> DatasetDict:
 
 def build_seedbench(items: list[HeldOut]) -> DatasetDict:
     rows = []
-    kinds = list(text.SEED_QUESTION_TYPES)
     for item in items:
-        category = kinds[item.index % len(kinds)]
-        mcq = text.multiple_choice(item.scene, category, item.rng)
+        category = category_of("seedbench", item.index)
+        mcq = text.multiple_choice(item.scene, category, item.rng, item.target_count)
         choices = dict(zip(("choice_a", "choice_b", "choice_c", "choice_d"), mcq.options))
         rows.append(
             {

@@ -35,7 +35,9 @@ from mage.world import bench, samples
 from mage.world.progress import progress_bar
 from mage.world.scene import render_scene, sample_scene
 
-FORMAT_VERSION = 1
+# Bumped whenever the generator's output changes (2: answers balanced against blind guessing),
+# so that cached worlds, and the assets prepared for them, are rebuilt.
+FORMAT_VERSION = 2
 IMAGE_SIZE = 64
 SPLIT_CODES = {"train": 0, "mme": 1, "mmbench": 2, "seedbench": 3}
 HASH_EXCLUDE = ("world.json",)
@@ -188,10 +190,10 @@ def _held_out(name: str, seed: int, n: int, scenes: dict, bar) -> list[bench.Hel
     task = bar.add_task(f"render {name} images", total=n) if bar else None
     for i in range(n):
         iid = image_id(name, i)
-        scene = sample_scene(scene_rng(seed, name, i))
+        scene, target = bench.held_out_scene(name, i, scene_rng(seed, name, i))
         png = _png(render_scene(scene, IMAGE_SIZE))
         scenes[iid] = {"split": name, **scene.to_dict()}
-        items.append(bench.HeldOut(iid, i, scene, png, question_rng(seed, name, i)))
+        items.append(bench.HeldOut(iid, i, scene, png, question_rng(seed, name, i), target))
         if bar:
             bar.advance(task)
     return items
@@ -252,10 +254,15 @@ def default_world_dir() -> Path:
 
 
 def ensure_world(root: str | Path, seed: int = 0, size: str = "demo", progress: bool = False):
-    """Reuse the world at ``root`` if it has this seed and size, else generate it there."""
+    """Reuse the world at ``root`` if it has this seed, size and format, else generate it
+    there (a world cached by an older generator is replaced)."""
     root = Path(root)
     if (root / "world.json").is_file():
-        info = read_world_info(root)
-        if info["seed"] == seed and info["size"] == size:
+        info = json.loads((root / "world.json").read_text())
+        if (info.get("format_version"), info.get("seed"), info.get("size")) == (
+            FORMAT_VERSION,
+            seed,
+            size,
+        ):
             return WorldPaths(root)
     return generate_world(root, seed, size, progress=progress)

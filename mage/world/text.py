@@ -9,6 +9,14 @@ answers the benchmark prompts in the form lmms-eval parses:
   what the model then sees, and the training data uses that.
 - 4-option lettered multiple choice (`multiple_choice`), shown as MMBench (`mmbench_prompt`)
   or SEED-Bench (`seed_prompt`) would show it, answered with one letter.
+
+No question's wording gives its answer away: a model that never sees the image (the blind
+baseline) must land at chance. Every "No" question names a value that the scene could have
+had (a count of 1..`MAX_OBJECTS`, never an impossible 4), options are either all the values
+of an attribute or the answer plus random others, and a counting question asks about the shape
+whose count is a drawn target (`shape_with_count`), so that answers "0".."3" are equally
+likely where the scene allows it (the benchmarks draw their counting scenes to allow it,
+`mage.world.bench`).
 - Short open answers (`short_answer`) with LLaVA-1.5's (and lmms-eval's MME) post-prompt.
 
 The prompt builders copy lmms-eval 0.7.3's ``doc_to_text`` functions and YAML post-prompts;
@@ -21,7 +29,7 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from mage.world.scene import COLORS, QUADRANTS, SHAPES, SIZES, Scene
+from mage.world.scene import COLORS, MAX_OBJECTS, QUADRANTS, SHAPES, SIZES, Scene
 
 # --- lmms-eval's prompt pieces (tasks/mme/mme.yaml, tasks/mmbench/*.yaml, seedbench/utils.py)
 MME_QUESTION_SUFFIX = " Please answer yes or no."
@@ -130,6 +138,29 @@ def _pick(rng: np.random.Generator, items):
     return items[int(rng.integers(len(items)))]
 
 
+def shape_counts(scene: Scene) -> dict[str, int]:
+    """How many objects of each shape (zeros included) the scene has."""
+    return {shape: sum(o.shape == shape for o in scene.objects) for shape in SHAPES}
+
+
+def shape_with_count(scene: Scene, rng: np.random.Generator, target: int | None = None) -> str:
+    """A shape whose count in ``scene`` is ``target``; with no target, the count is drawn
+    uniformly from the counts the scene has (so a blind guess of "0" is no safe bet)."""
+    counts = shape_counts(scene)
+    if target is None:
+        target = _pick(rng, sorted(set(counts.values())))
+    shapes = [shape for shape, count in counts.items() if count == target]
+    if not shapes:
+        raise ValueError(f"no shape occurs {target} times in {caption(scene)!r}")
+    return _pick(rng, shapes)
+
+
+def _other_count(n: int, rng: np.random.Generator) -> int:
+    """A wrong object count that a scene could have had: "No" questions as likely as "Yes"
+    ones for every count a question names."""
+    return _pick(rng, [m for m in range(1, MAX_OBJECTS + 1) if m != n])
+
+
 def _count_question(n: int) -> str:
     return (Q_COUNT_ONE if n == 1 else Q_COUNT_MANY).format(n=n)
 
@@ -148,8 +179,7 @@ def yes_no_pair(scene: Scene, category: str, rng: np.random.Generator) -> YesNoP
         )
     if category == "count":
         n = len(scene.objects)
-        wrong = _pick(rng, [m for m in range(1, 5) if m != n])
-        return YesNoPair(category, _count_question(n), _count_question(wrong))
+        return YesNoPair(category, _count_question(n), _count_question(_other_count(n, rng)))
     if category == "position":
         other = _pick(rng, [q for q in QUADRANTS if q != obj.quadrant])
         return YesNoPair(
@@ -166,15 +196,20 @@ def yes_no_pair(scene: Scene, category: str, rng: np.random.Generator) -> YesNoP
         )
     if category == "numerical_calculation":
         n, k = len(scene.objects), int(rng.integers(1, 4))
-        wrong = n + k + _pick(rng, [-1, 1])
+        wrong = _other_count(n, rng) + k
         return YesNoPair(
             category, Q_ARITHMETIC.format(k=k, m=n + k), Q_ARITHMETIC.format(k=k, m=wrong)
         )
     raise ValueError(f"unknown yes/no category {category!r}; known: {list(YES_NO_CATEGORIES)}")
 
 
-def multiple_choice(scene: Scene, category: str, rng: np.random.Generator) -> MultipleChoice:
-    """A 4-option question for ``category`` (one of `MCQ_CATEGORIES`), options shuffled."""
+def multiple_choice(
+    scene: Scene, category: str, rng: np.random.Generator, target_count: int | None = None
+) -> MultipleChoice:
+    """A 4-option question for ``category`` (one of `MCQ_CATEGORIES`), options shuffled.
+
+    A counting question asks how many objects of one shape there are (options "0".."3"),
+    the shape chosen by `shape_with_count` (``target_count`` fixes the answer)."""
     obj = _pick(rng, scene.objects)
     if category == "color":
         question = Q_COLOR.format(shape=obj.shape, quadrant=obj.quadrant)
@@ -182,14 +217,10 @@ def multiple_choice(scene: Scene, category: str, rng: np.random.Generator) -> Mu
         distractors = [others[i] for i in rng.choice(len(others), size=3, replace=False)]
         correct, options = obj.color, [obj.color, *distractors]
     elif category == "count":
-        if rng.random() < 0.5:
-            question, correct = Q_COUNT, str(len(scene.objects))
-            options = ["1", "2", "3", "4"]
-        else:
-            shape = _pick(rng, SHAPES)
-            question = Q_COUNT_SHAPE.format(plural=PLURALS[shape])
-            correct = str(sum(o.shape == shape for o in scene.objects))
-            options = ["0", "1", "2", "3"]
+        shape = shape_with_count(scene, rng, target_count)
+        question = Q_COUNT_SHAPE.format(plural=PLURALS[shape])
+        correct = str(shape_counts(scene)[shape])
+        options = [str(m) for m in range(MAX_OBJECTS + 1)]
     elif category == "position":
         question = Q_POSITION.format(color=obj.color, shape=obj.shape)
         correct, options = obj.quadrant, list(QUADRANTS)
