@@ -28,6 +28,7 @@ from reports.variants import axis_label, field_label, format_value, native, sort
 PALETTE = "colorblind"
 HEATMAP_CMAP = "cividis"
 PANEL_SIZE = (3.2, 2.6)  # inches per panel
+LABEL_INCH_PER_CHAR = 0.065  # a tick label's length per character, in the paper context
 DPI = 150
 RC = {"figure.dpi": 100, "font.family": "DejaVu Sans", "svg.hashsalt": "mage"}
 
@@ -176,10 +177,16 @@ def category_heatmap(summary: Summary, key: str) -> Figure | None:
         .astype(float)
     )
     matrix.index = [labels[v] for v in order]
+    # room for the labels: variant names read across, category names (MMBench's L2 names
+    # run to 40 characters) rotated under the cells
+    label_width = LABEL_INCH_PER_CHAR * max(map(len, matrix.index))
+    label_height = LABEL_INCH_PER_CHAR * max(len(str(c)) for c in cats)
     with figure_style():
         fig = Figure(
-            # at least 2.8 in high: with few variants the rotated labels would not fit
-            figsize=(2.5 + 0.55 * len(cats), max(2.8, 1.2 + 0.32 * len(order))),
+            figsize=(
+                1.8 + 0.55 * len(cats) + label_width,
+                max(2.2, 0.8 + 0.32 * len(order)) + label_height,
+            ),
             layout="constrained",
         )
         ax = fig.subplots()

@@ -103,3 +103,22 @@ def test_cli_report_command_replaces_a_report_in_place(store, tables_only, tmp_p
     assert "report written to" in capsys.readouterr().out
     assert _cli(["report", str(tmp_path / "missing")]) == 1
     assert "not a sweep folder" in capsys.readouterr().err
+
+
+def test_heatmap_fits_long_category_names_with_few_variants():
+    """MMBench's L2 names (about 40 characters) under two variants: the figure grows to hold
+    them, so constrained layout applies (it used to warn and clip the labels)."""
+    import dataclasses
+    import warnings
+
+    from reports.figures import category_heatmap, figure_bytes
+
+    summary = summarize(load_sweep(FIXTURES / "smoke_store"))
+    stats = summary.category_stats
+    two = sorted(stats["variant_id"].unique())[:2]
+    summary = dataclasses.replace(summary, category_stats=stats[stats["variant_id"].isin(two)])
+    fig = category_heatmap(summary, "categories_mmbench_l2")
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        figure_bytes(fig, "png")
+    assert fig.get_size_inches()[1] > 4.0
