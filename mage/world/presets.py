@@ -6,8 +6,9 @@ folder) and encoders/LLM come from ``{assets}`` (its prepared assets); the sweep
 both. The recipe follows docs/cpu-world.md, tuned by measurement (figures there):
 stage 1 trains the IAN on captions with CE + MSE; stage 2 trains everything on the
 instruction mix (captions, short answers, yes/no, lettered MCQ, with extra draws of the
-yes/no and MCQ kinds) and the tool-calling samples, 2,000 steps: shorter runs learn counting
-but leave the other categories and lettered choice at chance.
+yes/no and MCQ kinds) and the tool-calling samples, 2,000 steps. Over 4 seeds it scores MME
+perception 424-492.5 against a blind control's 243.5-297 (ablations/world_controls.yaml);
+lettered choice (MMBench, SEED) stays at chance.
 """
 
 from __future__ import annotations
