@@ -190,3 +190,17 @@ def test_png_images_are_64px(test_world):
     path = next((test_world.images / "train").glob("*.png"))
     with Image.open(io.BytesIO(path.read_bytes())) as image:
         assert image.size == (64, 64) and image.mode == "RGB"
+
+
+def test_ensure_world_reuses_a_current_world_and_regenerates_an_old_format(tmp_path):
+    from mage.world.generate import FORMAT_VERSION, ensure_world, generate_world
+
+    world = generate_world(tmp_path / "w", seed=0, size="test")
+    stamp = world.world_json.stat().st_mtime_ns
+    assert ensure_world(tmp_path / "w", seed=0, size="test").root == world.root
+    assert world.world_json.stat().st_mtime_ns == stamp  # reused, not rewritten
+    info = json.loads(world.world_json.read_text())
+    world.world_json.write_text(json.dumps({**info, "format_version": FORMAT_VERSION - 1}))
+    again = ensure_world(tmp_path / "w", seed=0, size="test")
+    assert again.info()["format_version"] == FORMAT_VERSION
+    assert again.info()["content_hash"] == info["content_hash"]

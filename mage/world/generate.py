@@ -259,10 +259,7 @@ def ensure_world(root: str | Path, seed: int = 0, size: str = "demo", progress: 
     root = Path(root)
     if (root / "world.json").is_file():
         info = json.loads((root / "world.json").read_text())
-        if (info.get("format_version"), info.get("seed"), info.get("size")) == (
-            FORMAT_VERSION,
-            seed,
-            size,
-        ):
+        wanted = {"format_version": FORMAT_VERSION, "seed": seed, "size": size}
+        if all(info.get(key) == value for key, value in wanted.items()):
             return WorldPaths(root)
     return generate_world(root, seed, size, progress=progress)

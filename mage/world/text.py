@@ -9,6 +9,7 @@ answers the benchmark prompts in the form lmms-eval parses:
   what the model then sees, and the training data uses that.
 - 4-option lettered multiple choice (`multiple_choice`), shown as MMBench (`mmbench_prompt`)
   or SEED-Bench (`seed_prompt`) would show it, answered with one letter.
+- Short open answers (`short_answer`) with LLaVA-1.5's (and lmms-eval's MME) post-prompt.
 
 No question's wording gives its answer away: a model that never sees the image (the blind
 baseline) must land at chance. Every "No" question names a value that the scene could have
@@ -17,7 +18,6 @@ of an attribute or the answer plus random others, and a counting question asks a
 whose count is a drawn target (`shape_with_count`), so that answers "0".."3" are equally
 likely where the scene allows it (the benchmarks draw their counting scenes to allow it,
 `mage.world.bench`).
-- Short open answers (`short_answer`) with LLaVA-1.5's (and lmms-eval's MME) post-prompt.
 
 The prompt builders copy lmms-eval 0.7.3's ``doc_to_text`` functions and YAML post-prompts;
 tests check them against lmms-eval itself (mage/ does not import lmms-eval).
