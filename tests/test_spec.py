@@ -87,7 +87,7 @@ def test_a_sweep_whose_variants_now_resolve_differently_is_not_continued(tmp_pat
         ({"base": "no-such-preset"}, r"base: unknown preset 'no-such-preset'"),
         ({"overrides": {"stage1.stpes": 3}}, r"overrides: unknown config field 'stage1.stpes'"),
         ({"seeds": [1, 1]}, r"seeds: .*without repeats"),
-        ({"world": {"size": "demo", "assets": "huge"}}, r"world.assets: .*'demo-lookup'"),
+        ({"world": {"size": "demo", "assets": "huge"}}, r"world.assets: .*'demo-plain'"),
         ({"objective": {"benchmark": "tools", "metric": "parse_rate"}}, r"not among tasks"),
         (
             {
@@ -119,7 +119,7 @@ def test_world_asset_recipes_are_the_ones_assets_can_prepare():
     recipes = next(a for a in get_args(optional) if a is not type(None))
     assert set(get_args(recipes)) == set(ASSET_CONFIGS)
     assert WorldSpec(size="demo").asset_recipe == "demo"
-    assert WorldSpec(size="demo", assets="demo-lookup").asset_recipe == "demo-lookup"
+    assert WorldSpec(size="demo", assets="demo-plain").asset_recipe == "demo-plain"
 
 
 def test_grid_plan_variants_seeds_and_swept_fields():

@@ -17,7 +17,7 @@ import time
 from pathlib import Path
 
 SIZES = ("test", "demo")
-RECIPES = ("test", "demo", "demo-lookup")  # mage.world.assets.ASSET_CONFIGS (checked by a test)
+RECIPES = ("test", "demo", "demo-plain")  # mage.world.assets.ASSET_CONFIGS (checked by a test)
 
 
 def register(sub: argparse._SubParsersAction) -> None:
@@ -61,7 +61,7 @@ def register(sub: argparse._SubParsersAction) -> None:
         "--recipe",
         choices=RECIPES,
         default=None,
-        help="asset recipe (default: --size); demo-lookup: an LLM also drilled on lettered choice (see docs/cpu-world.md)",
+        help="asset recipe (default: --size); demo-plain: the earlier world LLM, not drilled on lettered choice (see docs/cpu-world.md)",
     )
     prep.add_argument(
         "--features", action="store_true", help="also cache encoder features of training images"

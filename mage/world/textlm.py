@@ -8,12 +8,13 @@ the image replaced by its caption (``"<caption>\\n<question>"``), plus caption m
 a tiny VLM trained for minutes stays at the answer prior (see the CPU-world design note).
 
 Lettered multiple choice needs one more skill than the world's facts: find the option that
-says the answer and reply with its letter. A tiny model trained only on one-letter replies
-sits at chance for a long time before that lookup forms (a plateau of about 600 steps on
-hinted questions alone). Option-lookup drills (`option_lookup_conversation`: the options,
-then "The answer is X." turn after turn, each answered with a letter) give four supervised
-lookups per sequence, and a first phase (``lookup_steps``) trains them with hinted
-multiple choice before the normal mix starts.
+says the answer and reply with its letter. Trained only on one-letter replies inside the full
+prompt, a tiny model never finds that lookup. What forms it (docs/cpu-world.md, "Lettered
+choice"): a first phase (``lookup_steps``) of option-lookup drills alone
+(`option_lookup_conversation`: the options, then "The answer is X.", answered with X's
+letter) at a learning rate of 3e-4 (at 1e-3 the drill stalls at about 70%), then the normal
+mix with some drills and hinted questions kept in it, so the lookup carries over to the
+benchmark prompt.
 
 `evaluate_text_llm` measures the text-only upper bound on the held-out benchmark questions
 (caption in the prompt): MME-style yes/no accuracy, acc+ (both questions of an image right)
@@ -57,12 +58,9 @@ class TextLMConfig:
         ("caption", 0.1), ("short", 0.25), ("yes_no", 0.3), ("mcq", 0.35)
     )  # fmt: skip
     mcq_hint_rate: float = 0.0
-    # first phase: option-lookup drills and hinted multiple choice only (see the docstring)
+    # first phase: option-lookup drills only (see the docstring)
     lookup_steps: int = 0
-    lookup_kind_weights: tuple[tuple[str, float], ...] = (
-        ("option_lookup", 0.7),
-        ("mcq_hinted", 0.3),
-    )
+    lookup_kind_weights: tuple[tuple[str, float], ...] = (("option_lookup", 1.0),)
 
 
 def build_llm(tokenizer: PreTrainedTokenizerBase, cfg: TextLMConfig, seed: int) -> LlamaForCausalLM:
@@ -141,18 +139,16 @@ _OPTION = re.compile(r"^([A-Z])\. (.+)$", re.MULTILINE)
 
 
 def option_lookup_conversation(record: dict, rng: np.random.Generator) -> list[dict]:
-    """A multiple-choice record's options as a lookup drill: every option in random order
-    as "The answer is X." (the first turn also lists the options), each answered with its
+    """A multiple-choice record's options as a lookup drill: the options as the benchmark
+    lists them, then "The answer is X." for one option drawn at random, answered with its
     letter."""
     options = _OPTION.findall(record["conversations"][0]["value"])
     block = "\n".join(f"{letter}. {option}" for letter, option in options)
-    conversation = []
-    for k, j in enumerate(rng.permutation(len(options))):
-        letter, option = options[j]
-        hint = f"The answer is {option}."
-        conversation.append({"from": "human", "value": f"{block}\n{hint}" if k == 0 else hint})
-        conversation.append({"from": "gpt", "value": letter})
-    return conversation
+    letter, option = options[int(rng.integers(len(options)))]
+    return [
+        {"from": "human", "value": f"{block}\nThe answer is {option}."},
+        {"from": "gpt", "value": letter},
+    ]
 
 
 def training_pool(
