@@ -9,8 +9,8 @@ a tiny VLM trained for minutes stays at the answer prior (see the CPU-world desi
 
 Lettered multiple choice needs one more skill than the world's facts: find the option that
 says the answer and reply with its letter. Trained only on one-letter replies inside the full
-prompt, a tiny model never finds that lookup. What forms it (docs/cpu-world.md, "Lettered
-choice"): a first phase (``lookup_steps``) of option-lookup drills alone
+prompt, a tiny model does not find that lookup in the budgets tried. What forms it
+(docs/cpu-world.md, "Lettered choice"): a first phase (``lookup_steps``) of option-lookup drills alone
 (`option_lookup_conversation`: the options, then "The answer is X.", answered with X's
 letter) at a learning rate of 3e-4 (at 1e-3 the drill stalls at about 70%), then the normal
 mix with some drills and hinted questions kept in it, so the lookup carries over to the
