@@ -138,6 +138,9 @@ class StageConfig(_Section):
     batch_size: int = Field(8, ge=1)
     grad_accum: int = Field(1, ge=1)
     lr: float = Field(1e-3, gt=0)
+    llm_lr: float | None = Field(
+        None, gt=0, description="learning rate of the LLM's trainable weights; None = lr"
+    )
     weight_decay: float = Field(0.0, ge=0)
     warmup_ratio: float = Field(0.03, ge=0, le=1)
     max_grad_norm: float | None = Field(1.0, gt=0)

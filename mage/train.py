@@ -112,6 +112,17 @@ def load_checkpoint(directory: Path, model, optimizer, scheduler) -> int:
     return json.loads((directory / "step.json").read_text())["step"]
 
 
+def parameter_groups(model, stage_cfg) -> list[dict]:
+    """The trainable weights as optimizer groups: the LLM's at ``llm_lr`` when it is set."""
+    llm_ids = {id(p) for p in model.llm.parameters()}
+    trainable = [p for p in model.parameters() if p.requires_grad]
+    llm = [p for p in trainable if id(p) in llm_ids]
+    if stage_cfg.llm_lr is None or not llm:
+        return [{"params": trainable}]
+    rest = [p for p in trainable if id(p) not in llm_ids]
+    return [g for g in ({"params": rest}, {"params": llm, "lr": stage_cfg.llm_lr}) if g["params"]]
+
+
 def train_stage(
     model,
     cfg: MageConfig,
@@ -142,8 +153,9 @@ def train_stage(
         cfg.max_length,
         with_captions=mse_weight > 0,
     )
-    params = [p for p in model.parameters() if p.requires_grad]
-    optimizer = torch.optim.AdamW(params, lr=stage_cfg.lr, weight_decay=stage_cfg.weight_decay)
+    groups = parameter_groups(model, stage_cfg)
+    params = [p for group in groups for p in group["params"]]
+    optimizer = torch.optim.AdamW(groups, lr=stage_cfg.lr, weight_decay=stage_cfg.weight_decay)
     scheduler = torch.optim.lr_scheduler.LambdaLR(
         optimizer, cosine_with_warmup(stage_cfg.steps, stage_cfg.warmup_ratio)
     )

@@ -230,3 +230,23 @@ def test_a_source_can_keep_only_some_kinds(tiny, tmp_path):
     )
     with pytest.raises(DataError, match=r"no records of kinds \['tool'\]"):
         build_dataset(none, "stage1")
+
+
+@pytest.mark.parametrize("llm_lr", [None, 1e-9])
+def test_llm_lr_sets_the_llm_step_size_apart_from_the_ian(tiny, tmp_path, llm_lr):
+    cfg, model = tiny
+    cfg = cfg.with_overrides(
+        {"stage2.steps": 2, "stage2.lr": 1e-3, "stage2.warmup_ratio": 0.0, "stage2.llm_lr": llm_lr}
+    )
+    before = {n: p.detach().clone() for n, p in model.named_parameters()}
+    train_stage(model, cfg, "stage2", tmp_path / "s2")
+
+    def moved(prefix: str) -> float:
+        return max(
+            (p.detach() - before[n]).abs().max().item()
+            for n, p in model.named_parameters()
+            if n.startswith(prefix)
+        )
+
+    assert moved("projector.") > 1e-4
+    assert (moved("llm.") > 1e-4) == (llm_lr is None)
