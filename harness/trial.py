@@ -295,20 +295,6 @@ def _stage(ctx: TrialContext, cfg: MageConfig, stage: str, folder: Path, init: C
     return model
 
 
-def _seed(seed: int) -> None:
-    """Seed the global RNGs before building a model (random-init parts draw from them);
-    trials share worker processes, so nothing may depend on what ran before."""
-    import random
-
-    import numpy as np
-    import torch
-
-    from mage.train import stable_seed
-
-    value = stable_seed(seed, "build")
-    random.seed(value), np.random.seed(value % 2**32), torch.manual_seed(value)
-
-
 def _evaluate(ctx: TrialContext, model, data: TrialData, out: Path) -> None:
     """lmms-eval benchmarks (and the tool-calling score) into ``out``."""
     from harness.eval import evaluate
@@ -349,6 +335,7 @@ def run_trial(ctx: TrialContext) -> TrialOutcome:
     from filelock import FileLock
 
     from mage.model import MageModel
+    from mage.train import seed_build
 
     torch.set_num_threads(max(1, int(ctx.cpus)))
     data = prepare_data(ctx.spec, ctx.config)
@@ -368,7 +355,7 @@ def run_trial(ctx: TrialContext) -> TrialOutcome:
         if not _done(ev):
 
             def stage1():
-                _seed(cfg.seed)
+                seed_build(cfg.seed)
                 model = _stage(
                     ctx, cfg, "stage1", s1, lambda: MageModel.build(cfg, device=_device(ctx))
                 )

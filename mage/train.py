@@ -61,6 +61,16 @@ def stable_seed(*parts) -> int:
     return zlib.crc32(repr(parts).encode())
 
 
+def seed_build(seed: int) -> None:
+    """Seed the global RNGs before building a model (its random-init parts draw from them).
+
+    The sweep's trials and ``mage-harness train`` both call this, so a trial's config
+    retrained from the command line starts from the same weights; trials share worker
+    processes, so nothing may depend on what ran before."""
+    value = stable_seed(seed, "build")
+    random.seed(value), np.random.seed(value % 2**32), torch.manual_seed(value)
+
+
 def _batch_generator(seed: int, stage: str, step: int, micro: int) -> torch.Generator:
     return torch.Generator().manual_seed(stable_seed(seed, stage, step, micro))
 

@@ -21,6 +21,7 @@ ray = pytest.importorskip("ray")
 from ray import cloudpickle  # noqa: E402
 
 from harness import store  # noqa: E402
+from harness.cli import main as cli_main  # noqa: E402
 from harness.spec import parse_spec  # noqa: E402
 from harness.sweep import resume_sweep, run_sweep, start_ray  # noqa: E402
 from harness.trial import TrialOutcome  # noqa: E402
@@ -178,7 +179,7 @@ def test_a_killed_driver_is_resumed_without_rerunning_finished_trials(tmp_path):
 
 
 @pytest.mark.slow
-def test_real_trial_end_to_end(tmp_path):
+def test_real_trial_end_to_end(tmp_path, capsys):
     """tiny-test on the test world through Ray Tune, scored on MME by lmms-eval."""
     spec = parse_spec(
         {
@@ -218,3 +219,13 @@ def test_real_trial_end_to_end(tmp_path):
     manifest = store.read_manifest(out)
     assert manifest["eval_record"]["lmms_eval_version"] and manifest["packages"]["torch"]
     assert (out / "trials" / trials.loc["nan-lr", "trial_id"] / "config.yaml").exists()
+    # a reviewer retraining a stage's config from the command line gets the sweep's losses
+    stage1 = next(
+        p.parent for p in (out / "stages").glob("*/done.json") if "stage1" in p.read_text()
+    )
+    curve = pd.read_parquet(stage1 / "curves.parquet").query("metric == 'loss'")
+    capsys.readouterr()
+    argv = ["train", "--config", str(stage1 / "config.yaml"), "--out", str(tmp_path / "again")]
+    assert cli_main([*argv, "--stages", "stage1", "--threads", "1"]) == 0
+    printed = [line for line in capsys.readouterr().err.splitlines() if " loss " in line]
+    assert printed[-1].endswith(f"loss {curve['value'].iloc[-1]:.4f}"), printed[-1]

@@ -42,7 +42,7 @@ def _train(args) -> int:
     from mage.config import MageConfig
     from mage.model import MageModel
     from mage.presets import get_preset
-    from mage.train import train_stage
+    from mage.train import seed_build, train_stage
 
     console = Console(stderr=True)
     if args.threads:
@@ -51,7 +51,7 @@ def _train(args) -> int:
     cfg = cfg.with_overrides(parse_overrides(args.overrides))
     args.out.mkdir(parents=True, exist_ok=True)
     cfg.save(args.out / "config.yaml")
-    torch.manual_seed(cfg.seed)
+    seed_build(cfg.seed)
     model = MageModel.build(cfg)
     for stage in args.stages.split(","):
         total = getattr(cfg, stage).steps
