@@ -4,13 +4,13 @@
 same model with a handful of steps, for CI. Data paths use ``{data}`` (the generated world's
 folder) and encoders/LLM come from ``{assets}`` (its prepared assets); the sweep harness fills
 both. The recipe follows docs/cpu-world.md, tuned by measurement (figures there):
-stage 1 trains the IAN on captions with CE + MSE; stage 2 trains everything on the
+stage 1 trains the IAN on captions with CE + MSE; stage 2 trains the IAN and the LLM on the
 instruction mix (captions, short answers, yes/no, lettered MCQ, with extra draws of the
 lettered MCQ and yes/no kinds) and the tool-calling samples, 2,000 steps, from a world LLM
-that was drilled on picking lettered options. Over 4 seeds it scores MME perception
-435-575 against a blind control's 248.5-265.5, MMBench 8.1 against 1.1 and SEED 33.0
-against 23.9 (ablations/world_controls.yaml; on MMBench and SEED one seed of four stays at
-chance).
+that was drilled on picking lettered options. The vision tower is the world ViT: with the
+world ResNet, lettered choice reached the VLM on some seeds only (MMBench 1.0-16.0, SEED
+25.6-41.8 over 4 seeds); with the ViT every seed leaves chance (MMBench 9.4-20.8, SEED
+31.2-42.8; figures in docs/cpu-world.md).
 """
 
 from __future__ import annotations
@@ -40,8 +40,8 @@ def world_demo() -> MageConfig:
     return MageConfig(
         name="world-demo",
         max_length=192,
-        vision=VisionConfig(encoder="world-resnet"),
-        # world-resnet's conv features carry no position: each token gets a learned one
+        vision=VisionConfig(encoder="world-vit"),
+        # a learned position per IAN token (world-resnet's conv features carry none)
         ian=IANConfig(
             projector="ian",
             depth=1,
