@@ -56,6 +56,25 @@ def test_layout_and_llava_format(world_tools):
     assert len({r["conversations"][0]["value"].split()[0] for r in train}) >= 8  # varied templates
 
 
+def test_held_out_phrasings_never_reach_training(tmp_path):
+    from mage.tools.data import PHRASINGS
+
+    root = tmp_path / "phrasings"
+    paths = generate_world_tool_data(root, seed=5, n_train=300, n_eval=120)
+    train = [r["conversations"][0]["value"].removeprefix("<image>\n") for r in
+             json.loads(paths["train"].read_text())]  # fmt: skip
+    evaluation = json.loads(paths["eval"].read_text())
+    # what is held out: the "can you" frame, the verbs paint / show / speak, "X, do it" order
+    for marker in ("can you", "paint", "show", "speak", ", "):
+        assert not any(marker in t for t in train), marker
+    unseen = [r for r in evaluation if r["tool_target"]["phrasing"] == "unseen"]
+    assert 0.3 < len(unseen) / len(evaluation) < 0.7
+    assert sum(any(m in r["conversations"][0]["value"] for m in ("can you", "paint", "show",
+               "speak", ", ")) for r in unseen) == len(unseen)  # fmt: skip
+    for request, split in PHRASINGS.items():  # the two splits share no template
+        assert not set(split["seen"]) & set(split["unseen"]), request
+
+
 def test_deterministic_per_seed_and_per_sample(world_tools, tmp_path):
     root, _ = world_tools
     again = generate_world_tool_data(tmp_path / "again", seed=11, n_train=40, n_eval=30)

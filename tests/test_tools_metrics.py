@@ -46,13 +46,30 @@ def test_perfect_replies_score_one_everywhere(eval_set):
     scores, items = score_tool_predictions(records, [gold(r) for r in records])
     assert list(scores.columns) == SCORE_COLUMNS and list(items.columns) == ITEM_COLUMNS
     assert set(scores["benchmark"]) == {"tools"} and set(scores["metric"]) == set(METRICS)
-    assert set(scores["category"]) == {"all", "image_generation", "image_editing", "text_to_speech"}
+    tool_names = {"image_generation", "image_editing", "text_to_speech"}
+    phrasings = {"phrasing=seen", "phrasing=unseen"}
+    assert set(scores["category"]) == {"all", *tool_names, *phrasings}
     assert (scores["value"] == 1.0).all()
     headline = scores[scores.category == "all"]
     assert (headline["n"] == len(records)).all()
-    per_tool = scores[(scores.category != "all") & (scores.metric == "parse_rate")]
+    per_tool = scores[scores.category.isin(tool_names) & (scores.metric == "parse_rate")]
     assert per_tool["n"].sum() == len(records)
+    per_phrasing = scores[scores.category.isin(phrasings) & (scores.metric == "parse_rate")]
+    assert per_phrasing["n"].sum() == len(records)
     assert items["correct"].all() and len(items) == len(records)
+
+
+def test_seen_and_unseen_phrasings_are_scored_apart(eval_set):
+    _, _, records = eval_set
+    # a model that only knows the training phrasings: right on seen, no call on unseen
+    replies = [
+        gold(r) if r["tool_target"]["phrasing"] == "seen" else "I do not know." for r in records
+    ]
+    scores, _ = score_tool_predictions(records, replies)
+    name = scores[scores.metric == "tool_name_accuracy"].set_index("category")["value"]
+    assert name["phrasing=seen"] == 1.0 and name["phrasing=unseen"] == 0.0
+    unseen = sum(r["tool_target"]["phrasing"] == "unseen" for r in records)
+    assert name["all"] == pytest.approx(1 - unseen / len(records))
 
 
 def test_wrong_tool_malformed_and_half_right(eval_set):

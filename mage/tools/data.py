@@ -5,8 +5,9 @@ synthetic world: the user asks, in varied words, to draw a scene, edit the attac
 describe the picture aloud or say a phrase; the assistant's reply is one canonical call,
 ``<tool_call>{"name": ..., "arguments": {...}}</tool_call>``. Pictures to edit or describe
 are rendered under ``WORLD_ROOT/tools_images/``. Eval records also carry ``tool_target``
-(the expected call, the input scene and the scene the call should produce) for
-`mage.tools.metrics`. Every sample is drawn from its own seeded stream
+(the expected call, the input scene, the scene the call should produce, and whether the
+request is phrased as in training, ``phrasing: seen``, or in a held-out way, ``unseen``:
+see `PHRASINGS`) for `mage.tools.metrics`. Every sample is drawn from its own seeded stream
 (``numpy.random.default_rng([seed, split, index, 7])``), so a sample never depends on how
 many others were made. Human turns use only the world's words plus the tool-call vocabulary.
 
@@ -38,52 +39,70 @@ KINDS = ("generation", "edit", "describe_aloud", "say")
 KIND_WEIGHTS = (0.35, 0.35, 0.15, 0.15)
 IMAGES_DIR = "tools_images"
 
-GENERATE = [
-    "draw {d}",
-    "please draw {d}",
-    "can you draw {d}",
-    "generate an image of {d}",
-    "create a picture with {d}",
-    "paint {d}",
-    "render a scene with {d}",
-    "make a picture of {d}",
-    "show me a picture of {d}",
-    "generate a photo with {d}",
-]
-RECOLOR = [
-    "make {r} {v}",
-    "turn {r} {v}",
-    "change {r} to {v}",
-    "recolor {r} {v}",
-    "paint {r} {v}",
-    "can you make {r} {v}",
-    "please turn {r} into {v}",
-]
-REMOVE = [
-    "remove {r}",
-    "please remove {r}",
-    "can you remove {r} in this picture",
-    "remove {r} in the image",
-]
-ADD = ["add {d}", "please add {d}", "can you add {d} to this picture", "add {d} to the image"]
-REPLACE = ["replace {r} with {d}", "please replace {r} with {d}", "can you replace {r} with {d}"]
-DESCRIBE = [
-    "describe this picture out loud",
-    "describe the picture aloud",
-    "tell me what is in this image out loud",
-    "read out loud what is in the picture",
-    "say what is in this picture",
-    "can you describe this scene aloud",
-    "please describe this photo out loud",
-]
-SAY = [
-    "say {p}",
-    "say {p} out loud",
-    "please say {p} aloud",
-    "read {p} out loud",
-    "speak {p}",
-    "can you say {p}",
-]
+# How users ask, per request. ``seen`` phrasings are trained on and evaluated; ``unseen`` ones
+# are held out of training and only evaluated, so the tool score says whether a model
+# generalises beyond its training templates: the "can you ..." frame, the verbs "paint",
+# "show" and "speak", and the object-first word order ("X, draw it") never appear in training.
+PHRASINGS = {
+    "generate": {
+        "seen": [
+            "draw {d}",
+            "please draw {d}",
+            "generate an image of {d}",
+            "create a picture with {d}",
+            "render a scene with {d}",
+            "make a picture of {d}",
+        ],
+        "unseen": [
+            "can you draw {d}",
+            "paint {d}",
+            "show me a picture of {d}",
+            "{d}, draw it",
+        ],
+    },
+    "recolor": {
+        "seen": [
+            "make {r} {v}",
+            "turn {r} {v}",
+            "change {r} to {v}",
+            "recolor {r} {v}",
+            "please turn {r} into {v}",
+        ],
+        "unseen": ["can you make {r} {v}", "paint {r} {v}", "{r}, make it {v}"],
+    },
+    "remove": {
+        "seen": ["remove {r}", "please remove {r}", "remove {r} in the image"],
+        "unseen": ["can you remove {r} in this picture", "{r}, remove it"],
+    },
+    "add": {
+        "seen": ["add {d}", "please add {d}", "add {d} to the image"],
+        "unseen": ["can you add {d} to this picture", "{d}, add it to the image"],
+    },
+    "replace": {
+        "seen": ["replace {r} with {d}", "please replace {r} with {d}"],
+        "unseen": ["can you replace {r} with {d}", "{r}, replace it with {d}"],
+    },
+    "describe": {
+        "seen": [
+            "describe this picture out loud",
+            "describe the picture aloud",
+            "tell me what is in this image out loud",
+            "read out loud what is in the picture",
+            "say what is in this picture",
+        ],
+        "unseen": [
+            "can you describe this scene aloud",
+            "speak what is in this photo",
+            "this picture, describe it out loud",
+        ],
+    },
+    "say": {
+        "seen": ["say {p}", "say {p} out loud", "please say {p} aloud", "read {p} out loud"],
+        "unseen": ["can you say {p}", "speak {p}", "{p}, say it out loud"],
+    },
+}
+PHRASING_SPLITS = ("seen", "unseen")
+EVAL_UNSEEN_SHARE = 0.5  # eval samples asked in a held-out phrasing
 CAPTION_GENERATE = [
     "generate an image of {c}",
     "draw {c}",
@@ -127,8 +146,10 @@ def scene_from_records(data: dict[str, Any]) -> Any:
     return world().Scene.from_dict(data)
 
 
-def _edit(rng: np.random.Generator, scene: Any) -> tuple[str, str, Any]:
-    """(user request, canonical instruction, scene after) for one random edit of ``scene``."""
+def _edit(rng: np.random.Generator, scene: Any, phrasing: str) -> tuple[str, str, Any]:
+    """(user request, canonical instruction, scene after) for one random edit of ``scene``,
+    asked in a ``phrasing`` ("seen" or "unseen") template."""
+    ask = _asker(rng, phrasing)
     w = world()
     objects, seed = list(scene.objects), scene.jitter_seed
     pairs = {(o.color, o.shape) for o in objects}
@@ -143,7 +164,7 @@ def _edit(rng: np.random.Generator, scene: Any) -> tuple[str, str, Any]:
         new = _pick(rng, colors)
         after = w.WorldObject(target.shape, new, target.size, target.quadrant)
         return (
-            _pick(rng, RECOLOR).format(r=ref, v=new),
+            ask("recolor").format(r=ref, v=new),
             f"make {ref} {new}",
             make_scene(others + [after], seed),
         )
@@ -151,45 +172,56 @@ def _edit(rng: np.random.Generator, scene: Any) -> tuple[str, str, Any]:
         new = _pick(rng, [s for s in w.SIZES if s != target.size])
         after = w.WorldObject(target.shape, target.color, new, target.quadrant)
         return (
-            _pick(rng, RECOLOR).format(r=ref, v=new),
+            ask("recolor").format(r=ref, v=new),
             f"make {ref} {new}",
             make_scene(others + [after], seed),
         )
     if op == "remove":
-        return _pick(rng, REMOVE).format(r=ref), f"remove {ref}", make_scene(others, seed)
+        return ask("remove").format(r=ref), f"remove {ref}", make_scene(others, seed)
     if op == "add":
         free = [q for q in w.QUADRANTS if q not in {o.quadrant for o in objects}]
         new_obj = _new_object(rng, pairs, _pick(rng, free))
-        request = _pick(rng, ADD).format(d=human_object(new_obj, rng))
+        request = ask("add").format(d=human_object(new_obj, rng))
         return request, f"add {object_phrase(new_obj)}", make_scene(objects + [new_obj], seed)
     new_obj = _new_object(rng, pairs, target.quadrant)
     described = f"a {new_obj.size} {new_obj.color} {new_obj.shape}"
-    request = _pick(rng, REPLACE).format(r=ref, d=described)
+    request = ask("replace").format(r=ref, d=described)
     return request, f"replace {ref} with {described}", make_scene(others + [new_obj], seed)
 
 
-def make_sample(rng: np.random.Generator, sample_id: str) -> tuple[dict[str, Any], Any]:
-    """(record, picture scene or None): one tool-calling sample with its ``tool_target``."""
+def _asker(rng: np.random.Generator, phrasing: str):
+    """``ask(request)``: a template of that request in the given phrasing split."""
+    if phrasing not in PHRASING_SPLITS:
+        raise ValueError(f"phrasing must be one of {PHRASING_SPLITS}, got {phrasing!r}")
+    return lambda request: _pick(rng, PHRASINGS[request][phrasing])
+
+
+def make_sample(
+    rng: np.random.Generator, sample_id: str, phrasing: str = "seen"
+) -> tuple[dict[str, Any], Any]:
+    """(record, picture scene or None): one tool-calling sample with its ``tool_target``,
+    the user's request in a ``phrasing`` ("seen": training templates; "unseen": held out)."""
+    ask = _asker(rng, phrasing)
     kind = KINDS[int(rng.choice(len(KINDS), p=KIND_WEIGHTS))]
     scene = world().sample_scene(rng)
-    target: dict[str, Any] = {"kind": kind}
+    target: dict[str, Any] = {"kind": kind, "phrasing": phrasing}
     picture = None
     if kind == "generation":
         request, name, arguments = (
-            _pick(rng, GENERATE).format(d=human_scene(scene, rng)),
+            ask("generate").format(d=human_scene(scene, rng)),
             "image_generation",
             {"prompt": describe_scene(scene)},
         )
         target["scene"] = scene_records(scene)
     elif kind == "edit":
         picture = scene
-        request, instruction, after = _edit(rng, scene)
+        request, instruction, after = _edit(rng, scene, phrasing)
         name, arguments = "image_editing", {"instruction": instruction}
         target.update(input_scene=scene_records(scene), scene=scene_records(after))
     elif kind == "describe_aloud":
         picture = scene
         request, name, arguments = (
-            _pick(rng, DESCRIBE),
+            ask("describe"),
             "text_to_speech",
             {"text": describe_scene(scene)},
         )
@@ -206,7 +238,7 @@ def make_sample(rng: np.random.Generator, sample_id: str) -> tuple[dict[str, Any
             ],
         )
         request, name, arguments = (
-            _pick(rng, SAY).format(p=phrase),
+            ask("say").format(p=phrase),
             "text_to_speech",
             {"text": phrase},
         )
@@ -247,7 +279,10 @@ def generate_world_tool_data(
             records = []
             for i in range(count):
                 rng = np.random.default_rng([seed, SPLITS[split], i, 7])
-                record, picture = make_sample(rng, f"tools_{split}_{i:06d}")
+                # training never sees a held-out phrasing; eval asks half of its samples in one
+                unseen = split == "eval" and rng.random() < EVAL_UNSEEN_SHARE
+                phrasing = "unseen" if unseen else "seen"
+                record, picture = make_sample(rng, f"tools_{split}_{i:06d}", phrasing)
                 if picture is not None:
                     name = f"{split}_{i:06d}.png"
                     render(picture, image_size=64).save(images_tmp / name)
@@ -289,7 +324,7 @@ def convert_captions_to_tool_samples(llava_json_in: Path, out_path: Path, seed: 
         rng = np.random.default_rng([seed, i, 7])
         sample_id = f"{record.get('id', i)}_tool"
         if record.get("image") and rng.random() < 0.5:
-            human = f"<image>\n{_pick(rng, DESCRIBE)}"
+            human = f"<image>\n{_pick(rng, PHRASINGS['describe']['seen'])}"
             call = format_tool_call("text_to_speech", {"text": caption})
             samples.append(
                 {"id": sample_id, "image": record["image"], "conversations": _turns(human, call)}

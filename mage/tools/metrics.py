@@ -14,9 +14,10 @@ can be tested on hand-made replies. Per item:
   and its (shape, color, size, quadrant) set must equal the target scene; for speech, the
   spoken text must equal the target text (the placeholder voice cannot be listened to).
 
-Scores are ``[benchmark="tools", metric, category, value, n]`` with category ``"all"`` and
-one per target tool name; items are ``[benchmark, item_id, category, correct]`` with
-``correct`` = round-trip fidelity (the end-to-end outcome).
+Scores are ``[benchmark="tools", metric, category, value, n]`` with category ``"all"``, one
+per target tool name, and ``phrasing=seen`` / ``phrasing=unseen``: requests worded as in
+training, and in a held-out wording (`mage.tools.data.PHRASINGS`). Items are ``[benchmark,
+item_id, category, correct]`` with ``correct`` = round-trip fidelity (the end-to-end outcome).
 """
 
 from __future__ import annotations
@@ -38,6 +39,7 @@ from mage.tools.registry import TOOLS, Tool, execute
 from mage.tools.scene_pixels import scene_from_image
 from mage.tools.scene_text import scene_key
 
+PHRASING_PREFIX = "phrasing="
 METRICS = (
     "parse_rate",
     "tool_name_accuracy",
@@ -118,24 +120,33 @@ def score_tool_predictions(
         raise ValueError(f"{len(records)} eval records but {len(replies)} replies")
     rows = []
     for record, reply in zip(records, replies):
+        target = record.get("tool_target")
         rows.append(
             {
                 "item_id": str(record.get("id")),
-                "category": record["tool_target"]["name"]
-                if isinstance(record.get("tool_target"), Mapping)
-                else None,
+                "category": target["name"] if isinstance(target, Mapping) else None,
+                "phrasing": target.get("phrasing") if isinstance(target, Mapping) else None,
                 **score_item(record, reply, tools),
             }
         )
-    per_item = pd.DataFrame(rows, columns=["item_id", "category", *METRICS])
+    per_item = pd.DataFrame(rows, columns=["item_id", "category", "phrasing", *METRICS])
     scores = []
     groups = [("all", per_item)] + [(c, g) for c, g in per_item.groupby("category", sort=True)]
+    groups += [
+        (phrasing_category(p), g)
+        for p, g in per_item.dropna(subset=["phrasing"]).groupby("phrasing", sort=True)
+    ]
     for category, group in groups:
         for metric in METRICS:
             value = float(group[metric].mean()) if len(group) else float("nan")
             scores.append(("tools", metric, category, value, len(group)))
     items = per_item.assign(benchmark="tools", correct=per_item["round_trip_fidelity"] == 1.0)
     return pd.DataFrame(scores, columns=SCORE_COLUMNS), items[ITEM_COLUMNS].reset_index(drop=True)
+
+
+def phrasing_category(phrasing: str) -> str:
+    """The score category of a phrasing split: ``phrasing=seen`` / ``phrasing=unseen``."""
+    return f"{PHRASING_PREFIX}{phrasing}"
 
 
 def load_eval_records(eval_json: str | Path) -> list[dict[str, Any]]:

@@ -35,9 +35,10 @@ from mage.world import bench, samples
 from mage.world.progress import progress_bar
 from mage.world.scene import render_scene, sample_scene
 
-# Bumped whenever the generator's output changes (2: answers balanced against blind guessing),
-# so that cached worlds, and the assets prepared for them, are rebuilt.
-FORMAT_VERSION = 2
+# Bumped whenever the generator's output changes (2: answers balanced against blind guessing;
+# 3: tool-calling phrasings held out of training), so that cached worlds, and the assets
+# prepared for them, are rebuilt.
+FORMAT_VERSION = 3
 IMAGE_SIZE = 64
 SPLIT_CODES = {"train": 0, "mme": 1, "mmbench": 2, "seedbench": 3}
 HASH_EXCLUDE = ("world.json",)
