@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 import re
 import shutil
+from pathlib import Path
 
 import numpy as np
 import open_clip
@@ -129,3 +130,57 @@ def test_prepare_offers_every_recipe():
     from mage.world.assets import ASSET_CONFIGS
 
     assert set(data.RECIPES) == set(ASSET_CONFIGS)
+
+
+def test_weights_are_hashed_and_checked(test_world, test_assets, tmp_path):
+    from mage.world.assets import weights_sha256
+
+    manifest = check_assets(test_assets, test_world)
+    assert manifest["threads"] == 1 and manifest["source"] == "prepared"
+    for name in COMPONENTS:
+        assert manifest["weights_sha256"][name] == weights_sha256(test_assets / name)
+    copy = Path(shutil.copytree(test_assets, tmp_path / "assets"))
+    weights = copy / "world-llm" / "model.safetensors"
+    blob = bytearray(weights.read_bytes())
+    blob[-1] ^= 1  # one flipped bit in the last weight
+    weights.write_bytes(bytes(blob))
+    with pytest.raises(AssetsError, match="weights are not the ones recorded"):
+        check_assets(copy)
+
+
+def test_shipped_assets_are_copied_when_they_match(test_world, test_assets, tmp_path, monkeypatch):
+    from mage.world import assets
+
+    shipped = tmp_path / "shipped"
+    shutil.copytree(test_assets, shipped / "test-seed0")
+    monkeypatch.setattr(assets, "SHIPPED_DIR", shipped)
+    out = prepare_assets(test_world, tmp_path / "copied", size="test", progress=False)
+    manifest = check_assets(out, test_world)
+    assert manifest["source"] == "shipped"
+    assert manifest["weights_sha256"] == check_assets(test_assets)["weights_sha256"]
+    # shipped for another world: not copied, and the reason is said before training
+    other = generate_world(tmp_path / "other", seed=2, size="test")
+    reason = assets.shipped_mismatch("test", 0, other.info()["content_hash"])
+    assert reason and "were prepared for world" in reason
+    assert assets.shipped_assets("test", 0, "another key") is None
+    assert assets.shipped_mismatch("test", 0, test_world.info()["content_hash"]) is None
+
+
+def test_shipped_demo_assets_match_the_recipe():
+    """The demo assets in the repository are the ones this code's `demo` recipe builds: same
+    recipe hash and component fingerprints (for the world they record), same weights."""
+    from mage.world import assets
+
+    folder = assets.SHIPPED_DIR / "demo-seed0"
+    if not (folder / "assets.json").is_file():
+        pytest.skip("no shipped demo assets")
+    manifest = json.loads((folder / "assets.json").read_text())
+    cfg = assets.ASSET_CONFIGS["demo"]
+    world_hash = manifest["world_content_hash"]
+    fingerprints = {n: assets.component_fingerprint(n, cfg, world_hash) for n in COMPONENTS}
+    assert manifest["components"] == fingerprints
+    assert manifest["key"] == assets._hash({"size": "demo", "components": fingerprints})
+    assert manifest["threads"] == cfg.threads and manifest["source"] == "prepared"
+    check_assets(folder)  # fingerprint files and weight hashes
+    total = sum(p.stat().st_size for p in folder.rglob("*") if p.is_file())
+    assert total < 12 * 2**20  # a few MB in the repository

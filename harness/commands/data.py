@@ -2,11 +2,13 @@
 
 ``data synth OUT --seed N [--size test|demo]`` writes a world (images, stage1.json,
 stage2.json, held-out MME/MMBench/SEED splits in their official schemas, world.json).
-``prepare [--world DIR] [--out DIR] [--size test|demo] [--recipe R]`` pretrains the world's
-tiny encoders (world-vit, world-resnet) and LLM (world-llm) with the asset recipe R (default:
-the size) into the assets folder the registry reads as ``{assets}`` (default
-``<R>-seed<N>-<recipe hash>`` below ``$MAGE_ASSETS_DIR``); without ``--world`` it uses (and if
-needed generates) the default world (``$MAGE_WORLD_DIR``).
+``prepare [--world DIR] [--out DIR] [--size test|demo] [--recipe R] [--from-recipe]``
+pretrains the world's tiny encoders (world-vit, world-resnet) and LLM (world-llm) with the
+asset recipe R (default: the size) into the assets folder the registry reads as ``{assets}``
+(default ``<R>-seed<N>-<recipe hash>`` below ``$MAGE_ASSETS_DIR``), or copies the prepared
+assets shipped with the package when they match; ``--from-recipe`` trains them anyway and
+says whether the weights match the shipped ones. Without ``--world`` it uses (and if needed
+generates) the default world (``$MAGE_WORLD_DIR``).
 """
 
 from __future__ import annotations
@@ -66,7 +68,12 @@ def register(sub: argparse._SubParsersAction) -> None:
     prep.add_argument(
         "--features", action="store_true", help="also cache encoder features of training images"
     )
-    prep.add_argument("--threads", type=int, default=None, help="CPU threads for torch")
+    prep.add_argument(
+        "--from-recipe",
+        action="store_true",
+        help="train from the recipe even where prepared assets are shipped (default folder: "
+        "the cache folder with '-rebuilt' appended), then say whether the weights match them",
+    )
     prep.add_argument("--quiet", action="store_true", help="no progress display")
     prep.set_defaults(func=_prepare)
 
@@ -83,14 +90,10 @@ def _synth(args) -> int:
 
 
 def _prepare(args) -> int:
-    import torch
-
     from mage.registry import default_assets_dir
     from mage.world.assets import assets_cache_name, prepare_assets
     from mage.world.generate import default_world_dir, ensure_world, load_world
 
-    if args.threads:
-        torch.set_num_threads(args.threads)
     start = time.perf_counter()
     if args.world is None:
         root = default_world_dir() / f"{args.size}-seed{args.seed}"  # where sweeps look too
@@ -98,15 +101,49 @@ def _prepare(args) -> int:
     else:
         world = load_world(args.world)
     recipe = args.recipe or args.size
-    out = args.out or Path(default_assets_dir()) / assets_cache_name(recipe, args.seed)
-    prepare_assets(world, out, size=recipe, progress=not args.quiet, features=args.features)
+    name = assets_cache_name(recipe, world.info()["seed"])
+    out = args.out or Path(default_assets_dir()) / (f"{name}-rebuilt" if args.from_recipe else name)
+    prepare_assets(
+        world,
+        out,
+        size=recipe,
+        progress=not args.quiet,
+        features=args.features,
+        shipped=not args.from_recipe,
+    )
     manifest = json.loads((out / "assets.json").read_text())
     summary = {
         "assets": str(out),
         "world": str(world.root),
         "size": manifest["size"],
+        "source": manifest.get("source"),
+        "weights_sha256": manifest.get("weights_sha256"),
         "logs": manifest["logs"],
     }
     print(json.dumps(summary, indent=2))
+    if args.from_recipe:
+        print(_compare_with_shipped(manifest))
     print(f"done in {time.perf_counter() - start:.1f} s (set MAGE_ASSETS_DIR={out} to use them)")
     return 0
+
+
+def _compare_with_shipped(manifest: dict) -> str:
+    """Whether freshly prepared weights are the shipped ones, component by component."""
+    from mage.world.assets import SHIPPED_DIR
+
+    folder = SHIPPED_DIR / f"{manifest['size']}-seed{manifest['world_seed']}"
+    shipped = json.loads((folder / "assets.json").read_text()) if folder.is_dir() else None
+    if shipped is None:
+        return f"no shipped assets of recipe {manifest['size']!r} to compare with"
+    if shipped.get("key") != manifest["key"]:
+        return (
+            f"the shipped assets in {folder} were prepared for another world or recipe (key "
+            f"{str(shipped.get('key'))[:12]}, here {manifest['key'][:12]}): not comparable"
+        )
+    lines = []
+    for name, digest in manifest["weights_sha256"].items():
+        same = shipped.get("weights_sha256", {}).get(name) == digest
+        lines.append(
+            f"  {name}: {'identical to' if same else 'DIFFERENT from'} the shipped weights"
+        )
+    return "weights against the shipped assets:\n" + "\n".join(lines)

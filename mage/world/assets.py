@@ -2,24 +2,39 @@
 
 ``prepare_assets(world, out_dir, size)`` fills ``out_dir`` (the registry's ``{assets}``)::
 
-    assets.json                      key, world hash, per-component fingerprints, evaluations
+    assets.json                      key, world hash, per-component fingerprints and weight
+                                     hashes, threads, evaluations
     world-vit/    open_clip_config.json, open_clip_model.safetensors, fingerprint.json, log.json
     world-resnet/ (the same)
     world-llm/    config.json, model.safetensors, tokenizer files, fingerprint.json, log.json
 
 Each component is built into a temporary folder and swapped in atomically, then never
-rebuilt: its fingerprint is a hash of (its training config, the world's content hash, the
-assets format). Preparing into a folder whose assets have another fingerprint (another world,
-another size or config) is refused with an `AssetsError`, as is loading them with
-`check_assets` against a different world: stale encoders or features would silently
-misalign with the images.
+rebuilt: its fingerprint is a hash of (its training config, the recipe's thread count, the
+world's content hash, the assets format). Preparing into a folder whose assets have another
+fingerprint (another world, another size or config) is refused with an `AssetsError`, as is
+loading them with `check_assets` against a different world, or with weights whose SHA-256 is
+not the recorded one: stale encoders or features would silently misalign with the images.
+
+Reproducible: a recipe fixes its torch thread count (`AssetConfig.threads`; float sums depend
+on how work is split between threads) and preparation runs with deterministic algorithms from
+seeded generators, so the same world and recipe give the same weights, bit for bit, on a
+machine of the same kind (same CPU instruction set, torch build and library versions; other
+CPUs may pick other kernels). ``assets.json`` records each component's weight hash.
+
+Shipped: the repository carries the ``demo`` recipe's prepared assets for the demo world
+(`SHIPPED_DIR`); when they match what would be built here (same key: recipe, threads, world
+content hash) `prepare_assets` copies them instead of training (about 12 min on 2 cores), and
+``mage-harness prepare --from-recipe`` rebuilds them and says whether the weights match.
 """
 
 from __future__ import annotations
 
 import hashlib
 import json
+import shutil
 import time
+from collections.abc import Iterator
+from contextlib import contextmanager
 from dataclasses import asdict, dataclass, replace
 from pathlib import Path
 
@@ -35,9 +50,11 @@ from mage.world.progress import progress_bar
 from mage.world.scene import Scene
 from mage.world.vocab import world_tokenizer
 
-ASSETS_FORMAT = 1
+ASSETS_FORMAT = 2  # 2: thread count in the fingerprints, weight hashes in assets.json
 LLM_ID = "world-llm"
 COMPONENTS = (*encoders.ENCODER_IDS, LLM_ID)
+SHIPPED_DIR = Path(__file__).resolve().parent / "prepared"  # <recipe>-seed<seed>/
+WEIGHT_FILES = ("open_clip_model.safetensors", "model.safetensors")
 
 
 class AssetsError(ValueError):
@@ -49,6 +66,7 @@ class AssetConfig:
     vit: encoders.ClipTrainConfig
     resnet: encoders.ClipTrainConfig
     llm: textlm.TextLMConfig
+    threads: int = 2  # torch threads while preparing: part of the recipe (see the docstring)
 
     def component(self, name: str):
         return {"world-vit": self.vit, "world-resnet": self.resnet, LLM_ID: self.llm}[name]
@@ -86,6 +104,7 @@ ASSET_CONFIGS = {
         vit=encoders.ClipTrainConfig(steps=8, batch_size=32, warmup=2),
         resnet=encoders.ClipTrainConfig(steps=8, batch_size=32, warmup=2),
         llm=textlm.TextLMConfig(steps=12, num_layers=2, batch_size=16, warmup=2),
+        threads=1,
     ),
     # the embedded default
     "demo": AssetConfig(**_DEMO_ENCODERS, llm=_LOOKUP_LLM),
@@ -106,9 +125,31 @@ def component_fingerprint(name: str, cfg: AssetConfig, world_hash: str) -> str:
             "component": name,
             "config": asdict(cfg.component(name)),
             "architecture": extra,
+            "threads": cfg.threads,
             "world": world_hash,
         }
     )
+
+
+def weights_sha256(component_dir: Path) -> str:
+    """SHA-256 of a component's weight file (what a reviewer compares across machines)."""
+    path = next((component_dir / f for f in WEIGHT_FILES if (component_dir / f).is_file()), None)
+    if path is None:
+        raise AssetsError(f"{component_dir}: no weight file ({' or '.join(WEIGHT_FILES)})")
+    return hashlib.sha256(path.read_bytes()).hexdigest()
+
+
+@contextmanager
+def reproducible(threads: int) -> Iterator[None]:
+    """Torch with a fixed thread count and deterministic algorithms, restored afterwards."""
+    before = (torch.get_num_threads(), torch.are_deterministic_algorithms_enabled())
+    torch.set_num_threads(threads)
+    torch.use_deterministic_algorithms(True)
+    try:
+        yield
+    finally:
+        torch.set_num_threads(before[0])
+        torch.use_deterministic_algorithms(before[1])
 
 
 def assets_cache_name(size: str, seed: int) -> str:
@@ -138,11 +179,14 @@ def prepare_assets(
     size: str = "demo",
     progress: bool = True,
     features: bool = False,
+    shipped: bool = True,
 ) -> Path:
     """Build the world's encoders and LLM into ``out_dir`` (cached); returns ``out_dir``.
 
-    ``features=True`` also caches both encoders' features of the training images
-    (`mage.world.features`)."""
+    With ``shipped`` (the default), assets shipped with the package for this recipe and world
+    are copied instead of trained. ``progress``: a bar on a terminal, else one line per
+    finished phase. ``features=True`` also caches both encoders' features of the training
+    images (`mage.world.features`)."""
     if size not in ASSET_CONFIGS:
         raise AssetsError(f"unknown assets size {size!r}; choose one of {sorted(ASSET_CONFIGS)}")
     cfg = ASSET_CONFIGS[size]
@@ -169,24 +213,44 @@ def prepare_assets(
                 f"{out_dir / name} was prepared for another world or config (fingerprint "
                 f"mismatch); use another --out folder, or delete {out_dir / name} to rebuild."
             )
+    source = shipped_assets(size, info["seed"], key) if shipped else None
     logs: dict[str, dict] = {}
-    with progress_bar(progress) as bar:
+    weights: dict[str, str] = {}
+    with progress_bar(progress) as bar, reproducible(cfg.threads):
+        if bar and source is not None:
+            bar.line(f"assets {size}: copying the prepared assets shipped in {source}")
+        elif bar:
+            reason = shipped_mismatch(size, info["seed"], world_hash) if shipped else None
+            if reason:
+                bar.line(f"assets {size}: not copying the shipped assets: {reason}")
+            bar.line(
+                f"assets {size}: preparing {', '.join(COMPONENTS)} on {cfg.threads} thread(s) "
+                f"into {out_dir} (once; cached)"
+            )
         for name in COMPONENTS:
             target = out_dir / name
             if (target / "fingerprint.json").is_file():
                 logs[name] = _read_json(target / "log.json") or {}
+                weights[name] = weights_sha256(target)
                 continue
             start = time.perf_counter()
             with atomic_path(target) as tmp:
-                build = _build_encoder if name in encoders.ENCODER_IDS else _build_llm
-                log = build(name, paths, info, cfg, tmp, bar)
-                log["wall_seconds"] = round(time.perf_counter() - start, 2)
-                atomic_write_json(tmp / "log.json", log)
-                atomic_write_json(
-                    tmp / "fingerprint.json",
-                    {"fingerprint": fingerprints[name], "world_content_hash": world_hash},
-                )
+                if source is not None:
+                    shutil.copytree(source / name, tmp)
+                    log = _read_json(tmp / "log.json") or {}
+                else:
+                    build = _build_encoder if name in encoders.ENCODER_IDS else _build_llm
+                    log = build(name, paths, info, cfg, tmp, bar)
+                    log["wall_seconds"] = round(time.perf_counter() - start, 2)
+                    atomic_write_json(tmp / "log.json", log)
+                    atomic_write_json(
+                        tmp / "fingerprint.json",
+                        {"fingerprint": fingerprints[name], "world_content_hash": world_hash},
+                    )
+                weights[name] = weights_sha256(tmp)
             logs[name] = log
+            if bar and source is None:
+                bar.line(f"assets {size}: {name} ready ({log['wall_seconds']:.0f} s)")
     atomic_write_json(
         out_dir / "assets.json",
         {
@@ -197,10 +261,42 @@ def prepare_assets(
             "world_seed": info["seed"],
             "world_size": info["size"],
             "components": fingerprints,
+            "weights_sha256": weights,
+            "threads": cfg.threads,
+            "torch": torch.__version__,
+            "source": "shipped" if source is not None else "prepared",
             "logs": logs,
         },
     )
+    if source is not None:
+        check_assets(out_dir, paths)  # the copied weights are the recorded ones
     return _with_features(paths, out_dir, features)
+
+
+def shipped_assets(size: str, seed: int, key: str) -> Path | None:
+    """The shipped folder of this recipe and world seed if its key is ``key``, else None."""
+    folder = SHIPPED_DIR / f"{size}-seed{seed}"
+    manifest = _read_json(folder / "assets.json")
+    return folder if manifest is not None and manifest.get("key") == key else None
+
+
+def shipped_mismatch(size: str, seed: int, world_hash: str) -> str | None:
+    """Why shipped assets of ``size`` do not serve this world (None if they do or none exist):
+    said before a long preparation, so that a user knows why it is not a copy."""
+    manifest = _read_json(SHIPPED_DIR / f"{size}-seed{seed}" / "assets.json")
+    if manifest is None or size not in ASSET_CONFIGS:
+        return None
+    cfg = ASSET_CONFIGS[size]
+    fingerprints = {n: component_fingerprint(n, cfg, world_hash) for n in COMPONENTS}
+    if manifest.get("key") == _hash({"size": size, "components": fingerprints}):
+        return None
+    if manifest.get("world_content_hash") != world_hash:
+        return (
+            f"the shipped {size} assets were prepared for world "
+            f"{str(manifest.get('world_content_hash'))[:12]}, this world is {world_hash[:12]} "
+            "(another generator format, or other Pillow / datasets versions writing other bytes)"
+        )
+    return f"the shipped {size} assets were prepared with another recipe than this code's"
 
 
 def _with_features(paths: WorldPaths, out_dir: Path, features: bool) -> Path:
@@ -228,6 +324,13 @@ def check_assets(assets_dir: str | Path, world: WorldPaths | str | Path | None =
             raise AssetsError(
                 f"{assets_dir / name}: fingerprint does not match {assets_dir / 'assets.json'} "
                 "(missing, or copied from other assets); delete the folder and run "
+                "`mage-harness prepare` again"
+            )
+        recorded = (manifest.get("weights_sha256") or {}).get(name)
+        if recorded is not None and weights_sha256(assets_dir / name) != recorded:
+            raise AssetsError(
+                f"{assets_dir / name}: its weights are not the ones recorded in "
+                f"{assets_dir / 'assets.json'} (changed or damaged); delete the folder and run "
                 "`mage-harness prepare` again"
             )
     if world is not None:
@@ -283,15 +386,25 @@ def _held_out_pairs(paths: WorldPaths, n: int = 256):
 def _build_llm(name, paths: WorldPaths, info, cfg: AssetConfig, out: Path, bar) -> dict:
     tokenizer = world_tokenizer()
     records = json.loads(paths.stage2.read_text())
-    task = bar.add_task("pretrain world-llm (text)", total=cfg.llm.steps) if bar else None
+    on_step = None
+    if bar:  # one task per phase: a log gets a line when the drills end, another at the end
+        lookup = cfg.llm.lookup_steps
+        phases = [("option-lookup drills", lookup)] if lookup else []
+        phases.append(("question mix", cfg.llm.steps - lookup))
+        tasks = [bar.add_task(f"pretrain world-llm (text): {p}", total=n) for p, n in phases]
+
+        def on_step(step: int) -> None:
+            bar.advance(tasks[0] if step < lookup else tasks[-1])
+
     model, log = textlm.train_text_llm(
-        records,
-        tokenizer,
-        cfg.llm,
-        seed=info["seed"],
-        on_step=(lambda _s: bar.advance(task)) if bar else None,
+        records, tokenizer, cfg.llm, seed=info["seed"], on_step=on_step
     )
     log["text_eval"] = textlm.evaluate_text_llm(model, tokenizer, text_eval_items(paths))
+    if bar:
+        scores = ", ".join(
+            f"{k} {v:.3f}" for k, v in log["text_eval"].items() if not k.endswith("_n")
+        )
+        bar.line(f"world-llm text-only check (caption in the prompt): {scores}")
     textlm.save_text_llm(model, tokenizer, out)
     return log
 
