@@ -118,11 +118,16 @@ class ResourcesSpec(_Strict):
 
 
 class BaselineSpec(_Strict):
-    """A fixed extra variant, e.g. LLaVA's projector or a blind control (image tokens zeroed)."""
+    """A fixed extra variant, e.g. LLaVA's projector or a blind control (image tokens zeroed).
+
+    ``role``: ``baseline`` (a published alternative the main variants are compared with) or
+    ``control`` (known to be worse for a known reason: blind, a positive control); reports mark
+    both and never call one the best variant. Default: control when blind, else baseline."""
 
     name: str = Field(pattern=r"^[A-Za-z0-9_.+-]+$")
     overrides: dict[str, Any] = Field(default_factory=dict)
     blind: bool = False
+    role: Literal["baseline", "control"] | None = None
 
 
 class ReportSpec(_Strict):

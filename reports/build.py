@@ -16,6 +16,7 @@ import json
 from pathlib import Path
 
 from mage.io import atomic_path
+from reports.effects import ALPHA, effect_lines
 from reports.figures import all_figures, figure_bytes, figure_caption
 from reports.importance import Importance, param_importances
 from reports.load import SweepData, load_sweep
@@ -91,21 +92,33 @@ def render_report(data: SweepData, figures: bool = True) -> dict[str, bytes]:
                 files[f"figures/{name}.{fmt}"] = figure_bytes(fig, fmt)
             png[name] = files[f"figures/{name}.png"]
             figure_names.append(name)
-    files["index.md"] = index_markdown(summary, importance, tables, figure_names).encode()
-    files["index.html"] = index_html(summary, importance, tables, png).encode()
+    effects = effect_lines(summary)
+    files["index.md"] = index_markdown(summary, importance, tables, figure_names, effects).encode()
+    files["index.html"] = index_html(summary, importance, tables, png, effects).encode()
     return files
 
 
 def _meaning_lines(summary: Summary) -> list[str]:
     lines = [h.meaning for h in summary.headlines]
     lines.append(
-        "Every cell is the mean over training seeds of completed trials with the half-width of "
-        "the two-sided 95% Student-t interval (n - 1 degrees of freedom) and n in brackets; "
-        "with one seed there is no interval."
+        "Every cell is the mean over training seeds of completed trials, a 95% interval in "
+        "square brackets and the number of seeds n in round brackets. The interval is a "
+        "hierarchical percentile bootstrap: seeds drawn with replacement, then each drawn "
+        "seed's benchmark items, the score recomputed as lmms-eval aggregates it; every "
+        "replicate is a score the benchmark could give, so the interval stays inside the "
+        "metric's range (where items cannot give a score, e.g. tool calling, seeds only)."
     )
     lines.append(
-        "Paired tests: McNemar's exact test (binomial on discordant items, two-sided) on "
-        "per-item correctness aligned by item_id, seeds paired in sorted order and pooled."
+        "Differences between variants: Welch's t-test on the per-seed scores (the seed is the "
+        "unit: a re-run draws new seeds, and a variant moves from seed to seed by more than "
+        "its items suggest), with its 95% interval. Secondary: McNemar's exact test on "
+        "per-item correctness aligned by item_id, seeds paired in sorted order and pooled, "
+        "which treats every item of every seed as independent and so overstates certainty."
+    )
+    lines.append(
+        "Roles: main variants (the grid) are compared; baselines (published alternatives) and "
+        "controls (blind, positive controls: known to be worse for a known reason) are marked "
+        "in every table and figure and never bold as the best variant."
     )
     lines.append(
         f"Objective (importance, reference point): {summary.objective.label}, mode {summary.objective.mode}."
@@ -126,13 +139,25 @@ def _provenance(data: SweepData) -> list[str]:
     return out
 
 
+EFFECTS_INTRO = (
+    f"What separated at p < {ALPHA} (Welch's t-test over training seeds; the 'effects' table "
+    "has every difference with its 95% interval and McNemar's item-level p beside it):"
+)
+
+
 def index_markdown(
-    summary: Summary, importance: Importance, tables: list[Table], figure_names: list[str]
+    summary: Summary,
+    importance: Importance,
+    tables: list[Table],
+    figure_names: list[str],
+    effects: list[str] = (),
 ) -> str:
     data = summary.data
     out = [f"# Sweep report: {data.name}", ""]
     if data.manifest.get("synthetic"):
         out += [f"> **{data.manifest['synthetic']}**", ""]
+    if effects:
+        out += ["## Effects", "", EFFECTS_INTRO, ""] + [f"- {line}" for line in effects] + [""]
     out += ["## What the numbers mean", ""]
     out += [f"- {line}" for line in _meaning_lines(summary)] + [""]
     if summary.notes:
@@ -171,7 +196,11 @@ _CSS = (
 
 
 def index_html(
-    summary: Summary, importance: Importance, tables: list[Table], png: dict[str, bytes]
+    summary: Summary,
+    importance: Importance,
+    tables: list[Table],
+    png: dict[str, bytes],
+    effects: list[str] = (),
 ) -> str:
     data = summary.data
     esc = html.escape
@@ -186,6 +215,9 @@ def index_html(
         out.append(
             f'<p class="synthetic"><strong>{esc(str(data.manifest["synthetic"]))}</strong></p>'
         )
+    if effects:
+        out += ["<h2>Effects</h2>", f"<p>{esc(EFFECTS_INTRO)}</p><ul>"]
+        out += [f"<li>{esc(line)}</li>" for line in effects] + ["</ul>"]
     out.append("<h2>What the numbers mean</h2><ul>")
     out += [f"<li>{esc(line)}</li>" for line in _meaning_lines(summary)] + ["</ul>"]
     if summary.notes:

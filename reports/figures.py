@@ -5,7 +5,9 @@ Pure: functions return matplotlib Figures built without pyplot (no global figure
 backend switch, nothing to close; or None when the sweep lacks what a figure needs,
 e.g. no ``ian.depth`` axis); ``figure_bytes`` renders PNG/PDF with fixed metadata (no
 creation date, no software stamp) so a rebuild gives the same files. Bands and error bars
-are the 95% Student-t intervals over seeds from reports.stats, not seaborn's bootstrap.
+are the 95% intervals of reports.intervals (bootstrap over seeds, then items), not seaborn's
+own; every training seed is drawn as a point; baselines and controls are dashed horizontal
+lines labelled with their role ("blind (control)"), never one of the compared lines.
 """
 
 from __future__ import annotations
@@ -23,13 +25,15 @@ from matplotlib.ticker import MaxNLocator
 from reports.headlines import category_order
 from reports.importance import Importance
 from reports.summary import Summary, category_spec, slice_variants
-from reports.variants import axis_label, field_label, format_value, native, sort_key
+from reports.variants import MAIN, axis_label, field_label, format_value, native, sort_key
 
 PALETTE = "colorblind"
 HEATMAP_CMAP = "cividis"
 PANEL_SIZE = (3.2, 2.6)  # inches per panel
 LABEL_INCH_PER_CHAR = 0.065  # a tick label's length per character, in the paper context
 DPI = 150
+REFERENCE_COLORS = ("0.25", "0.5", "0.65", "0.35")  # greys for baselines and controls
+REFERENCE_STYLES = ("--", ":", "-.", (0, (5, 1)))
 RC = {"figure.dpi": 100, "font.family": "DejaVu Sans", "svg.hashsalt": "mage"}
 
 
@@ -109,6 +113,10 @@ def line_figure(
                         ax.fill_between(
                             px[ok], low[ok], high[ok], color=colors[k], alpha=0.2, linewidth=0
                         )
+                    for _, r in sel.iterrows():  # every training seed
+                        pos = float(r[x] if numeric else xs.index(r[x]))
+                        _seed_points(ax, summary, r["variant_id"], h.key, pos, colors[k])
+                _reference_lines(ax, summary, h.key)
                 if not numeric:
                     ax.set_xticks(range(len(xs)), [format_value(v) for v in xs])
                 elif all(isinstance(v, int) for v in xs):
@@ -117,9 +125,45 @@ def line_figure(
                 ax.set_ylabel(h.axis_label)
                 title = h.label + (f" · {format_value(fv)}" if facet else "")
                 ax.set_title(title)
-        if hue:
-            grid[0, -1].legend(title=field_label(hue), fontsize="small", title_fontsize="small")
+        legend = grid[0, -1]
+        if hue or legend.get_legend_handles_labels()[0]:
+            legend.legend(
+                title=field_label(hue) if hue else None, fontsize="x-small", title_fontsize="small"
+            )
     return fig
+
+
+def _seed_points(ax, summary: Summary, vid: str, headline: str, x: float, color) -> None:
+    """The variant's per-seed scores as small open points beside its mean."""
+    v = summary.values
+    seeds = v[(v["variant_id"] == vid) & (v["headline"] == headline)]["value"]
+    if len(seeds):
+        ax.scatter(
+            np.full(len(seeds), x),
+            seeds,
+            s=9,
+            facecolors="none",
+            edgecolors=color,
+            linewidths=0.7,
+            zorder=3,
+        )
+
+
+def _reference_lines(ax, summary: Summary, headline: str) -> None:
+    """Each baseline's and control's mean as a labelled dashed line (not a compared curve)."""
+    table = summary.variants.table
+    others = table[table["role"] != MAIN]
+    for i, (_, row) in enumerate(others.iterrows()):
+        st = summary.stat(row["variant_id"], headline)
+        if st is None:
+            continue
+        ax.axhline(
+            st["mean"],
+            color=REFERENCE_COLORS[i % len(REFERENCE_COLORS)],
+            linestyle=REFERENCE_STYLES[i % len(REFERENCE_STYLES)],
+            linewidth=1.0,
+            label=row["label"],
+        )
 
 
 def depth_figure(summary: Summary) -> Figure | None:
@@ -152,12 +196,17 @@ def encoder_figure(summary: Summary) -> Figure | None:
                 st = summary.stat(vid, h.key)
                 if st is None:
                     continue
-                err = 0.0 if math.isnan(st["ci_half"]) else st["ci_half"]
-                ax.bar(k, st["mean"], yerr=err, color=colors[k], capsize=4)
+                err = [[st["mean"] - st["ci_low"]], [st["ci_high"] - st["mean"]]]
+                err = None if math.isnan(st["ci_low"]) else err
+                ax.bar(k, st["mean"], yerr=err, color=colors[k], capsize=4, alpha=0.8)
+                _seed_points(ax, summary, vid, h.key, float(k), "0.1")
+            _reference_lines(ax, summary, h.key)
             ax.set_xticks(range(len(encoders)), [format_value(e) for e in encoders], rotation=20)
             ax.set_xlabel(axis_label(axis))
             ax.set_ylabel(h.axis_label)
             ax.set_title(h.label)
+        if grid[0, -1].get_legend_handles_labels()[0]:
+            grid[0, -1].legend(fontsize="x-small")
     return fig
 
 
@@ -239,13 +288,18 @@ def all_figures(summary: Summary, importance: Importance) -> dict[str, Figure]:
     return {name: fig for name, fig in figures.items() if fig is not None}
 
 
+_MARKS = (
+    " Open points: each training seed. Dashed grey lines: baselines and controls (their mean), "
+    "marked with their role."
+)
 FIGURE_CAPTIONS = {
     "score_vs_depth": "Score vs IAN depth, one line per MSE weight λ (rows: vision encoders); "
-    "other axes at the reference point; bands: 95% t-interval over seeds.",
+    "other axes at the reference point; bands: 95% interval (bootstrap over seeds, then items)."
+    + _MARKS,
     "score_vs_mse_weight": "Score vs MSE weight λ; other axes at the reference point; bands: 95% "
-    "t-interval over seeds.",
+    "interval (bootstrap over seeds, then items)." + _MARKS,
     "encoder_comparison": "Vision encoders at the reference point; bars: mean over seeds, "
-    "error bars: 95% t-interval.",
+    "error bars: 95% interval (bootstrap over seeds, then items)." + _MARKS,
     "importance": "fANOVA importance of each swept axis for the objective (Optuna).",
 }
 

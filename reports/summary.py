@@ -1,9 +1,11 @@
 """Tidy per-trial and per-variant numbers that every table and figure reads.
 
 ``summarize(data)`` picks the headline rows (reports.headlines) of completed trials
-(status "ok"), scales them for display, and computes seed means with t-intervals per
-variant, per headline and per benchmark category. Nothing is written; nothing is
-recomputed that lmms-eval computes.
+(status "ok"), scales them for display, and computes per variant, per headline and per
+benchmark category the seed mean, the seed standard deviation and a 95% interval that stays
+in the metric's range (hierarchical percentile bootstrap over seeds, then items:
+reports.intervals). Nothing is written; nothing is recomputed that lmms-eval computes
+(the bootstrap re-aggregates items only after checking that they give the stored score).
 """
 
 from __future__ import annotations
@@ -20,8 +22,9 @@ from reports.headlines import (
     CategoryTable,
     Headline,
 )
+from reports.intervals import bootstrap_interval, items_by_trial
 from reports.load import SweepData
-from reports.stats import summarize_seeds
+from reports.stats import mcnemar_test, summarize_seeds
 from reports.variants import Variants, collect_variants, same_value
 
 CATEGORY_COLUMNS = [
@@ -58,13 +61,15 @@ class Summary:
     objective: Objective
     headlines: tuple[Headline, ...]  # the headline columns present in this store
     values: pd.DataFrame  # trial_id, variant_id, seed, headline, value (scaled)
-    stats: pd.DataFrame  # variant_id, headline, mean, sd, n, ci_half, ci_low, ci_high
+    stats: pd.DataFrame  # variant_id, headline, mean, sd, n, ci_low, ci_high, interval
     category_values: pd.DataFrame  # CATEGORY_COLUMNS: ..., category, value, table (its key)
-    category_stats: pd.DataFrame  # table, variant_id, benchmark, metric, category, mean, ...
+    category_stats: pd.DataFrame  # table, variant_id, benchmark, metric, category, mean, sd,
+    # n, ci_low, ci_high, interval
     notes: tuple[str, ...]
     # (variant_id, headline) -> row of ``stats``; variant_id -> its completed trials' items
     stat_index: dict[tuple[str, str], pd.Series] = field(default_factory=dict, repr=False)
     items_by_variant: dict[str, pd.DataFrame] = field(default_factory=dict, repr=False)
+    cache: dict = field(default_factory=dict, repr=False)  # paired tests, computed once
 
     def stat(self, variant_id: str, headline: str) -> pd.Series | None:
         return self.stat_index.get((variant_id, headline))
@@ -129,10 +134,23 @@ def summarize(data: SweepData) -> Summary:
         present.append(h)
     values = _concat(headline_rows, ["trial_id", "variant_id", "seed", "value", "headline"])
     values = values[values["variant_id"].isin(variants.order())]
-    stats = summarize_seeds(values, ["variant_id", "headline"])
+    by_trial = items_by_trial(data.items)
+    by_key = {h.key: h for h in present}
+    stats = _with_intervals(
+        summarize_seeds(values, ["variant_id", "headline"]),
+        values,
+        ["variant_id", "headline"],
+        lambda key: (by_key[key[1]].benchmark, by_key[key[1]].item_categories),
+        by_trial,
+    )
     cat_values = _category_values(res)
-    cat_stats = summarize_seeds(
-        cat_values, ["table", "variant_id", "benchmark", "metric", "category"]
+    cat_keys = ["table", "variant_id", "benchmark", "metric", "category"]
+    cat_stats = _with_intervals(
+        summarize_seeds(cat_values, cat_keys),
+        cat_values,
+        cat_keys,
+        lambda key: (key[2], (str(key[4]),)),
+        by_trial,
     )
     stat_index = {(r["variant_id"], r["headline"]): r for _, r in stats.iterrows()}
     items_by_variant = {}
@@ -154,6 +172,22 @@ def summarize(data: SweepData) -> Summary:
     )
 
 
+def _with_intervals(stats, values, keys, score_of, by_trial) -> pd.DataFrame:
+    """``stats`` with ci_low / ci_high from reports.intervals (instead of Student-t) and the
+    method in ``interval``; ``score_of(key)`` gives (benchmark, item categories)."""
+    stats = stats.drop(columns=["ci_half", "ci_low", "ci_high"]).copy()
+    lows, highs, methods = [], [], []
+    groups = dict(iter(values.groupby(keys, sort=True, dropna=False))) if len(values) else {}
+    for _, row in stats.iterrows():
+        key = tuple(row[k] for k in keys)
+        benchmark, categories = score_of(key)
+        low, high, method = bootstrap_interval(
+            groups[key], by_trial, benchmark, categories, ("interval", *map(str, key))
+        )
+        lows.append(low), highs.append(high), methods.append(method)
+    return stats.assign(ci_low=lows, ci_high=highs, interval=methods)
+
+
 def _category_values(res: pd.DataFrame) -> pd.DataFrame:
     """Per-category rows for each CategoryTable (first stored metric of its list), scaled;
     a benchmark no CategoryTable names gets one table of its first stored metric."""
@@ -163,6 +197,8 @@ def _category_values(res: pd.DataFrame) -> pd.DataFrame:
         metric = sorted(cats.loc[cats["benchmark"] == bench, "metric"].unique())[0]
         specs.append(CategoryTable(f"categories_{bench}", bench, (metric,), bench, metric, ""))
     frames = []
+    # tool scores by phrasing (seen / unseen) have their own table (reports.tools_table)
+    cats = cats[~cats["category"].astype(str).str.startswith("phrasing=")]
     for spec in specs:
         part = cats[cats["benchmark"] == spec.benchmark]
         metric = next((m for m in spec.metrics if (part["metric"] == m).any()), None)
@@ -210,12 +246,27 @@ def slice_variants(summary: Summary, free: tuple[str, ...]) -> pd.DataFrame:
     return grid[keep]
 
 
+def mcnemar_between(summary: Summary, a_id: str, b_id: str, headline: Headline):
+    """McNemar's test of two variants on a headline's items (None without shared items),
+    computed once per summary (tables and the effects section ask for the same pairs)."""
+    key = ("mcnemar", a_id, b_id, headline.key)
+    if key not in summary.cache:
+        a, b = paired_items(summary, a_id, headline), paired_items(summary, b_id, headline)
+        result = None if a is None or b is None else mcnemar_test(a, b)
+        summary.cache[key] = None if result is None or result.n_pairs == 0 else result
+    return summary.cache[key]
+
+
 def paired_items(summary: Summary, variant_id: str, headline: Headline) -> pd.DataFrame | None:
     """seed, item_id, correct of a variant's completed trials on a headline's item subset."""
-    items = summary.items_by_variant.get(variant_id)
-    if items is None or not headline.pairs_items:
-        return None
-    part = items[items["benchmark"] == headline.benchmark]
-    if headline.item_categories is not None:
-        part = part[part["category"].astype(str).isin(headline.item_categories)]
-    return part[["seed", "item_id", "correct"]] if len(part) else None
+    key = ("items", variant_id, headline.key)
+    if key not in summary.cache:
+        items = summary.items_by_variant.get(variant_id)
+        part = None
+        if items is not None and headline.pairs_items:
+            part = items[items["benchmark"] == headline.benchmark]
+            if headline.item_categories is not None:
+                part = part[part["category"].astype(str).isin(headline.item_categories)]
+            part = part[["seed", "item_id", "correct"]] if len(part) else None
+        summary.cache[key] = part
+    return summary.cache[key]

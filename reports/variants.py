@@ -1,6 +1,13 @@
 """Who is who in a sweep: one row per variant with its swept field values, a readable label,
-its baseline name (from the spec's baselines), the report baseline, and the reference point
-that one-factor ablation slices go through.
+its baseline name (from the spec's baselines), its role, the report baseline, and the
+reference point that one-factor ablation slices go through.
+
+Roles: ``main`` (the grid variants, what the sweep is about), ``baseline`` (a published
+alternative such as LLaVA's mlp2x_gelu projector) and ``control`` (a variant known to be worse
+for a known reason: blind, a positive control). The spec's ``baselines[].role`` says which;
+a store written before roles existed counts a blind baseline as a control. Labels of
+baselines and controls carry their role ("blind (control)"), so every table and figure marks
+them, and no table bolds one as the best variant.
 
 Field labels (``ian.depth`` -> "IAN depth") are a small mapping with the dotted path as the
 fallback, so a new axis shows up under its config name without code changes.
@@ -15,6 +22,9 @@ from typing import Any
 import pandas as pd
 
 from reports.load import SweepData
+
+MAIN, BASELINE, CONTROL = "main", "baseline", "control"
+ROLES = (MAIN, BASELINE, CONTROL)
 
 FIELD_LABELS = {
     "ian.depth": "IAN depth",
@@ -82,7 +92,7 @@ def sort_key(value: Any) -> tuple:
 class Variants:
     """The variants of a sweep, in report order (named baselines first, then the grid)."""
 
-    table: pd.DataFrame  # variant_id, label, baseline_name, is_grid, <swept fields>
+    table: pd.DataFrame  # variant_id, label, baseline_name, is_grid, role, <swept fields>
     fields: tuple[str, ...]  # swept fields that vary across variants
     axes: tuple[str, ...]  # spec axes (or the varying fields when the spec has none)
     baseline_id: str | None
@@ -98,6 +108,13 @@ class Variants:
     def grid(self) -> pd.DataFrame:
         return self.table[self.table["is_grid"]]
 
+    def role(self, variant_id: str) -> str:
+        return str(self.table.set_index("variant_id").at[variant_id, "role"])
+
+    def main_ids(self) -> list[str]:
+        """The variants that may be called best: the grid, not baselines or controls."""
+        return self.table.loc[self.table["role"] == MAIN, "variant_id"].tolist()
+
 
 def collect_variants(data: SweepData, objective_means: dict[str, float] | None = None) -> Variants:
     """Build the variant table; ``objective_means`` (variant_id -> mean) picks the reference
@@ -109,11 +126,16 @@ def collect_variants(data: SweepData, objective_means: dict[str, float] | None =
     names = _baseline_names(data, rows, axes)
     rows["baseline_name"] = rows["variant_id"].map(names)
     rows["is_grid"] = rows["baseline_name"].isna()
+    roles = _baseline_roles(data.spec)
+    rows["role"] = [
+        MAIN if not isinstance(name, str) else roles.get(name, BASELINE)
+        for name in rows["baseline_name"]
+    ]
     rows["label"] = [
-        name
+        f"{name} ({role})"
         if isinstance(name, str)
         else _grid_label(row, axes, runs_base=bool(data.spec) and not data.axes)
-        for name, (_, row) in zip(rows["baseline_name"], rows.iterrows())
+        for name, role, (_, row) in zip(rows["baseline_name"], rows["role"], rows.iterrows())
     ]
     rows = _order(rows, data, axes)
     baseline_id = _resolve_baseline(data, rows, notes)
@@ -147,11 +169,23 @@ def _baseline_specs(spec: dict) -> list[tuple[str, dict]]:
         name = str(entry.get("name", f"baseline_{i}"))
         overrides = entry.get("overrides")
         if overrides is None:
-            overrides = {k: v for k, v in entry.items() if k not in ("name", "blind")}
+            overrides = {k: v for k, v in entry.items() if k not in ("name", "blind", "role")}
         overrides = dict(overrides)
         if entry.get("blind"):  # harness.spec.BaselineSpec: `blind: true` beside overrides
             overrides["blind"] = True
         out.append((name, overrides))
+    return out
+
+
+def _baseline_roles(spec: dict) -> dict[str, str]:
+    """Baseline name -> role: the spec's ``role``, else control for a blind baseline."""
+    raw = spec.get("baselines") or []
+    entries = [{"name": k, **(v or {})} for k, v in raw.items()] if isinstance(raw, dict) else raw
+    out = {}
+    for entry in entries:
+        if isinstance(entry, dict) and "name" in entry:
+            role = entry.get("role") or (CONTROL if entry.get("blind") else BASELINE)
+            out[str(entry["name"])] = role if role in ROLES else BASELINE
     return out
 
 

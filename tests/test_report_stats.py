@@ -95,3 +95,47 @@ def test_wilson_interval_formula():
     half = z * math.sqrt(p * (1 - p) / n + z * z / (4 * n * n)) / (1 + z * z / n)
     assert wilson_interval(k, n) == pytest.approx((centre - half, centre + half))
     assert all(math.isnan(x) for x in wilson_interval(0, 0))
+
+
+def test_welch_test_matches_scipy_and_needs_two_seeds():
+    from reports.stats import welch_test
+
+    a, b = [330.5, 312.0, 351.5], [222.0, 240.5]
+    result = welch_test(a, b)
+    ref = sps.ttest_ind(a, b, equal_var=False)
+    ci = ref.confidence_interval(0.95)
+    assert result.diff == pytest.approx(np.mean(a) - np.mean(b))
+    assert result.p_value == pytest.approx(ref.pvalue)
+    assert (result.low, result.high) == pytest.approx((ci.low, ci.high))
+    assert result.df == pytest.approx(ref.df)
+    one = welch_test([330.5], b)
+    assert one.diff == pytest.approx(330.5 - np.mean(b)) and math.isnan(one.p_value)
+    flat = welch_test([5.0, 5.0], [5.0, 5.0])
+    assert flat.p_value == 1.0 and (flat.low, flat.high) == (0.0, 0.0)
+
+
+def test_hierarchical_bootstrap_widths_and_bounds():
+    from reports.stats import hierarchical_bootstrap, stable_rng
+
+    # seeds only, many seeds: close to the normal interval of the mean
+    scores = list(np.random.default_rng(0).normal(50.0, 10.0, size=60))
+    low, high = hierarchical_bootstrap(scores, [None] * 60, stable_rng("a"))
+    half = 1.96 * np.std(scores, ddof=1) / math.sqrt(60)
+    assert (high - low) / 2 == pytest.approx(half, rel=0.15)
+    # one seed, items only: close to the binomial interval of a proportion, in percent
+    correct = np.array([1.0] * 30 + [0.0] * 170)
+
+    def items(rng, m):
+        return 100 * correct[rng.integers(200, size=(m, 200))].mean(1)
+
+    low, high = hierarchical_bootstrap([15.0], [items], stable_rng("b"))
+    half = 196 * math.sqrt(0.15 * 0.85 / 200)
+    assert (high - low) / 2 == pytest.approx(half, rel=0.15)
+    # a score at the edge of its range: the interval stays inside it (a t-interval does not)
+    low, high = hierarchical_bootstrap([0.0, 7.5, 0.0], [None] * 3, stable_rng("c"))
+    assert 0.0 <= low and high <= 7.5
+    assert t_interval([0.0, 7.5, 0.0]).low < 0
+    # the same key draws the same interval
+    assert hierarchical_bootstrap([1.0, 2.0], [None, None], stable_rng("d")) == (
+        hierarchical_bootstrap([1.0, 2.0], [None, None], stable_rng("d"))
+    )

@@ -64,9 +64,10 @@ def _ok_values(store: Path, benchmark: str, metric: str) -> pd.DataFrame:
     return hit
 
 
-def test_main_table_values_are_seed_means_and_t_intervals(store, summary):
+def test_main_table_values_are_seed_means_and_bounded_intervals(store, summary):
     table = main_table(summary)
     data = table.data.set_index("variant_id")
+    bounds = {"mme_p": 2000, "mme_c": 800, "mmbench": 100, "seed": 100, "tools": 100}
     for key, metric, bench, scale in [
         ("mme_p", "mme_perception_score", "mme", 1.0),
         ("mme_c", "mme_cognition_score", "mme", 1.0),
@@ -77,30 +78,33 @@ def test_main_table_values_are_seed_means_and_t_intervals(store, summary):
         values = _ok_values(store, bench, metric)
         for vid, group in values.groupby("variant_id"):
             x = group["value"].to_numpy() * scale
-            mean = x.mean()
-            assert data.at[vid, f"{key}_mean"] == pytest.approx(mean)
+            assert data.at[vid, f"{key}_mean"] == pytest.approx(x.mean())
+            assert data.at[vid, f"{key}_sd"] == pytest.approx(x.std(ddof=1))
             assert data.at[vid, f"{key}_n"] == len(x)
-            if len(x) > 1:
-                sem = sps.sem(x)  # scipy gives NaN for a zero-width interval
-                low, high = (
-                    sps.t.interval(0.95, len(x) - 1, loc=mean, scale=sem) if sem else (mean, mean)
-                )
-                assert data.at[vid, f"{key}_ci_low"] == pytest.approx(low)
-                assert data.at[vid, f"{key}_ci_high"] == pytest.approx(high)
+            low, high = data.at[vid, f"{key}_ci_low"], data.at[vid, f"{key}_ci_high"]
+            assert 0 <= low <= x.mean() <= high <= bounds[key]
+            if key == "tools":  # items hold round-trip fidelity: seeds only, inside their range
+                assert x.min() <= low and high <= x.max()
     # the failed and the stopped trial are not counted; SEED-IMG equals SEED here (image-only)
     assert sorted(data[["mme_p_n"]].value_counts().index.get_level_values(0)) == [2, 3]
     assert [h.label for h in summary.headlines] == ["MME-P", "MME-C", "MMBench", "SEED", "Tools"]
-    # display: "mean ± half (n)", best mean per column in bold
+    methods = summary.stats.set_index("headline")["interval"]
+    assert set(methods["mme_p"]) == {"bootstrap over seeds, then items"}
+    assert set(methods["tools"]) == {"bootstrap over seeds"}
+    # display: "mean [low, high] (n)", best main-variant mean per column in bold
     row = table.data.reset_index(drop=True)
-    i = int(row["mme_p_mean"].idxmax())
+    main_rows = row[row["role"] == "main"]
+    i = int(main_rows["mme_p_mean"].idxmax())
     j = list(table.display.columns).index("MME-P")
-    half = (row.at[i, "mme_p_ci_high"] - row.at[i, "mme_p_ci_low"]) / 2
-    assert table.display.iat[i, j] == f"{row.at[i, 'mme_p_mean']:.1f} ± {half:.1f} (3)"
+    low, high = row.at[i, "mme_p_ci_low"], row.at[i, "mme_p_ci_high"]
+    assert table.display.iat[i, j] == f"{row.at[i, 'mme_p_mean']:.1f} [{low:.1f}, {high:.1f}] (3)"
     assert (i, j) in table.bold
     assert f"**{table.display.iat[i, j]}**" in to_markdown(table)
-    # CSV holds the same numbers
+    assert list(table.display["Role"][:2]) == ["baseline", "control"]
+    # CSV holds the same numbers; a rebuild draws the same bootstrap
     csv = pd.read_csv(io.StringIO(to_csv(table)))
     assert np.allclose(csv["mme_p_mean"], row["mme_p_mean"], atol=1e-6)
+    assert to_csv(main_table(summarize(load_sweep(store)))) == to_csv(table)
 
 
 def test_ablation_delta_and_mcnemar_against_direct_computation(store, summary):
@@ -112,13 +116,20 @@ def test_ablation_delta_and_mcnemar_against_direct_computation(store, summary):
     }
     data = tables["ablation_ian_depth"].data
     base = data[data["is_baseline"]]
-    assert set(base["label"]) == {"llava_mlp2x"}  # spec report.baseline
+    assert set(base["label"]) == {"llava_mlp2x (baseline)"}  # spec report.baseline
     row = data[(data["value"] == 2) & (data["headline"] == "mme_p")].iloc[0]
     base_row = base[base["headline"] == "mme_p"].iloc[0]
     values = _ok_values(store, "mme", "mme_perception_score")
     mean = values[values["variant_id"] == row["variant_id"]]["value"].mean()
     base_mean = values[values["variant_id"] == base_row["variant_id"]]["value"].mean()
     assert row["delta"] == pytest.approx(mean - base_mean)
+    # Welch's t-test over the per-seed scores
+    seeds_a = values[values["variant_id"] == row["variant_id"]]["value"]
+    seeds_b = values[values["variant_id"] == base_row["variant_id"]]["value"]
+    welch = sps.ttest_ind(seeds_a, seeds_b, equal_var=False)
+    assert row["p_value"] == pytest.approx(welch.pvalue)
+    ci = welch.confidence_interval(0.95)
+    assert (row["delta_low"], row["delta_high"]) == pytest.approx((ci.low, ci.high))
     # McNemar on perception items, seeds paired in order, pooled
     items = pd.read_parquet(store / "items.parquet")
     ok = set(values["trial_id"])
@@ -135,9 +146,9 @@ def test_ablation_delta_and_mcnemar_against_direct_computation(store, summary):
         n_b += int((m["correct_x"] & ~m["correct_y"]).sum())
         n_c += int((~m["correct_x"] & m["correct_y"]).sum())
     assert (row["mcnemar_b"], row["mcnemar_c"]) == (n_b, n_c)
-    assert row["p_value"] == pytest.approx(sps.binomtest(n_b, n_b + n_c, 0.5).pvalue)
+    assert row["mcnemar_p"] == pytest.approx(sps.binomtest(n_b, n_b + n_c, 0.5).pvalue)
     # the other axes are held at the reference point (best grid variant by MME-P)
-    labels = set(data["label"]) - {"llava_mlp2x"}
+    labels = set(data["label"]) - {"llava_mlp2x (baseline)"}
     assert len(labels) == 3 and all(lbl.endswith("· λ 1 · world-resnet") for lbl in labels)
 
 
@@ -231,7 +242,8 @@ def test_store_without_optional_files_or_names(tmp_path):
     plain = summarize(load_sweep(make(tmp_path / "plain", with_optional=False, n_seeds=2)))
     assert any("items.parquet is absent" in n for n in plain.notes)
     data = ablation_tables(plain)[0].data
-    assert data["p_value"].isna().all() and data["delta"].notna().any()
+    assert data["mcnemar_p"].isna().all() and data["delta"].notna().any()
+    assert data["p_value"].notna().any()  # Welch's test needs no items
     # without a variant_name column, baselines are recognised by their overrides
     unnamed = summarize(load_sweep(make(tmp_path / "unnamed", variant_names=False, n_seeds=2)))
     assert unnamed.variants.table["baseline_name"].dropna().tolist() == ["llava_mlp2x", "blind"]

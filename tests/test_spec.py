@@ -219,3 +219,13 @@ def test_load_spec_names_the_file(tmp_path):
         load_spec(path)
     with pytest.raises(SpecError, match="sweep spec not found"):
         load_spec(tmp_path / "missing.yaml")
+
+
+def test_baseline_role_is_checked():
+    from harness.spec import parse_spec
+
+    base = {"name": "x", "base": "tiny-test", "objective": {"benchmark": "mme", "metric": "m"}}
+    spec = parse_spec({**base, "baselines": [{"name": "rand", "role": "control"}]})
+    assert spec.baselines[0].role == "control"
+    with pytest.raises(SpecError, match=r"baselines\[0\]\.role"):
+        parse_spec({**base, "baselines": [{"name": "rand", "role": "best"}]})
