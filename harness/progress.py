@@ -1,9 +1,11 @@
 """What a researcher sees of a running or finished sweep.
 
-`SweepProgress` draws a live line with rich from Tune's trial events (done / running / failed,
-best objective so far, elapsed) and stays quiet when ``CI`` is true or stdout is not a
-terminal; `summarize` reads a sweep folder's store into a `SweepSummary` (counts by status,
-best trial, wall time) for the closing message.
+`SweepProgress` follows Tune's trial events. On a terminal (outside CI) it draws a live line
+with rich (done / running / failed, best objective so far, elapsed); elsewhere (a cluster
+job's log, ``make demo > log``, CI) it prints one line per finished trial instead: its
+variant and seed, status, wall time, its objective scores (read from the results store) and
+an estimate of the time left. `summarize` reads a sweep folder's store into a `SweepSummary`
+(counts by status, best trial, wall time) for the closing message.
 """
 
 from __future__ import annotations
@@ -37,13 +39,23 @@ def interactive() -> bool:
 
 
 class SweepProgress(Callback):
-    """Live progress from Tune's trial events (rich); silent when not interactive."""
+    """Live progress from Tune's trial events: a rich line on a terminal, else one printed
+    line per finished trial (scores from the store in ``sweep_dir`` when given)."""
 
-    def __init__(self, name: str, total: int, mode: str = "max", enabled: bool = True):
+    def __init__(
+        self,
+        name: str,
+        total: int,
+        mode: str = "max",
+        enabled: bool = True,
+        sweep_dir: str | Path | None = None,
+    ):
         self.name, self.total, self.mode, self.enabled = name, total, mode, enabled
+        self.sweep_dir = Path(sweep_dir) if sweep_dir is not None else None
         self._live: Any = None
         self._started = time.time()
         self._best: float | None = None
+        self._finished: set[str] = set()
 
     def __getstate__(self) -> dict:  # Tune pickles its RunConfig; never the live display
         state = self.__dict__.copy()
@@ -81,12 +93,55 @@ class SweepProgress(Callback):
         if result.get("trial_final") and isinstance(value, float) and not math.isnan(value):
             pick = max if self.mode == "max" else min
             self._best = value if self._best is None else pick(self._best, value)
+        key = str(result.get("trial_key", ""))
+        if result.get("trial_final") and key not in self._finished:
+            self._finished.add(key)
+            if self.enabled and self._live is None and not interactive():
+                print(self.finished_line(key, result), flush=True)
+
+    def finished_line(self, trial_key: str, result: dict) -> str:
+        """One log line for a finished trial: who, how it ended, its scores, time left."""
+        done = len(self._finished)
+        elapsed = time.time() - self._started
+        record = store.stored_trial(self.sweep_dir, trial_key) if self.sweep_dir else None
+        who = trial_key
+        status = str(result.get("trial_status", "ok"))
+        tail = ""
+        if record is not None:
+            who = f"{record.variant_name} seed {record.seed}"
+            status = f"{record.status} in {record.wall_s:.0f} s"
+            if record.status == "failed" and record.error:
+                tail = f" | {record.error.splitlines()[0][:160]}"
+            else:
+                tail = " | " + ", ".join(score_text(k, v) for k, v in record.objectives.items())
+        left = self.total - done
+        eta = f", about {_clock(elapsed / done * left)} left" if done and left > 0 else ""
+        return (
+            f"{self.name}: trial {done}/{self.total} {who}: {status}{tail} | "
+            f"elapsed {_clock(elapsed)}{eta}"
+        )
 
     def on_experiment_end(self, trials, **info) -> None:
         if self._live is not None:
             self._live.update(self._line(trials))
             self._live.stop()
             self._live = None
+
+
+def _clock(seconds: float) -> str:
+    return time.strftime("%H:%M:%S", time.gmtime(max(0.0, seconds)))
+
+
+def score_text(key: str, value: float | None) -> str:
+    """``mme/mme_perception_score/all`` and its value as the report names it: "MME-P 330.5"."""
+    from reports.headlines import HEADLINES
+
+    bench, metric, category = (key.split("/") + ["all", "all"])[:3]
+    hit = next((h for h in HEADLINES if h.benchmark == bench and metric in h.metrics), None)
+    label = hit.label if hit is not None and category == "all" else key
+    if value is None:
+        return f"{label} -"
+    return f"{label} {value * (hit.scale if hit is not None else 1.0):.1f}"
 
 
 def summarize(sweep_dir: str | Path) -> SweepSummary:

@@ -229,8 +229,36 @@ def consolidate(
     tables = build_tables(sweep_dir, sweep, swept_fields)
     for name, frame in tables.items():
         atomic_write(sweep_dir / f"{name}.parquet", lambda p, f=frame: f.to_parquet(p, index=False))
-    update_manifest(sweep_dir, **manifest_trial_sections(load_records(sweep_dir)))
+    records = load_records(sweep_dir)
+    sections = manifest_trial_sections(records)
+    sections.update(reproducibility_sections(read_manifest(sweep_dir), sections["datasets"]))
+    update_manifest(sweep_dir, **sections)
     return tables
+
+
+def reproducibility_sections(manifest: dict[str, Any], datasets: dict[str, Any]) -> dict:
+    """What a re-run must match to give the same numbers: the prepared assets (their recipe
+    key and weight hashes, from the assets folder's assets.json) and the thread counts."""
+    out: dict[str, Any] = {}
+    assets_dir = (datasets.get("training") or {}).get("assets_dir")
+    info = read_manifest_file(Path(assets_dir) / "assets.json") if assets_dir else None
+    if info:
+        keep = ("key", "size", "world_content_hash", "weights_sha256", "threads", "torch", "source")
+        out["assets"] = {k: info.get(k) for k in keep}
+    resources = (manifest.get("spec") or {}).get("resources")
+    if isinstance(resources, dict):  # trials pin torch to their CPUs (harness.trial)
+        out["determinism"] = {
+            "trial_threads": max(1, int(resources.get("cpu", 1))),
+            "assets_threads": info.get("threads") if info else None,
+        }
+    return out
+
+
+def read_manifest_file(path: Path) -> dict[str, Any] | None:
+    try:
+        return json.loads(path.read_text())
+    except (OSError, json.JSONDecodeError):
+        return None
 
 
 def read_table(sweep_dir: str | Path, name: str) -> pd.DataFrame:
@@ -308,6 +336,19 @@ def best_record(records: list[TrialRecord], key: str, mode: str) -> TrialRecord 
     return pick(scored, key=lambda r: r.objectives[key])
 
 
+def _cpu_model() -> str | None:
+    """The CPU's model name (float results may differ between instruction sets)."""
+    try:
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            if line.lower().startswith("model name"):
+                return line.split(":", 1)[1].strip()
+    except OSError:
+        pass
+    import platform
+
+    return platform.processor() or None
+
+
 def provenance() -> dict[str, Any]:
     """Code revision, package versions and hardware of the machine running the driver."""
     import platform
@@ -348,6 +389,7 @@ def provenance() -> dict[str, Any]:
     hardware: dict[str, Any] = {
         "platform": platform.platform(),
         "python": platform.python_version(),
+        "cpu_model": _cpu_model(),
         "cpu_count": os.cpu_count(),
         "memory_gib": round(os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES") / 2**30, 1),
     }

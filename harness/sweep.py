@@ -371,6 +371,7 @@ def _drive(plan, sweep_dir, ray_address, progress, trial_fn, report, kind) -> Sw
                     _phase_trials(plan, phase),
                     plan.spec.primary.mode,
                     progress,
+                    sweep_dir,
                 ),
             ]
             _tuner(plan, sweep_dir, phase, trial_fn or run_trial, callbacks).fit()
