@@ -160,10 +160,10 @@ def test_shipped_assets_are_copied_when_they_match(test_world, test_assets, tmp_
     assert manifest["weights_sha256"] == check_assets(test_assets)["weights_sha256"]
     # shipped for another world: not copied, and the reason is said before training
     other = generate_world(tmp_path / "other", seed=2, size="test")
-    reason = assets.shipped_mismatch("test", 0, other.info()["content_hash"])
-    assert reason and "were prepared for world" in reason
+    reason = assets.shipped_mismatch("test", 0, other.info()["training_hash"])
+    assert reason and "were trained on world inputs" in reason
     assert assets.shipped_assets("test", 0, "another key") is None
-    assert assets.shipped_mismatch("test", 0, test_world.info()["content_hash"]) is None
+    assert assets.shipped_mismatch("test", 0, test_world.info()["training_hash"]) is None
 
 
 def test_shipped_demo_assets_match_the_recipe():
@@ -176,7 +176,7 @@ def test_shipped_demo_assets_match_the_recipe():
         pytest.skip("no shipped demo assets")
     manifest = json.loads((folder / "assets.json").read_text())
     cfg = assets.ASSET_CONFIGS["demo"]
-    world_hash = manifest["world_content_hash"]
+    world_hash = manifest["world_training_hash"]
     fingerprints = {n: assets.component_fingerprint(n, cfg, world_hash) for n in COMPONENTS}
     assert manifest["components"] == fingerprints
     assert manifest["key"] == assets._hash({"size": "demo", "components": fingerprints})
@@ -184,3 +184,15 @@ def test_shipped_demo_assets_match_the_recipe():
     check_assets(folder)  # fingerprint files and weight hashes
     total = sum(p.stat().st_size for p in folder.rglob("*") if p.is_file())
     assert total < 12 * 2**20  # a few MB in the repository
+
+
+def test_assets_follow_the_training_inputs_only(test_world, test_assets, tmp_path):
+    """New benchmark splits or tool data (another world content hash, same training inputs)
+    keep the prepared assets; other training inputs do not."""
+    world = Path(shutil.copytree(test_world.root, tmp_path / "world"))
+    info = json.loads((world / "world.json").read_text())
+    (world / "world.json").write_text(json.dumps({**info, "content_hash": "0" * 64}))
+    assert check_assets(test_assets, world)["world_training_hash"] == info["training_hash"]
+    (world / "world.json").write_text(json.dumps({**info, "training_hash": "1" * 64}))
+    with pytest.raises(AssetsError, match="other training inputs"):
+        check_assets(test_assets, world)

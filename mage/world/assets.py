@@ -10,7 +10,10 @@
 
 Each component is built into a temporary folder and swapped in atomically, then never
 rebuilt: its fingerprint is a hash of (its training config, the recipe's thread count, the
-world's content hash, the assets format). Preparing into a folder whose assets have another
+world's training inputs, the assets format): the training images, stage1.json and
+stage2.json (`generate.TRAINING_INPUTS`), so a world whose benchmark splits or tool data
+changed keeps its assets (the evaluations in their logs were measured on the benchmark
+splits of the world they were prepared with, ``world_content_hash``). Preparing into a folder whose assets have another
 fingerprint (another world, another size or config) is refused with an `AssetsError`, as is
 loading them with `check_assets` against a different world, or with weights whose SHA-256 is
 not the recorded one: stale encoders or features would silently misalign with the images.
@@ -23,7 +26,7 @@ CPUs may pick other kernels). ``assets.json`` records each component's weight ha
 
 Shipped: the repository carries the ``demo`` recipe's prepared assets for the demo world
 (`SHIPPED_DIR`); when they match what would be built here (same key: recipe, threads, world
-content hash) `prepare_assets` copies them instead of training (about 12 min on 2 cores), and
+training inputs) `prepare_assets` copies them instead of training (about 12 min on 2 cores), and
 ``mage-harness prepare --from-recipe`` rebuilds them and says whether the weights match.
 """
 
@@ -117,7 +120,9 @@ def _hash(data) -> str:
     return hashlib.sha256(json.dumps(data, sort_keys=True, default=str).encode()).hexdigest()
 
 
-def component_fingerprint(name: str, cfg: AssetConfig, world_hash: str) -> str:
+def component_fingerprint(name: str, cfg: AssetConfig, training_hash: str) -> str:
+    """What determines a component's weights: its config, architecture, threads, and the
+    world's training inputs (``world.json``'s ``training_hash``)."""
     extra = encoders.clip_kwargs(name) if name in encoders.ENCODER_IDS else None
     return _hash(
         {
@@ -126,7 +131,7 @@ def component_fingerprint(name: str, cfg: AssetConfig, world_hash: str) -> str:
             "config": asdict(cfg.component(name)),
             "architecture": extra,
             "threads": cfg.threads,
-            "world": world_hash,
+            "world_training_inputs": training_hash,
         }
     )
 
@@ -191,16 +196,16 @@ def prepare_assets(
         raise AssetsError(f"unknown assets size {size!r}; choose one of {sorted(ASSET_CONFIGS)}")
     cfg = ASSET_CONFIGS[size]
     paths, info = resolve_world(world)
-    world_hash = info["content_hash"]
+    world_hash, training_hash = info["content_hash"], info["training_hash"]
     out_dir = Path(out_dir)
-    fingerprints = {name: component_fingerprint(name, cfg, world_hash) for name in COMPONENTS}
+    fingerprints = {name: component_fingerprint(name, cfg, training_hash) for name in COMPONENTS}
     key = _hash({"size": size, "components": fingerprints})
     manifest = _read_json(out_dir / "assets.json")
     if manifest is not None and manifest.get("key") != key:
         raise AssetsError(
-            f"{out_dir} holds assets prepared for another world or config (world "
-            f"{str(manifest.get('world_content_hash'))[:12]}, size {manifest.get('size')!r}; "
-            f"wanted world {world_hash[:12]}, size {size!r}). Use another --out folder, or "
+            f"{out_dir} holds assets prepared for another world or config (training inputs "
+            f"{str(manifest.get('world_training_hash'))[:12]}, size {manifest.get('size')!r}; "
+            f"wanted {training_hash[:12]}, size {size!r}). Use another --out folder, or "
             "delete this one to rebuild."
         )
     if manifest is not None:
@@ -220,7 +225,7 @@ def prepare_assets(
         if bar and source is not None:
             bar.line(f"assets {size}: copying the prepared assets shipped in {source}")
         elif bar:
-            reason = shipped_mismatch(size, info["seed"], world_hash) if shipped else None
+            reason = shipped_mismatch(size, info["seed"], training_hash) if shipped else None
             if reason:
                 bar.line(f"assets {size}: not copying the shipped assets: {reason}")
             bar.line(
@@ -245,7 +250,7 @@ def prepare_assets(
                     atomic_write_json(tmp / "log.json", log)
                     atomic_write_json(
                         tmp / "fingerprint.json",
-                        {"fingerprint": fingerprints[name], "world_content_hash": world_hash},
+                        {"fingerprint": fingerprints[name], "world_training_hash": training_hash},
                     )
                 weights[name] = weights_sha256(tmp)
             logs[name] = log
@@ -258,6 +263,7 @@ def prepare_assets(
             "key": key,
             "size": size,
             "world_content_hash": world_hash,
+            "world_training_hash": training_hash,
             "world_seed": info["seed"],
             "world_size": info["size"],
             "components": fingerprints,
@@ -280,21 +286,22 @@ def shipped_assets(size: str, seed: int, key: str) -> Path | None:
     return folder if manifest is not None and manifest.get("key") == key else None
 
 
-def shipped_mismatch(size: str, seed: int, world_hash: str) -> str | None:
+def shipped_mismatch(size: str, seed: int, training_hash: str) -> str | None:
     """Why shipped assets of ``size`` do not serve this world (None if they do or none exist):
     said before a long preparation, so that a user knows why it is not a copy."""
     manifest = _read_json(SHIPPED_DIR / f"{size}-seed{seed}" / "assets.json")
     if manifest is None or size not in ASSET_CONFIGS:
         return None
     cfg = ASSET_CONFIGS[size]
-    fingerprints = {n: component_fingerprint(n, cfg, world_hash) for n in COMPONENTS}
+    fingerprints = {n: component_fingerprint(n, cfg, training_hash) for n in COMPONENTS}
     if manifest.get("key") == _hash({"size": size, "components": fingerprints}):
         return None
-    if manifest.get("world_content_hash") != world_hash:
+    if manifest.get("world_training_hash") != training_hash:
         return (
-            f"the shipped {size} assets were prepared for world "
-            f"{str(manifest.get('world_content_hash'))[:12]}, this world is {world_hash[:12]} "
-            "(another generator format, or other Pillow / datasets versions writing other bytes)"
+            f"the shipped {size} assets were trained on world inputs "
+            f"{str(manifest.get('world_training_hash'))[:12]}, this world's are "
+            f"{training_hash[:12]} (another generator, or other Pillow / numpy versions "
+            "writing other bytes)"
         )
     return f"the shipped {size} assets were prepared with another recipe than this code's"
 
@@ -335,11 +342,12 @@ def check_assets(assets_dir: str | Path, world: WorldPaths | str | Path | None =
             )
     if world is not None:
         _, info = resolve_world(world)
-        if info["content_hash"] != manifest["world_content_hash"]:
+        if info["training_hash"] != manifest.get("world_training_hash"):
             raise AssetsError(
                 f"assets in {assets_dir} were prepared for world "
-                f"{manifest['world_content_hash'][:12]}, not for {info['content_hash'][:12]} "
-                "(another seed or size); prepare assets for this world into another folder"
+                f"{str(manifest.get('world_content_hash'))[:12]}, not for "
+                f"{info['content_hash'][:12]} (other training inputs: another seed or size); "
+                "prepare assets for this world into another folder"
             )
     return manifest
 

@@ -2,7 +2,8 @@
 
 ``generate_world(out_dir, seed, size)`` writes, atomically (the whole folder appears at once)::
 
-    world.json            seed, size, counts, content hash over every other file
+    world.json            seed, size, counts, content hash over every other file, and the
+                          hash of the training inputs alone (images, stage1/stage2.json)
     scenes.json           every image's scene (id -> split, objects, jitter seed)
     images/train/*.png    training images (64 x 64)
     stage1.json           captions (LLaVA format)
@@ -42,6 +43,9 @@ FORMAT_VERSION = 3
 IMAGE_SIZE = 64
 SPLIT_CODES = {"train": 0, "mme": 1, "mmbench": 2, "seedbench": 3}
 HASH_EXCLUDE = ("world.json",)
+# what the world's "pretrained" assets are trained on (mage.world.assets): their fingerprints
+# follow these files only, so new benchmark splits or tool data keep the prepared assets
+TRAINING_INPUTS = ("images/train", "stage1.json", "stage2.json")
 
 
 @dataclass(frozen=True)
@@ -153,6 +157,7 @@ def generate_world(
             "image_size": IMAGE_SIZE,
             "counts": counts,
             "content_hash": content_hash(tmp),
+            "training_hash": content_hash(tmp, TRAINING_INPUTS),
         }
         atomic_write_json(paths.world_json, info)
     return WorldPaths(out_dir)
@@ -210,14 +215,19 @@ def _save_quietly(dd: datasets.DatasetDict, path: Path) -> None:
             datasets.enable_progress_bars()
 
 
-def content_hash(root: str | Path) -> str:
-    """SHA-256 over every file's relative path and bytes (world.json excluded)."""
+def content_hash(root: str | Path, only: tuple[str, ...] | None = None) -> str:
+    """SHA-256 over every file's relative path and bytes (world.json excluded), or over the
+    files and folders named in ``only`` (e.g. `TRAINING_INPUTS`)."""
     root = Path(root)
     digest = hashlib.sha256()
+
+    def wanted(rel: str) -> bool:
+        if only is None:
+            return rel not in HASH_EXCLUDE
+        return any(rel == o or rel.startswith(o + "/") for o in only)
+
     files = sorted(
-        p
-        for p in root.rglob("*")
-        if p.is_file() and p.relative_to(root).as_posix() not in HASH_EXCLUDE
+        p for p in root.rglob("*") if p.is_file() and wanted(p.relative_to(root).as_posix())
     )
     for path in files:
         digest.update(path.relative_to(root).as_posix().encode() + b"\0")
