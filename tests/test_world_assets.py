@@ -136,7 +136,8 @@ def test_weights_are_hashed_and_checked(test_world, test_assets, tmp_path):
     from mage.world.assets import weights_sha256
 
     manifest = check_assets(test_assets, test_world)
-    assert manifest["threads"] == 1 and manifest["source"] == "prepared"
+    assert manifest["threads"] == 1
+    assert manifest["source"] == dict.fromkeys(COMPONENTS, "prepared")
     for name in COMPONENTS:
         assert manifest["weights_sha256"][name] == weights_sha256(test_assets / name)
     copy = Path(shutil.copytree(test_assets, tmp_path / "assets"))
@@ -151,39 +152,46 @@ def test_weights_are_hashed_and_checked(test_world, test_assets, tmp_path):
 def test_shipped_assets_are_copied_when_they_match(test_world, test_assets, tmp_path, monkeypatch):
     from mage.world import assets
 
-    shipped = tmp_path / "shipped"
-    shutil.copytree(test_assets, shipped / "test-seed0")
-    monkeypatch.setattr(assets, "SHIPPED_DIR", shipped)
+    shipped = tmp_path / "shipped" / "test-seed0"
+    for name in COMPONENTS:
+        shutil.copytree(test_assets / name, shipped / name)
+    monkeypatch.setattr(assets, "SHIPPED_DIR", shipped.parent)
     out = prepare_assets(test_world, tmp_path / "copied", size="test", progress=False)
     manifest = check_assets(out, test_world)
-    assert manifest["source"] == "shipped"
+    assert manifest["source"] == dict.fromkeys(COMPONENTS, "shipped")
     assert manifest["weights_sha256"] == check_assets(test_assets)["weights_sha256"]
-    # shipped for another world: not copied, and the reason is said before training
+    # a damaged shipped copy is refused, not used
+    weights = shipped / "world-vit" / "open_clip_model.safetensors"
+    weights.write_bytes(weights.read_bytes()[:-1] + b"\0")
+    with pytest.raises(AssetsError, match="not the ones its fingerprint.json records"):
+        prepare_assets(test_world, tmp_path / "damaged", size="test", progress=False)
+    # shipped for other training inputs: not copied, and the reason is said before training
     other = generate_world(tmp_path / "other", seed=2, size="test")
-    reason = assets.shipped_mismatch("test", 0, other.info()["training_hash"])
+    reason = assets.shipped_mismatch(shipped, ["world-llm"], other.info()["training_hash"])
     assert reason and "were trained on world inputs" in reason
-    assert assets.shipped_assets("test", 0, "another key") is None
-    assert assets.shipped_mismatch("test", 0, test_world.info()["training_hash"]) is None
+    stamp = json.loads((shipped / "world-llm" / "fingerprint.json").read_text())
+    assert assets.shipped_component(shipped, "world-llm", stamp["fingerprint"]) is not None
+    assert assets.shipped_component(shipped, "world-llm", "another") is None
 
 
 def test_shipped_demo_assets_match_the_recipe():
-    """The demo assets in the repository are the ones this code's `demo` recipe builds: same
-    recipe hash and component fingerprints (for the world they record), same weights."""
+    """The demo assets in the repository are the ones this code's `demo` recipe builds: the
+    fingerprint of this recipe for the world inputs they record, and the recorded weights."""
     from mage.world import assets
 
     folder = assets.SHIPPED_DIR / "demo-seed0"
-    if not (folder / "assets.json").is_file():
+    shipped = [n for n in COMPONENTS if (folder / n / "fingerprint.json").is_file()]
+    if not shipped:
         pytest.skip("no shipped demo assets")
-    manifest = json.loads((folder / "assets.json").read_text())
     cfg = assets.ASSET_CONFIGS["demo"]
-    world_hash = manifest["world_training_hash"]
-    fingerprints = {n: assets.component_fingerprint(n, cfg, world_hash) for n in COMPONENTS}
-    assert manifest["components"] == fingerprints
-    assert manifest["key"] == assets._hash({"size": "demo", "components": fingerprints})
-    assert manifest["threads"] == cfg.threads and manifest["source"] == "prepared"
-    check_assets(folder)  # fingerprint files and weight hashes
+    for name in shipped:
+        stamp = json.loads((folder / name / "fingerprint.json").read_text())
+        expected = assets.component_fingerprint(name, cfg, stamp["world_training_hash"])
+        assert stamp["fingerprint"] == expected, name
+        assert stamp["weights_sha256"] == assets.weights_sha256(folder / name), name
+        assert stamp["threads"] == cfg.threads
     total = sum(p.stat().st_size for p in folder.rglob("*") if p.is_file())
-    assert total < 12 * 2**20  # a few MB in the repository
+    assert total < 8 * 2**20  # a few MB in the repository
 
 
 def test_assets_follow_the_training_inputs_only(test_world, test_assets, tmp_path):

@@ -132,18 +132,17 @@ def _compare_with_shipped(manifest: dict) -> str:
     from mage.world.assets import SHIPPED_DIR
 
     folder = SHIPPED_DIR / f"{manifest['size']}-seed{manifest['world_seed']}"
-    shipped = json.loads((folder / "assets.json").read_text()) if folder.is_dir() else None
-    if shipped is None:
-        return f"no shipped assets of recipe {manifest['size']!r} to compare with"
-    if shipped.get("key") != manifest["key"]:
-        return (
-            f"the shipped assets in {folder} were prepared for another world or recipe (key "
-            f"{str(shipped.get('key'))[:12]}, here {manifest['key'][:12]}): not comparable"
-        )
     lines = []
     for name, digest in manifest["weights_sha256"].items():
-        same = shipped.get("weights_sha256", {}).get(name) == digest
-        lines.append(
-            f"  {name}: {'identical to' if same else 'DIFFERENT from'} the shipped weights"
-        )
-    return "weights against the shipped assets:\n" + "\n".join(lines)
+        path = folder / name / "fingerprint.json"
+        stamp = json.loads(path.read_text()) if path.is_file() else None
+        if stamp is None:
+            lines.append(f"  {name}: not shipped")
+        elif stamp.get("fingerprint") != manifest["components"][name]:
+            lines.append(f"  {name}: shipped for another recipe or world (not comparable)")
+        else:
+            same = stamp.get("weights_sha256") == digest
+            lines.append(
+                f"  {name}: {'identical to' if same else 'DIFFERENT from'} the shipped weights"
+            )
+    return f"weights against the shipped assets in {folder}:\n" + "\n".join(lines)

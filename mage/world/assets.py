@@ -24,10 +24,13 @@ seeded generators, so the same world and recipe give the same weights, bit for b
 machine of the same kind (same CPU instruction set, torch build and library versions; other
 CPUs may pick other kernels). ``assets.json`` records each component's weight hash.
 
-Shipped: the repository carries the ``demo`` recipe's prepared assets for the demo world
-(`SHIPPED_DIR`); when they match what would be built here (same key: recipe, threads, world
-training inputs) `prepare_assets` copies them instead of training (about 12 min on 2 cores), and
-``mage-harness prepare --from-recipe`` rebuilds them and says whether the weights match.
+Shipped: the repository carries the ``demo`` recipe's prepared world-vit and world-llm for
+the demo world (`SHIPPED_DIR`; world-resnet, 5.7 MB of which 4 MB is a head the tower does not
+use, is built on first use, about 40 s on 2 cores); a shipped component whose fingerprint is
+the one this code would build (recipe, threads, world training inputs) is copied instead of
+trained (the LLM takes about 10 min on 2 cores), its weights checked against the SHA-256 its
+``fingerprint.json`` records. ``mage-harness prepare --from-recipe`` trains every component
+and says whether the weights equal the shipped ones.
 """
 
 from __future__ import annotations
@@ -218,31 +221,46 @@ def prepare_assets(
                 f"{out_dir / name} was prepared for another world or config (fingerprint "
                 f"mismatch); use another --out folder, or delete {out_dir / name} to rebuild."
             )
-    source = shipped_assets(size, info["seed"], key) if shipped else None
+    folder = SHIPPED_DIR / f"{size}-seed{info['seed']}"
+    copies = {n: shipped_component(folder, n, fingerprints[n]) if shipped else None
+              for n in COMPONENTS}  # fmt: skip
     logs: dict[str, dict] = {}
     weights: dict[str, str] = {}
+    sources: dict[str, str] = {}
     with progress_bar(progress) as bar, reproducible(cfg.threads):
-        if bar and source is not None:
-            bar.line(f"assets {size}: copying the prepared assets shipped in {source}")
-        elif bar:
-            reason = shipped_mismatch(size, info["seed"], training_hash) if shipped else None
-            if reason:
-                bar.line(f"assets {size}: not copying the shipped assets: {reason}")
-            bar.line(
-                f"assets {size}: preparing {', '.join(COMPONENTS)} on {cfg.threads} thread(s) "
-                f"into {out_dir} (once; cached)"
-            )
+        todo = [n for n in COMPONENTS if not (out_dir / n / "fingerprint.json").is_file()]
+        if bar and todo:
+            copied = [n for n in todo if copies[n] is not None]
+            built = [n for n in todo if copies[n] is None]
+            if copied:
+                bar.line(f"assets {size}: copying {', '.join(copied)} shipped in {folder}")
+            if built:
+                reason = shipped_mismatch(folder, built, training_hash) if shipped else None
+                bar.line(
+                    f"assets {size}: preparing {', '.join(built)} on {cfg.threads} thread(s) "
+                    f"into {out_dir} (once; cached)" + (f"; {reason}" if reason else "")
+                )
         for name in COMPONENTS:
             target = out_dir / name
-            if (target / "fingerprint.json").is_file():
+            if name not in todo:
                 logs[name] = _read_json(target / "log.json") or {}
-                weights[name] = weights_sha256(target)
+                found = _read_json(target / "fingerprint.json") or {}
+                weights[name] = found.get("weights_sha256") or weights_sha256(target)
+                sources[name] = found.get("source", "prepared")
                 continue
             start = time.perf_counter()
             with atomic_path(target) as tmp:
-                if source is not None:
-                    shutil.copytree(source / name, tmp)
+                if copies[name] is not None:
+                    shutil.copytree(copies[name], tmp)
                     log = _read_json(tmp / "log.json") or {}
+                    stamp = _read_json(tmp / "fingerprint.json")
+                    if weights_sha256(tmp) != stamp.get("weights_sha256"):
+                        raise AssetsError(
+                            f"{copies[name]}: its weights are not the ones its fingerprint.json "
+                            "records (a damaged checkout?); restore it with git, or run "
+                            "`mage-harness prepare --from-recipe`"
+                        )
+                    atomic_write_json(tmp / "fingerprint.json", {**stamp, "source": "shipped"})
                 else:
                     build = _build_encoder if name in encoders.ENCODER_IDS else _build_llm
                     log = build(name, paths, info, cfg, tmp, bar)
@@ -250,11 +268,18 @@ def prepare_assets(
                     atomic_write_json(tmp / "log.json", log)
                     atomic_write_json(
                         tmp / "fingerprint.json",
-                        {"fingerprint": fingerprints[name], "world_training_hash": training_hash},
+                        {
+                            "fingerprint": fingerprints[name],
+                            "world_training_hash": training_hash,
+                            "weights_sha256": weights_sha256(tmp),
+                            "threads": cfg.threads,
+                            "torch": torch.__version__,
+                        },
                     )
                 weights[name] = weights_sha256(tmp)
             logs[name] = log
-            if bar and source is None:
+            sources[name] = "shipped" if copies[name] is not None else "prepared"
+            if bar and copies[name] is None:
                 bar.line(f"assets {size}: {name} ready ({log['wall_seconds']:.0f} s)")
     atomic_write_json(
         out_dir / "assets.json",
@@ -270,40 +295,34 @@ def prepare_assets(
             "weights_sha256": weights,
             "threads": cfg.threads,
             "torch": torch.__version__,
-            "source": "shipped" if source is not None else "prepared",
+            "source": sources,
             "logs": logs,
         },
     )
-    if source is not None:
-        check_assets(out_dir, paths)  # the copied weights are the recorded ones
     return _with_features(paths, out_dir, features)
 
 
-def shipped_assets(size: str, seed: int, key: str) -> Path | None:
-    """The shipped folder of this recipe and world seed if its key is ``key``, else None."""
-    folder = SHIPPED_DIR / f"{size}-seed{seed}"
-    manifest = _read_json(folder / "assets.json")
-    return folder if manifest is not None and manifest.get("key") == key else None
+def shipped_component(folder: Path, name: str, fingerprint: str) -> Path | None:
+    """The shipped copy of component ``name`` if it is the one this recipe and world give."""
+    found = _read_json(folder / name / "fingerprint.json")
+    return folder / name if found is not None and found.get("fingerprint") == fingerprint else None
 
 
-def shipped_mismatch(size: str, seed: int, training_hash: str) -> str | None:
-    """Why shipped assets of ``size`` do not serve this world (None if they do or none exist):
-    said before a long preparation, so that a user knows why it is not a copy."""
-    manifest = _read_json(SHIPPED_DIR / f"{size}-seed{seed}" / "assets.json")
-    if manifest is None or size not in ASSET_CONFIGS:
+def shipped_mismatch(folder: Path, names: list[str], training_hash: str) -> str | None:
+    """Why shipped components are not copied (None when none of ``names`` is shipped): said
+    before a long preparation, so that a user knows why it is not a copy."""
+    stamps = [_read_json(folder / n / "fingerprint.json") for n in names]
+    stamps = [s for s in stamps if s is not None]
+    if not stamps:
         return None
-    cfg = ASSET_CONFIGS[size]
-    fingerprints = {n: component_fingerprint(n, cfg, training_hash) for n in COMPONENTS}
-    if manifest.get("key") == _hash({"size": size, "components": fingerprints}):
-        return None
-    if manifest.get("world_training_hash") != training_hash:
+    if stamps[0].get("world_training_hash") != training_hash:
         return (
-            f"the shipped {size} assets were trained on world inputs "
-            f"{str(manifest.get('world_training_hash'))[:12]}, this world's are "
+            f"the shipped ones were trained on world inputs "
+            f"{str(stamps[0].get('world_training_hash'))[:12]}, this world's are "
             f"{training_hash[:12]} (another generator, or other Pillow / numpy versions "
             "writing other bytes)"
         )
-    return f"the shipped {size} assets were prepared with another recipe than this code's"
+    return "the shipped ones were prepared with another recipe than this code's"
 
 
 def _with_features(paths: WorldPaths, out_dir: Path, features: bool) -> Path:
@@ -333,7 +352,7 @@ def check_assets(assets_dir: str | Path, world: WorldPaths | str | Path | None =
                 "(missing, or copied from other assets); delete the folder and run "
                 "`mage-harness prepare` again"
             )
-        recorded = (manifest.get("weights_sha256") or {}).get(name)
+        recorded = (manifest.get("weights_sha256") or {}).get(name) or found.get("weights_sha256")
         if recorded is not None and weights_sha256(assets_dir / name) != recorded:
             raise AssetsError(
                 f"{assets_dir / name}: its weights are not the ones recorded in "
