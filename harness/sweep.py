@@ -320,7 +320,8 @@ def _prepare_shared_inputs(plan: SweepPlan) -> None:
         return
     import torch
 
-    from harness.trial import needs_assets, prepare_data
+    from harness.trial import prepare_data
+    from mage.world.source import needs_assets
 
     configs = [plan.base] + [v.config for v in plan.variants]
     config = next((c for c in configs if needs_assets(c)), plan.base)

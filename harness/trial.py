@@ -19,7 +19,6 @@ report to Tune.
 
 from __future__ import annotations
 
-import hashlib
 import json
 import sys
 import time
@@ -32,8 +31,9 @@ from typing import Any
 import pandas as pd
 
 from harness.spec import SweepSpec
+from harness.stage_cache import content_hash, is_done, stage_hash
 from harness.store import CURVE_COLUMNS, TrialRecord, write_trial
-from mage.config import DataSource, MageConfig
+from mage.config import MageConfig
 from mage.io import atomic_write, atomic_write_json
 
 Reporter = Callable[[str, int, dict], None]
@@ -165,21 +165,6 @@ def execute_trial(ctx: TrialContext, trial_fn: TrialFn) -> TrialRecord:
 # --------------------------------------------------------------------------------------
 
 
-def _hash(data: Any) -> str:
-    return hashlib.sha1(json.dumps(data, sort_keys=True, default=str).encode()).hexdigest()[:16]
-
-
-def stage_hash(config: MageConfig, stage: str, data_key: str) -> str:
-    """Content address of a stage's output: the config fields that shape that stage."""
-    c = config.to_dict()
-    loss1 = {k: v for k, v in c["loss"].items() if k != "mse_in_stage2"}
-    keys = ("vision", "ian", "llm", "stage1", "seed", "blind", "max_length")
-    stage1 = _hash({"data": data_key, "loss": loss1, **{k: c[k] for k in keys}})
-    if stage == "stage1":
-        return stage1
-    return _hash({"stage1": stage1, "stage2": c["stage2"], "loss": c["loss"]})
-
-
 @dataclass
 class TrialData:
     config: MageConfig  # with data_dir / assets_dir filled in
@@ -189,73 +174,30 @@ class TrialData:
     record: dict[str, Any] = field(default_factory=dict)  # what the training data is
 
 
-def _world_dir(spec: SweepSpec) -> Path:
-    from mage.world.generate import default_world_dir
-
-    world = spec.world
-    return Path(world.dir) if world.dir else default_world_dir() / f"{world.size}-seed{world.seed}"
-
-
-def needs_assets(config: MageConfig) -> bool:
-    from mage import registry
-
-    enc = registry.ENCODERS.get(config.vision.encoder)
-    llm = registry.LLMS.get(config.llm.name)
-    parts = [enc.pretrained, enc.model_config] if enc else []
-    parts += [llm.name_or_path] if llm else []
-    return any(p and "{assets}" in p for p in parts)
-
-
-def assets_dir_for(spec: SweepSpec, config: MageConfig) -> Path:
-    """Explicit setting, else $MAGE_ASSETS_DIR, else a cache folder keyed by the world."""
-    import os
-
-    from mage.registry import default_assets_dir
-    from mage.world.assets import assets_cache_name
-
-    explicit = spec.assets_dir or config.assets_dir or os.environ.get("MAGE_ASSETS_DIR")
-    if explicit or spec.world is None:
-        return Path(explicit or default_assets_dir())
-    return Path(default_assets_dir()) / assets_cache_name(spec.world.asset_recipe, spec.world.seed)
-
-
 def prepare_data(spec: SweepSpec, config: MageConfig) -> TrialData:
-    """Ensure the world and assets exist (shared, locked) and point the config at them."""
-    from filelock import FileLock
-
+    """The trial's data: the synthetic world (generated and prepared once, shared) or the
+    real data the spec names; the config comes back pointed at it."""
     if spec.world is None:
         data_dir = config.data_dir
         eval_dir = spec.eval_data_dir or data_dir
         tools = str(Path(eval_dir) / "tools_eval.json") if eval_dir else None
-        key = _hash({"data": data_dir, "eval": eval_dir})
+        key = content_hash({"data": data_dir, "eval": eval_dir})
         return TrialData(config, eval_dir, tools, key, {"data_dir": data_dir})
-    from mage.world.generate import ensure_world
+    from mage.world.source import prepare_world_source
 
-    root = _world_dir(spec)
-    root.parent.mkdir(parents=True, exist_ok=True)
-    with FileLock(str(root) + ".lock"):
-        world = ensure_world(root, spec.world.seed, spec.world.size)
-    update: dict[str, Any] = {"data_dir": str(world.root)}
-    for stage, name in (("stage1", "stage1.json"), ("stage2", "stage2.json")):
-        if not getattr(config, stage).data:
-            source = DataSource(path="{data}/" + name, image_root="{data}")
-            update[stage] = getattr(config, stage).model_copy(update={"data": [source]})
-    if needs_assets(config):
-        from mage.world.assets import prepare_assets
-
-        assets = assets_dir_for(spec, config)
-        assets.parent.mkdir(parents=True, exist_ok=True)
-        with FileLock(str(assets) + ".lock"):
-            prepare_assets(world, assets, spec.world.asset_recipe, progress=False)
-        update["assets_dir"] = str(assets)
-    eval_dir = spec.eval_data_dir or str(world.root / "bench")
-    tools = str(world.root / "tools_eval.json")
-    fingerprint = world.info()["content_hash"]
-    if "assets_dir" in update:  # stages trained on other assets are not reused
-        manifest = json.loads((Path(update["assets_dir"]) / "assets.json").read_text())
-        fingerprint = _hash({"world": fingerprint, "assets": manifest["key"]})
-    info = {"world": world.info(), "assets_dir": update.get("assets_dir")}
-    return TrialData(config.model_copy(update=update), eval_dir, tools, fingerprint, info)
+    world = spec.world
+    source = prepare_world_source(
+        config,
+        world.size,
+        world.seed,
+        recipe=world.asset_recipe,
+        world_folder=world.dir,
+        assets_folder=spec.assets_dir,
+        eval_folder=spec.eval_data_dir,
+    )
+    return TrialData(
+        source.config, source.eval_dir, source.tools_json, source.fingerprint, source.record
+    )
 
 
 def _with_training_data(record: dict[str, Any], data: TrialData) -> dict[str, Any]:
@@ -270,10 +212,6 @@ def _device(ctx: TrialContext) -> str | None:
     return "cuda" if ctx.gpus > 0 and torch.cuda.is_available() else None
 
 
-def _done(folder: Path) -> bool:
-    return (folder / "done.json").is_file()
-
-
 def _stage(ctx: TrialContext, cfg: MageConfig, stage: str, folder: Path, init: Callable):
     """Load a finished stage's model, or train it (under the stage's lock) and cache it."""
     from filelock import FileLock
@@ -283,7 +221,7 @@ def _stage(ctx: TrialContext, cfg: MageConfig, stage: str, folder: Path, init: C
 
     folder.parent.mkdir(parents=True, exist_ok=True)
     with FileLock(str(folder) + ".lock"):
-        if _done(folder):
+        if is_done(folder):
             return MageModel.from_pretrained(folder / "model", device=_device(ctx))
         model, start = init(), len(ctx.curves)
         cfg.save(folder / "config.yaml")
@@ -349,10 +287,10 @@ def run_trial(ctx: TrialContext) -> TrialOutcome:
         "max_new_tokens": ctx.spec.eval_max_new_tokens,
         "data": data.eval_dir,
     }
-    ev = s2 / f"eval-{_hash(settings)}"
+    ev = s2 / f"eval-{content_hash(settings)}"
     stages.mkdir(parents=True, exist_ok=True)
     with FileLock(str(ev) + ".lock"):
-        if not _done(ev):
+        if not is_done(ev):
 
             def stage1():
                 seed_build(cfg.seed)

@@ -11,22 +11,18 @@ and can stop training by returning False (the sweep's early stopping plugs in he
 
 from __future__ import annotations
 
-import json
-import math
-import random
 import time
-import zlib
 from collections.abc import Callable
 from contextlib import nullcontext
 from pathlib import Path
 
-import numpy as np
 import torch
-from safetensors.torch import load_file, save_file
 
 from mage.config import MageConfig
 from mage.data import Collator, ConversationDataset
-from mage.io import atomic_path, atomic_write_json
+from mage.train.checkpoint import load_checkpoint, save_checkpoint
+from mage.train.schedule import build_optimizer
+from mage.train.seeding import stable_seed
 
 Callback = Callable[[int, dict], bool | None]
 
@@ -44,93 +40,8 @@ def build_dataset(cfg: MageConfig, stage: str) -> ConversationDataset:
     )
 
 
-def cosine_with_warmup(total_steps: int, warmup_ratio: float):
-    warmup = int(round(total_steps * warmup_ratio))
-
-    def factor(step: int) -> float:
-        if step < warmup:
-            return (step + 1) / warmup
-        progress = (step - warmup) / max(1, total_steps - warmup)
-        return 0.5 * (1.0 + math.cos(math.pi * min(1.0, progress)))
-
-    return factor
-
-
-def stable_seed(*parts) -> int:
-    """A seed from values, the same in every process (unlike ``hash`` of a string)."""
-    return zlib.crc32(repr(parts).encode())
-
-
-def seed_build(seed: int) -> None:
-    """Seed the global RNGs before building a model (its random-init parts draw from them).
-
-    The sweep's trials and ``mage-harness train`` both call this, so a trial's config
-    retrained from the command line starts from the same weights; trials share worker
-    processes, so nothing may depend on what ran before."""
-    value = stable_seed(seed, "build")
-    random.seed(value), np.random.seed(value % 2**32), torch.manual_seed(value)
-
-
 def _batch_generator(seed: int, stage: str, step: int, micro: int) -> torch.Generator:
     return torch.Generator().manual_seed(stable_seed(seed, stage, step, micro))
-
-
-def _rng_state() -> dict:
-    return {
-        "torch": torch.get_rng_state(),
-        "numpy": np.random.get_state(),
-        "python": random.getstate(),
-    }
-
-
-def _set_rng_state(state: dict) -> None:
-    torch.set_rng_state(state["torch"])
-    np.random.set_state(state["numpy"])
-    random.setstate(state["python"])
-
-
-def _trainable_state(model) -> dict[str, torch.Tensor]:
-    return {n: p.detach().contiguous() for n, p in model.named_parameters() if p.requires_grad}
-
-
-def save_checkpoint(directory: Path, model, optimizer, scheduler, step: int) -> None:
-    with atomic_path(directory) as tmp:
-        tmp.mkdir()
-        save_file(_trainable_state(model), str(tmp / "trainable.safetensors"))
-        torch.save(
-            {
-                "optimizer": optimizer.state_dict(),
-                "scheduler": scheduler.state_dict(),
-                "rng": _rng_state(),
-            },
-            tmp / "state.pt",
-        )
-        atomic_write_json(tmp / "step.json", {"step": step})
-
-
-def load_checkpoint(directory: Path, model, optimizer, scheduler) -> int:
-    weights = load_file(str(directory / "trainable.safetensors"))
-    missing = model.load_state_dict(weights, strict=False)
-    if missing.unexpected_keys:
-        raise RuntimeError(
-            f"checkpoint {directory} does not match the model: {missing.unexpected_keys[:3]}"
-        )
-    state = torch.load(directory / "state.pt", weights_only=False)
-    optimizer.load_state_dict(state["optimizer"])
-    scheduler.load_state_dict(state["scheduler"])
-    _set_rng_state(state["rng"])
-    return json.loads((directory / "step.json").read_text())["step"]
-
-
-def parameter_groups(model, stage_cfg) -> list[dict]:
-    """The trainable weights as optimizer groups: the LLM's at ``llm_lr`` when it is set."""
-    llm_ids = {id(p) for p in model.llm.parameters()}
-    trainable = [p for p in model.parameters() if p.requires_grad]
-    llm = [p for p in trainable if id(p) in llm_ids]
-    if stage_cfg.llm_lr is None or not llm:
-        return [{"params": trainable}]
-    rest = [p for p in trainable if id(p) not in llm_ids]
-    return [g for g in ({"params": rest}, {"params": llm, "lr": stage_cfg.llm_lr}) if g["params"]]
 
 
 def train_stage(
@@ -163,12 +74,8 @@ def train_stage(
         cfg.max_length,
         with_captions=mse_weight > 0,
     )
-    groups = parameter_groups(model, stage_cfg)
-    params = [p for group in groups for p in group["params"]]
-    optimizer = torch.optim.AdamW(groups, lr=stage_cfg.lr, weight_decay=stage_cfg.weight_decay)
-    scheduler = torch.optim.lr_scheduler.LambdaLR(
-        optimizer, cosine_with_warmup(stage_cfg.steps, stage_cfg.warmup_ratio)
-    )
+    optimizer, scheduler = build_optimizer(model, stage_cfg, stage_cfg.steps)
+    params = [p for group in optimizer.param_groups for p in group["params"]]
     torch.manual_seed(stable_seed(cfg.seed, stage))
     start = 0
     checkpoint_dir = out_dir / "checkpoint"
