@@ -113,8 +113,51 @@ class EarlyStoppingSpec(_Strict):
 
 
 class ResourcesSpec(_Strict):
+    """What one trial runs on.
+
+    ``{cpu, gpu}``: one worker, the trial's own process (a laptop, the CPU smoke sweep).
+    ``{workers: N, gpus_per_worker, cpus_per_worker}``: every stage (and the evaluation) runs
+    on a Ray Train worker group of N processes (FSDP2 across them; nccl on GPUs, gloo on
+    CPUs), while the trial itself, the driver, holds ``driver_cpus`` and no GPU. Unless
+    ``max_concurrent_trials`` says otherwise, as many trials run at once as the cluster's GPUs
+    (CPUs, without GPUs) have room for worker groups."""
+
     cpu: float = Field(1.0, gt=0)
     gpu: float = Field(0.0, ge=0)
+    workers: int | None = Field(None, ge=1, description="Ray Train workers per stage")
+    cpus_per_worker: float = Field(1.0, gt=0)
+    gpus_per_worker: float = Field(0.0, ge=0)
+    driver_cpus: float = Field(1.0, gt=0, description="CPUs the trial's driver process holds")
+
+    @model_validator(mode="after")
+    def _one_kind(self) -> ResourcesSpec:
+        defaults = {"cpus_per_worker": 1.0, "gpus_per_worker": 0.0, "driver_cpus": 1.0}
+        group = sorted(k for k, v in defaults.items() if getattr(self, k) != v)
+        if self.workers is None and group:
+            raise ValueError(f"{group} need `workers: N` (a worker group per stage)")
+        if self.workers is not None and (self.cpu, self.gpu) != (1.0, 0.0):
+            raise ValueError(
+                "give `cpu`/`gpu` (one in-process worker) or `workers` with `cpus_per_worker`/"
+                "`gpus_per_worker` (a worker group), not both"
+            )
+        return self
+
+    @property
+    def in_process(self) -> bool:
+        return self.workers is None
+
+    def trial_resources(self) -> dict[str, float]:
+        """What the Tune trial itself reserves (a driver holds no GPU: the workers do)."""
+        if self.in_process:
+            return {"cpu": self.cpu, "gpu": self.gpu}
+        return {"cpu": self.driver_cpus, "gpu": 0.0}
+
+    def group_size(self) -> dict[str, float]:
+        """CPUs and GPUs one trial occupies at once."""
+        if self.in_process:
+            return {"CPU": self.cpu, "GPU": self.gpu}
+        n = self.workers
+        return {"CPU": self.driver_cpus + n * self.cpus_per_worker, "GPU": n * self.gpus_per_worker}
 
 
 class BaselineSpec(_Strict):

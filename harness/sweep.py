@@ -117,11 +117,29 @@ def _resources(spec: SweepSpec):
     from ray import tune
 
     if spec.resources != "whole_node":
-        return {"cpu": spec.resources.cpu, "gpu": spec.resources.gpu}
+        return spec.resources.trial_resources()
     nodes = [n["Resources"] for n in ray.nodes() if n.get("Alive")]
     cpu = min(n.get("CPU", 0) for n in nodes)
     gpu = min(n.get("GPU", 0) for n in nodes)
     return tune.PlacementGroupFactory([{"CPU": cpu, "GPU": gpu}], strategy="STRICT_PACK")
+
+
+def max_concurrent_trials(spec: SweepSpec) -> int | None:
+    """The spec's cap, or for worker-group trials as many as the cluster has room for: a
+    trial's driver holds no GPU, so Tune alone would start trials whose workers then wait."""
+    import ray
+
+    if spec.max_concurrent_trials or spec.resources == "whole_node" or spec.resources.in_process:
+        return spec.max_concurrent_trials
+    need, have = spec.resources.group_size(), ray.cluster_resources()
+    fits = [int(have.get(k, 0) // need[k]) for k in ("GPU", "CPU") if need[k] > 0]
+    if min(fits) < 1:
+        raise SpecError(
+            f"resources: one trial needs {need['CPU']:g} CPUs and {need['GPU']:g} GPUs at once "
+            f"(driver + {spec.resources.workers} workers); the cluster has "
+            f"{have.get('CPU', 0):g} CPUs and {have.get('GPU', 0):g} GPUs"
+        )
+    return min(fits)
 
 
 def optuna_space(plan: SweepPlan) -> dict[str, Any]:
@@ -206,7 +224,7 @@ def _tuner(plan: SweepPlan, sweep_dir: Path, phase: str, trial_fn: TrialFn, call
             search_alg=search_alg,
             scheduler=scheduler,
             num_samples=num_samples,
-            max_concurrent_trials=spec.max_concurrent_trials,
+            max_concurrent_trials=max_concurrent_trials(spec),
             trial_dirname_creator=_trial_dirname,
             reuse_actors=True,  # a fresh process per trial re-imports torch (~5 s each)
         ),

@@ -32,11 +32,13 @@ import pandas as pd
 
 from harness.spec import SweepSpec
 from harness.stage_cache import content_hash, is_done, stage_hash
-from harness.store import CURVE_COLUMNS, TrialRecord, write_trial
+from harness.store import TrialRecord, write_trial
+from harness.train_worker import StageJob, WorkerGroup
 from mage.config import MageConfig
-from mage.io import atomic_write, atomic_write_json
+from mage.io import atomic_write_json
 
 Reporter = Callable[[str, int, dict], None]
+NOT_CURVES = ("step", "global_step", "total_steps")  # bookkeeping, not curve metrics
 
 
 @dataclass
@@ -51,8 +53,10 @@ class TrialContext:
     seed: int
     config: MageConfig
     swept: dict[str, Any] = field(default_factory=dict)
-    cpus: float = 1.0
+    cpus: float = 1.0  # what the trial process holds (the driver, for a worker group)
     gpus: float = 0.0
+    group: WorkerGroup | None = None  # each stage on a Ray Train worker group; None: in-process
+    usage: dict[str, float] = field(default_factory=lambda: {"cpu_s": 0.0, "gpu_s": 0.0})
     progress: dict[str, Any] | None = None  # from the last Tune checkpoint, if resumed
     on_report: Reporter | None = None  # (stage, step, metrics) -> forwards to Tune
     on_progress: Callable[[dict], None] | None = None  # saves a Tune checkpoint
@@ -61,7 +65,7 @@ class TrialContext:
     def report(self, stage: str, step: int, metrics: dict) -> None:
         """Record a training curve point and forward it (Tune, early stopping)."""
         for name, value in metrics.items():
-            if isinstance(value, int | float) and name != "step":
+            if isinstance(value, int | float) and name not in NOT_CURVES:
                 self.curves.append({"stage": stage, "step": step, "metric": name, "value": value})
         if self.on_report is not None:
             self.on_report(stage, step, metrics)
@@ -85,7 +89,9 @@ TrialFn = Callable[[TrialContext], TrialOutcome]
 
 
 def planned_steps(config: MageConfig) -> int:
-    return config.stage1.steps + config.stage2.steps
+    """Steps both stages will take when known up front (``steps``; an ``epochs`` stage counts
+    its ``steps`` cap, or 0: its length follows from the data)."""
+    return (config.stage1.steps or 0) + (config.stage2.steps or 0)
 
 
 def describe_error(err: BaseException) -> str:
@@ -143,8 +149,8 @@ def execute_trial(ctx: TrialContext, trial_fn: TrialFn) -> TrialRecord:
         swept=ctx.swept,
         config=ctx.config.to_dict(),
         wall_s=wall,
-        cpu_hours=wall * ctx.cpus / 3600,
-        gpu_hours=wall * ctx.gpus / 3600,
+        cpu_hours=(wall * ctx.cpus + ctx.usage["cpu_s"]) / 3600,
+        gpu_hours=(wall * ctx.gpus + ctx.usage["gpu_s"]) / 3600,
         steps=steps,
         planned_steps=planned_steps(ctx.config),
         objectives={} if error else objective_values(ctx.spec, outcome.scores),
@@ -205,75 +211,100 @@ def _with_training_data(record: dict[str, Any], data: TrialData) -> dict[str, An
     return {**record, "datasets": datasets}
 
 
-def _device(ctx: TrialContext) -> str | None:
-    """The trial's GPU when Tune gave it one, else the CPU (the default)."""
-    import torch
+def _stage_job(ctx: TrialContext, cfg: MageConfig, stage: str, folder: Path) -> StageJob:
+    return StageJob(
+        config=cfg.to_dict(),
+        stage=stage,
+        folder=str(folder),
+        records_dir=str(ctx.sweep_dir / "records"),
+        trial_key=ctx.trial_id,
+        report_every=max(1, (getattr(cfg, stage).steps or 1) // 25),
+        live_curves=(str(ctx.sweep_dir), ctx.trial_id),
+        threads=max(1, int(ctx.cpus)),
+    )
 
-    return "cuda" if ctx.gpus > 0 and torch.cuda.is_available() else None
+
+def _run_stage(ctx: TrialContext, job: StageJob) -> None:
+    """Train a stage, on the trial's worker group or in its own process."""
+    import time
+
+    from harness.train_worker import run_stage, run_stage_on_workers
+
+    started = time.perf_counter()
+    if ctx.group is None:
+
+        def on_step(stage: str, step: int, metrics: dict) -> None:
+            ctx.report(stage, step, {**metrics, "global_step": job.step_offset + step})
+
+        run_stage(job, on_step=on_step)
+        return
+    job.live_curves = (str(ctx.sweep_dir), ctx.trial_id)
+    run_stage_on_workers(job, ctx.group, tune_session=ctx.on_report is not None)
+    wall = time.perf_counter() - started
+    ctx.usage["cpu_s"] += wall * ctx.group.workers * ctx.group.cpus_per_worker
+    ctx.usage["gpu_s"] += wall * ctx.group.workers * ctx.group.gpus_per_worker
 
 
-def _stage(ctx: TrialContext, cfg: MageConfig, stage: str, folder: Path, init: Callable):
-    """Load a finished stage's model, or train it (under the stage's lock) and cache it."""
+def _stage(
+    ctx: TrialContext, cfg: MageConfig, stage: str, folder: Path, after: Path | None = None
+) -> None:
+    """Train a stage unless its folder is done (under the stage's lock, shared by trials);
+    ``after``: the stage folder it starts from (stage 2: stage 1's), trained first if needed."""
     from filelock import FileLock
-
-    from mage.model import MageModel
-    from mage.train import train_stage
 
     folder.parent.mkdir(parents=True, exist_ok=True)
     with FileLock(str(folder) + ".lock"):
         if is_done(folder):
-            return MageModel.from_pretrained(folder / "model", device=_device(ctx))
-        model, start = init(), len(ctx.curves)
+            return
+        job = _stage_job(ctx, cfg, stage, folder)
+        if after is not None:
+            _stage(ctx, cfg, "stage1", after)
+            ctx.save_progress({"done": ["stage1"], "stage1": after.name})
+            # stage 2 starts from stage 1's export; its steps follow stage 1's on Tune's axis
+            job.init_from, job.step_offset = str(after / "model"), _steps_done(after)
         cfg.save(folder / "config.yaml")
-        summary = train_stage(model, cfg, stage, folder, lambda s, m: ctx.report(stage, s, m))
-        model.save_pretrained(folder / "model")
-        curves = pd.DataFrame(ctx.curves[start:], columns=CURVE_COLUMNS)
-        atomic_write(folder / "curves.parquet", lambda p: curves.to_parquet(p, index=False))
-        atomic_write_json(folder / "done.json", {"stage": stage, "summary": summary})
-    return model
+        _run_stage(ctx, job)
+        if not is_done(folder):
+            raise RuntimeError(f"{stage} ended without marking {folder} done")
 
 
-def _evaluate(ctx: TrialContext, model, data: TrialData, out: Path) -> None:
-    """lmms-eval benchmarks (and the tool-calling score) into ``out``."""
-    from harness.eval import evaluate
+def _steps_done(folder: Path) -> int:
+    summary = json.loads((folder / "done.json").read_text())["summary"]
+    return int(summary.get("step", 0))
+
+
+def _evaluate(ctx: TrialContext, checkpoint: Path, data: TrialData, out: Path) -> None:
+    """Score the stage-2 checkpoint into ``out``, on the trial's worker group or in-process."""
+    import time
+
+    from harness.eval_job import EvalJob, run_eval, run_eval_on_workers
 
     spec = ctx.spec
-    bench = [t for t in spec.tasks if t != "tools"]
-    scores, items, record = [], [], {}
-    if bench:
-        result = evaluate(
-            model,
-            tasks=bench,
-            data_dir=data.eval_dir,
-            out_dir=out / "lmms_eval",
-            batch_size=spec.eval_batch_size,
-            limit=spec.eval_limit,
-            max_new_tokens_cap=spec.eval_max_new_tokens,
-        )
-        scores, items, record = [result.scores], [result.items], result.record
-    if "tools" in spec.tasks:
-        from mage.tools.metrics import evaluate_tools
-
-        tool_json = Path(data.tools_json or "")
-        if not tool_json.is_file():
-            raise FileNotFoundError(
-                f"tasks include 'tools' but the tool eval file {tool_json} does not exist"
-            )
-        tool_scores, tool_items = evaluate_tools(model, tool_json, batch_size=spec.eval_batch_size)
-        scores.append(tool_scores), items.append(tool_items)
-    for name, parts in (("scores", scores), ("items", items)):
-        frame = pd.concat(parts, ignore_index=True)
-        atomic_write(out / f"{name}.parquet", lambda p, f=frame: f.to_parquet(p, index=False))
-    atomic_write_json(out / "record.json", record)
+    job = EvalJob(
+        checkpoint=str(checkpoint),
+        out=str(out),
+        tasks=list(spec.tasks),
+        data_dir=data.eval_dir,
+        tools_json=data.tools_json,
+        batch_size=spec.eval_batch_size,
+        limit=spec.eval_limit,
+        max_new_tokens=spec.eval_max_new_tokens,
+        threads=max(1, int(ctx.cpus)),
+    )
+    if ctx.group is None:
+        run_eval(job)
+        return
+    started = time.perf_counter()
+    run_eval_on_workers(job, ctx.group)
+    wall = time.perf_counter() - started
+    ctx.usage["cpu_s"] += wall * ctx.group.workers * ctx.group.cpus_per_worker
+    ctx.usage["gpu_s"] += wall * ctx.group.workers * ctx.group.gpus_per_worker
 
 
 def run_trial(ctx: TrialContext) -> TrialOutcome:
     """The real trial: prepare data, train (or reuse) both stages, evaluate (or reuse)."""
     import torch
     from filelock import FileLock
-
-    from mage.model import MageModel
-    from mage.train import seed_build
 
     torch.set_num_threads(max(1, int(ctx.cpus)))
     data = prepare_data(ctx.spec, ctx.config)
@@ -291,19 +322,10 @@ def run_trial(ctx: TrialContext) -> TrialOutcome:
     stages.mkdir(parents=True, exist_ok=True)
     with FileLock(str(ev) + ".lock"):
         if not is_done(ev):
-
-            def stage1():
-                seed_build(cfg.seed)
-                model = _stage(
-                    ctx, cfg, "stage1", s1, lambda: MageModel.build(cfg, device=_device(ctx))
-                )
-                ctx.save_progress({"done": ["stage1"], "stage1": s1.name})
-                return model
-
-            model = _stage(ctx, cfg, "stage2", s2, stage1)
+            _stage(ctx, cfg, "stage2", s2, after=s1)
             ctx.save_progress({"done": ["stage1", "stage2"], "stage1": s1.name, "stage2": s2.name})
             ev.mkdir(parents=True, exist_ok=True)
-            _evaluate(ctx, model, data, ev)
+            _evaluate(ctx, s2 / "model", data, ev)
             atomic_write_json(ev / "done.json", settings)
     curves = [pd.read_parquet(folder / "curves.parquet") for folder in (s1, s2)]
     ctx.curves = pd.concat(curves, ignore_index=True).to_dict("records")
@@ -323,6 +345,6 @@ def run_trial(ctx: TrialContext) -> TrialOutcome:
     return TrialOutcome(
         scores=scores.reset_index(drop=True),
         items=pd.read_parquet(ev / "items.parquet"),
-        steps=planned_steps(cfg),
+        steps=_steps_done(s1) + _steps_done(s2),
         eval_record=_with_training_data(json.loads((ev / "record.json").read_text()), data),
     )

@@ -22,7 +22,8 @@ from ray.tune import Callback
 from harness import store
 from harness.plan import SweepPlan, Variant
 from harness.spec import SweepSpec
-from harness.trial import TrialContext, TrialFn, execute_trial, planned_steps
+from harness.train_worker import WorkerGroup, tune_result
+from harness.trial import NOT_CURVES, TrialContext, TrialFn, execute_trial, planned_steps
 
 REPORTS_PER_TRIAL = 50  # intermediate Tune reports per trial (early stopping, live progress)
 
@@ -35,6 +36,14 @@ def identify(plan: SweepPlan, config: dict[str, Any]) -> tuple[Variant, int]:
     sampled = {k: config[k] for k in plan.spec.axes}
     variant = plan.variant(plan.axis_overrides(sampled), "searched")
     return variant, plan.seeds[int(config.get("__trial_index__", 0))]
+
+
+def worker_group(spec: SweepSpec) -> WorkerGroup | None:
+    """The Ray Train worker group each stage of a trial runs on; None: the trial's process."""
+    res = spec.resources
+    if res == "whole_node" or res.in_process:
+        return None
+    return WorkerGroup(res.workers, res.cpus_per_worker, res.gpus_per_worker, spec.max_failures)
 
 
 def _final(record: store.TrialRecord, spec: SweepSpec) -> dict[str, Any]:
@@ -60,22 +69,23 @@ def tune_trainable(config: dict[str, Any], *, sweep_dir: str, plan: SweepPlan, t
         tune.report(_final(stored, plan.spec))
         return
     trial_config = plan.trial_config(variant, seed)
-    stage1_steps, every = (
-        trial_config.stage1.steps,
-        max(1, planned_steps(trial_config) // REPORTS_PER_TRIAL),
-    )
-    state = {"global_step": 0, "train_loss": math.nan}
+    stage1_steps = trial_config.stage1.steps or 0
+    every = max(1, planned_steps(trial_config) // REPORTS_PER_TRIAL)
+    last = {"result": tune_result(trial_id, 0, {})}
     live = store.RunningCurves(sweep_dir, trial_id)
     live.remove()  # points of an attempt that was interrupted
 
     def metrics() -> dict[str, Any]:
-        return {"trial_key": trial_id, "trial_final": 0, "objective": math.nan, **state}
+        return last["result"]
 
     def on_report(stage: str, step: int, values: dict) -> None:
-        state["global_step"] = step + (stage1_steps if stage == "stage2" else 0)
-        state["train_loss"] = float(values.get("loss", math.nan))
-        live.append(stage, step, values)
-        if state["global_step"] % every == 0:
+        """In-process trials: every step's metrics (a worker group reports by itself)."""
+        global_step = int(
+            values.get("global_step", step + (stage1_steps if stage == "stage2" else 0))
+        )
+        last["result"] = tune_result(trial_id, global_step, {**values, "stage": stage})
+        live.append(stage, step, {k: v for k, v in values.items() if k not in NOT_CURVES})
+        if global_step % every == 0:
             tune.report(metrics())
 
     def on_progress(progress: dict) -> None:
@@ -99,6 +109,7 @@ def tune_trainable(config: dict[str, Any], *, sweep_dir: str, plan: SweepPlan, t
         swept=plan.swept_values(trial_config),
         cpus=assigned.get("CPU", 1.0),
         gpus=assigned.get("GPU", 0.0),
+        group=worker_group(plan.spec),
         progress=progress,
         on_report=on_report,
         on_progress=on_progress,
@@ -132,7 +143,8 @@ class StoreCallback(Callback):
         last = trial.last_result or {}
         config = self.plan.trial_config(variant, seed)
         res = self.plan.spec.resources
-        cpu, gpu = (0.0, 0.0) if res == "whole_node" else (res.cpu, res.gpu)
+        size = {"CPU": 0.0, "GPU": 0.0} if res == "whole_node" else res.group_size()
+        cpu, gpu = size["CPU"], size["GPU"]
         wall = float(last.get("time_total_s") or 0.0)
         cause = None
         if error:

@@ -85,6 +85,23 @@ class VisionTower(nn.Module):
         self.frozen = True
 
     @property
+    def dtype(self) -> torch.dtype:
+        return next(self.parameters()).dtype
+
+    def describe(self) -> dict[str, Any]:
+        """What a saved tower records beside its weights (``tower.json``)."""
+        keys = ("id", "backend", "model_name", "pretrained", "arch_tag", "feature_layer",
+                "drop_cls", "image_size", "grid_size", "feature_dim")  # fmt: skip
+        return {"format": TOWER_FORMAT, **{k: getattr(self.spec, k) for k in keys},
+                "built": {"image_size": self.image_size, "grid_size": self.grid_size,
+                          "feature_dim": self.feature_dim}}  # fmt: skip
+
+    def save(self, directory: str | Path, state_dict: dict | None = None) -> None:
+        """Write the tower as built (architecture, preprocessing, weights) to ``directory``,
+        so `load_vision_tower` rebuilds it without its source (no tag, no Hub, no assets)."""
+        raise NotImplementedError
+
+    @property
     def num_patches(self) -> int:
         """Tokens per image: grid_size**2, plus one when a CLS token is kept."""
         return self.grid_size**2 + int(self.has_cls and not self.spec.drop_cls)
@@ -136,7 +153,13 @@ class VisionTower(nn.Module):
 class OpenClipTower(VisionTower):
     """open_clip visual towers: ViT (transformer blocks), timm trunks (SigLIP), ModifiedResNet."""
 
-    def __init__(self, spec: EncoderSpec, visual: nn.Module, preprocess_cfg: dict[str, Any]):
+    def __init__(
+        self,
+        spec: EncoderSpec,
+        visual: nn.Module,
+        preprocess_cfg: dict[str, Any],
+        model_cfg: dict[str, Any] | None = None,
+    ):
         has_cls = False
         if isinstance(visual, open_clip.timm_model.TimmModel):
             kind, trunk = "timm", visual.trunk
@@ -161,7 +184,21 @@ class OpenClipTower(VisionTower):
         self.visual = visual
         self.layer_index = spec.feature_layer if kind == "resnet" else self._block_index(blocks)
         pp = {k: v for k, v in preprocess_cfg.items() if k in _TRANSFORM_KEYS}
+        self.preprocess_cfg = dict(pp)
+        self.model_cfg = model_cfg  # the open_clip CLIP kwargs it was built from
         self._transform = open_clip.image_transform(pp.pop("size"), False, **pp)
+
+    def save(self, directory: str | Path, state_dict: dict | None = None) -> None:
+        from safetensors.torch import save_file
+
+        directory = Path(directory)
+        directory.mkdir(parents=True, exist_ok=True)
+        cfg = {**copy.deepcopy(self.model_cfg), "preprocess_cfg": self.preprocess_cfg}
+        (directory / "open_clip_config.json").write_text(json.dumps(cfg, indent=2))
+        state = _relative(state_dict, "visual.") or self.visual.state_dict()
+        weights = {k: v.detach().float().contiguous() for k, v in state.items()}
+        save_file(weights, str(directory / "vision.safetensors"))
+        (directory / "tower.json").write_text(json.dumps(self.describe(), indent=2))
 
     @classmethod
     def build(cls, spec: EncoderSpec, device: str | torch.device | None = None) -> OpenClipTower:
@@ -169,11 +206,12 @@ class OpenClipTower(VisionTower):
         cfg, checkpoint, pp = _open_clip_source(spec, meta)
         with torch.device("meta" if meta else "cpu"):
             if cfg is None:  # an open_clip registry name: its factory loads tags and files
-                model = _create_registry_model(spec, meta)
+                model, cfg = _create_registry_model(spec, meta)
                 pp = {**pp, **model.visual.preprocess_cfg}
             else:
-                custom = cfg.pop("custom_text", False)
-                model = (open_clip.CustomTextCLIP if custom else open_clip.CLIP)(**cfg)
+                kwargs = {k: v for k, v in cfg.items() if k != "custom_text"}
+                custom = cfg.get("custom_text", False)
+                model = (open_clip.CustomTextCLIP if custom else open_clip.CLIP)(**kwargs)
         if checkpoint:
             try:
                 open_clip.load_checkpoint(model, checkpoint, strict=True)
@@ -184,7 +222,7 @@ class OpenClipTower(VisionTower):
                 ) from err
         size = model.visual.image_size
         pp["size"] = size[0] if isinstance(size, (tuple, list)) else size
-        tower = cls(spec, model.visual, pp)
+        tower = cls(spec, model.visual, pp, cfg)
         return tower.to(device) if device is not None and not meta else tower
 
     def features(self, pixel_values: torch.Tensor) -> torch.Tensor:
@@ -252,20 +290,30 @@ def _open_clip_source(
     return cfg, checkpoint, pp
 
 
-def _create_registry_model(spec: EncoderSpec, meta: bool) -> nn.Module:
+def _create_registry_model(spec: EncoderSpec, meta: bool) -> tuple[nn.Module, dict[str, Any]]:
+    """An open_clip registry model, and the CLIP kwargs it was built with. The tag's
+    architecture settings (QuickGELU for OpenAI's CLIP, SigLIP's mean/std and resize mode)
+    apply even when its weights are not loaded (``arch_tag``)."""
     name = spec.model_name
     tag = spec.pretrained if _wants_weights(spec) else None
-    tag_cfg = open_clip.get_pretrained_cfg(name, tag) if tag else {}
+    arch_tag = tag or spec.arch_tag
+    tag_cfg = open_clip.get_pretrained_cfg(name, arch_tag) if arch_tag else {}
     base = open_clip.get_model_config(name)
     native = base["vision_cfg"].get("image_size") if base else None
     size = spec.image_size if spec.image_size not in (None, native) else None
-    kwargs = dict(force_quick_gelu=bool(tag_cfg.get("quick_gelu", False)), force_image_size=size)
+    quick_gelu = bool(tag_cfg.get("quick_gelu", False))
+    kwargs = dict(force_quick_gelu=quick_gelu, force_image_size=size)
     pp = {k: tag_cfg[k] for k in ("mean", "std", "interpolation", "resize_mode") if k in tag_cfg}
+    cfg = copy.deepcopy(base or {})
+    cfg["quick_gelu"] = quick_gelu or cfg.get("quick_gelu", False)
+    if size is not None:
+        cfg.setdefault("vision_cfg", {})["image_size"] = size
     try:
-        return open_clip.create_model(
+        model = open_clip.create_model(
             name, pretrained=None if meta else tag, device="meta" if meta else "cpu",
             force_preprocess_cfg=pp, **kwargs,
         )  # fmt: skip
+        return model, cfg
     except Exception as err:
         raise VisionTowerError(
             f"vision encoder {spec.id!r}: open_clip could not build {name!r} with pretrained="
@@ -332,6 +380,14 @@ class HFVisionTower(VisionTower):
         tower = cls(spec, model.eval(), processor)
         return tower.to(device) if device is not None and not meta else tower
 
+    def save(self, directory: str | Path, state_dict: dict | None = None) -> None:
+        directory = Path(directory)
+        directory.mkdir(parents=True, exist_ok=True)
+        state = _relative(state_dict, "model.") or None
+        self.model.save_pretrained(directory / "hf", state_dict=state, safe_serialization=True)
+        self.processor.save_pretrained(directory / "hf")
+        (directory / "tower.json").write_text(json.dumps(self.describe(), indent=2))
+
     def features(self, pixel_values: torch.Tensor) -> torch.Tensor:
         index = self.layer_index + 1 if self.layer_index >= 0 else self.layer_index
         out = self.model(
@@ -371,7 +427,41 @@ def _hf_processor(name: str, config: Any, local: bool) -> Any:
     return transformers.CLIPImageProcessor(size={"shortest_edge": size}, crop_size=crop)
 
 
+def _relative(state: dict | None, prefix: str) -> dict:
+    """The entries of a tower-level state dict under ``prefix``, with the prefix removed."""
+    return {k[len(prefix) :]: v for k, v in (state or {}).items() if k.startswith(prefix)}
+
+
 BACKENDS: dict[str, type[VisionTower]] = {"open_clip": OpenClipTower, "hf": HFVisionTower}
+TOWER_FORMAT = 1
+
+
+def load_vision_tower(directory: str | Path, frozen: bool = True) -> VisionTower:
+    """Rebuild a tower that `VisionTower.save` wrote: the same architecture (activation
+    function included), preprocessing and weights, from the folder alone."""
+    from safetensors.torch import load_file
+
+    directory = Path(directory)
+    try:
+        info = json.loads((directory / "tower.json").read_text())
+    except (OSError, json.JSONDecodeError) as err:
+        raise VisionTowerError(f"{directory}: not a saved vision tower ({err})") from None
+    common = {k: info[k] for k in ("feature_layer", "drop_cls", "description") if k in info}
+    if info["backend"] == "hf":
+        local = str(directory / "hf")
+        spec = EncoderSpec(info["id"], "hf", local, local, image_size=info["image_size"], **common)
+        return build_vision_tower(spec, frozen=frozen)
+    config = str(directory / "open_clip_config.json")
+    spec = EncoderSpec(
+        info["id"], "open_clip", info["id"], None, model_config=config,
+        image_size=info["image_size"], **common,
+    )  # fmt: skip
+    tower = build_vision_tower(spec, frozen=frozen)
+    try:
+        tower.visual.load_state_dict(load_file(str(directory / "vision.safetensors")), strict=True)
+    except Exception as err:
+        raise VisionTowerError(f"{directory}: the saved tower weights do not load: {err}") from err
+    return tower
 
 
 def build_vision_tower(

@@ -36,34 +36,69 @@ def register(sub: argparse._SubParsersAction) -> None:
 
 
 def _train(args) -> int:
+    import os
+
     import torch
     from rich.console import Console
 
+    from harness.stage_cache import is_done
+    from harness.train_worker import StageJob, run_stage
     from mage.config import MageConfig
-    from mage.model import MageModel
     from mage.presets import get_preset
-    from mage.train import seed_build, train_stage
 
     console = Console(stderr=True)
-    if args.threads:
-        torch.set_num_threads(args.threads)
     cfg = MageConfig.load(args.config) if args.config else get_preset(args.preset or "tiny-test")
     cfg = cfg.with_overrides(parse_overrides(args.overrides))
-    args.out.mkdir(parents=True, exist_ok=True)
-    cfg.save(args.out / "config.yaml")
-    seed_build(cfg.seed)
-    model = MageModel.build(cfg)
+    rank, device = _init_distributed()
+    if rank == 0:
+        args.out.mkdir(parents=True, exist_ok=True)
+        cfg.save(args.out / "config.yaml")
+    threads = args.threads or torch.get_num_threads()
     for stage in args.stages.split(","):
-        total = getattr(cfg, stage).steps
+        folder = args.out / stage
+        if is_done(folder):
+            console.print(f"{stage}: done already ({folder})")
+            continue
+        init = args.out / "stage1" / "model" if stage == "stage2" else None
 
-        def show(step, metrics, stage=stage, total=total):
+        def show(stage_name, step, metrics):
+            total = metrics.get("total_steps", 0)
             if step % max(1, total // 10) == 0 or step == total:
-                console.print(f"{stage} {step}/{total} loss {metrics['loss']:.4f}")
+                console.print(f"{stage_name} {step}/{total} loss {metrics['loss']:.4f}")
 
-        train_stage(model, cfg, stage, args.out / stage, callback=show)
-    model.save_pretrained(args.out / "checkpoint")
-    console.print(f"saved {args.out / 'checkpoint'}")
+        job = StageJob(
+            config=cfg.to_dict(),
+            stage=stage,
+            folder=str(folder),
+            init_from=str(init) if init and (init / "trainable.safetensors").is_file() else None,
+            threads=threads,
+        )
+        run_stage(job, device=device, on_step=show if rank == 0 else None)
+    final = args.out / "stage2" / "model"
+    link = args.out / "checkpoint"
+    if rank == 0 and final.is_dir() and not link.exists():
+        os.symlink(os.path.relpath(final, args.out), link)
+    if rank == 0 and final.is_dir():
+        console.print(f"saved {link} (-> {final})")
     return 0
+
+
+def _init_distributed():
+    """Under torchrun (WORLD_SIZE > 1): join the process group, so stages shard (FSDP2)."""
+    import os
+
+    import torch
+    import torch.distributed as dist
+
+    world = int(os.environ.get("WORLD_SIZE", "1"))
+    cuda = torch.cuda.is_available()
+    local = int(os.environ.get("LOCAL_RANK", "0"))
+    device = torch.device(f"cuda:{local}") if cuda else torch.device("cpu")
+    if world > 1 and not dist.is_initialized():
+        if cuda:
+            torch.cuda.set_device(device)
+        dist.init_process_group("nccl" if cuda else "gloo")
+    return (dist.get_rank() if dist.is_initialized() else 0), device
 
 
 def _params(args) -> int:
