@@ -148,7 +148,7 @@ def train_stage(
             if mse_weight > 0 and out.mse_sum is not None:
                 loss = loss + mse_weight * out.mse_sum / n_captioned
                 sums[1] += out.mse_sum.detach().double()
-            loss.backward()
+            (loss * world).backward()  # FSDP averages over ranks: undo it, the loss is global
         sums = _all_reduce(sums).cpu()
         ce = float(sums[0]) / n_targets
         # no MSE term at weight 0 (or no captions): its metric is absent, not a misleading 0

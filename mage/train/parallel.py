@@ -14,8 +14,8 @@
    hurt with accumulation); the frozen tower stays out of sharding (``ignored_params``), a
    trainable one is its own unit. Stage 1 keeps gathered weights between forward and backward
    (ZeRO-2-like), stage 2 frees them (ZeRO-3-like) unless ``stage.reshard_after_forward`` says.
-   Gradients are summed, not averaged, across ranks: the loop already divides by the global
-   token count.
+   FSDP averages gradients over the N ranks; the loop scales each rank's loss by N, so the
+   result is the gradient of the loss normalised by the global batch's token count.
    Without a process group (one process: ``mage-harness train``, an in-process trial) the model
    stays whole and computes under ``torch.autocast`` in the compute dtype.
 
@@ -109,20 +109,17 @@ def apply_fsdp(model, dtype: torch.dtype, reshard_after_forward: bool, device: t
         param_dtype=None if dtype == torch.float32 else dtype, reduce_dtype=torch.float32
     )
     shard = partial(fully_shard, mesh=mesh, mp_policy=policy)
-    units = []
     for layer in decoder_layers(model.llm):
-        units.append(shard(layer, reshard_after_forward=reshard_after_forward))
+        shard(layer, reshard_after_forward=reshard_after_forward)
     ignored = set()
     if model.vision.frozen:
         ignored = set(model.vision.parameters())
         model.vision.to(device)
     else:
-        units.append(shard(model.vision, reshard_after_forward=reshard_after_forward))
+        shard(model.vision, reshard_after_forward=reshard_after_forward)
     # The root keeps the embeddings, LM head and the connector gathered until the backward:
     # they are used first and last in every step.
-    units.append(shard(model, reshard_after_forward=False, ignored_params=ignored))
-    for unit in units:
-        unit.set_gradient_divide_factor(1.0)  # sum across ranks; the loss is globally normalised
+    shard(model, reshard_after_forward=False, ignored_params=ignored)
     return model
 
 

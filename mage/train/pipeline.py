@@ -129,13 +129,17 @@ class EpochStream(GlobalBatches):
         chunks += [rest[i : i + size] for i in range(0, len(rest), size)]
         return np.concatenate([chunks[i] for i in rng.permutation(len(chunks))])
 
-    def indices(self, step: int) -> list[int]:
-        start = step * self.global_batch
+    def stream(self, start: int, stop: int) -> list[int]:
+        """Records at stream positions ``[start, stop)`` (epoch after epoch)."""
         out: list[int] = []
-        while len(out) < self.global_batch:
+        while start + len(out) < stop:
             epoch, offset = divmod(start + len(out), self.epoch_length)
-            take = min(self.global_batch - len(out), self.epoch_length - offset)
+            take = min(stop - start - len(out), self.epoch_length - offset)
             out.extend(self.epoch_order(epoch)[offset : offset + take].tolist())
+        return out
+
+    def indices(self, step: int) -> list[int]:
+        out = self.stream(step * self.global_batch, (step + 1) * self.global_batch)
         if self.group_by != "none":  # longest first: micro-batches of similar length
             out.sort(key=lambda i: -int(self.num_words[i]))
         return out
