@@ -16,6 +16,7 @@ import pandas as pd
 import pytest
 from scipy import stats as sps
 
+from harness import store as hs
 from reports import importance as importance_mod
 from reports.headlines import MME_COGNITION, MME_PERCEPTION
 from reports.importance import param_importances
@@ -240,7 +241,6 @@ def test_store_without_optional_files_or_names(tmp_path):
 def test_store_written_by_harness_store_reads_the_same(tmp_path):
     """The sweep's own writer (harness.store: per-trial records, consolidate) gives a store
     that reports read exactly like the fixture's direct parquet files."""
-    hs = pytest.importorskip("harness.store")
     fixture = load_fixture_module()
     src = fixture.make_store(tmp_path / "src", n_seeds=1)
     frames = {n: pd.read_parquet(src / f"{n}.parquet") for n in ("results", "items", "curves")}
