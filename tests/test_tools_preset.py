@@ -56,15 +56,15 @@ def test_mage_7b_tools_mixes_tool_calls_into_stage_2(tmp_path, capsys):
     assert [s.weight for s in cfg.stage2.data] == [0.9, 0.1]
 
     dataset = build_dataset(cfg, "stage2")  # every record and image checked at load
-    instruct, tool_part = dataset.parts
-    assert [r.id for r in instruct] == ["q0", "q1", "q2"]
-    assert len(tool_part) == 3
-    for record in tool_part:
-        reply = record.conversations[-1]["value"]
-        calls = parse_tool_calls(reply)
+    assert len(dataset) == 6 and dataset.weights == [0.9, 0.1]
+    instruct, tool_source = cfg.data_sources("stage2")
+    assert Path(instruct.path) == data / "LLaVA-Instruct" / "llava_v1_5_mix665k.json"
+    assert Path(tool_source.path) == tools
+    for record in json.loads(tools.read_text()):
+        calls = parse_tool_calls(record["conversations"][-1]["value"])
         assert len(calls) == 1 and calls[0].name in ("image_generation", "text_to_speech")
-        if record.image_path is not None:
-            assert record.image_path.is_file()
+        if "image" in record:
+            assert (Path(tool_source.image_root) / record["image"]).is_file()
 
 
 def test_the_model_docs_name_the_tools_preset():
