@@ -17,6 +17,7 @@ The MSE term needs the image's caption: a record's ``caption`` field, or for cap
 from __future__ import annotations
 
 import json
+from bisect import bisect_right
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -119,33 +120,76 @@ class ConversationDataset(torch.utils.data.Dataset):
 
 
 def encode_text(text: str, tokenizer, num_image_tokens: int) -> list[int]:
-    """Token ids of ``text`` with each ``<image>`` replaced by image placeholder ids."""
-    ids: list[int] = []
-    for i, piece in enumerate(text.split(IMAGE_TOKEN)):
-        if i:
-            ids.extend([IMAGE_TOKEN_ID] * num_image_tokens)
-        if piece:
-            ids.extend(tokenizer(piece, add_special_tokens=False)["input_ids"])
-    return ids
+    """Token ids of ``text`` with each ``<image>`` replaced by image placeholder ids.
+
+    The text between image tags is tokenised at once, each stretch as its own text (as
+    LLaVA's ``tokenizer_image_token`` does), with no BOS."""
+    return _encode_owned(text, tokenizer, num_image_tokens, [0])[0]
 
 
 def encode_conversation(
     conversations: list[dict], tokenizer, template: Template, num_image_tokens: int, max_length: int
 ) -> tuple[list[int], list[int]]:
-    """``(input_ids, labels)``; labels are IGNORE_INDEX except on replies and their EOS."""
-    input_ids: list[int] = [tokenizer.bos_token_id] if tokenizer.bos_token_id is not None else []
-    labels: list[int] = [IGNORE_INDEX] * len(input_ids)
-    for text, is_target in template.segments(conversations):
-        ids = encode_text(text, tokenizer, num_image_tokens)
-        if is_target:
-            ids = ids + [tokenizer.eos_token_id]
-            labels.extend(ids)
-        else:
-            labels.extend([IGNORE_INDEX] * len(ids))
-        input_ids.extend(ids)
-    if IMAGE_TOKEN_ID in input_ids[max_length:]:
+    """``(input_ids, labels)``: BOS, then the whole conversation tokenised at once (LLaVA's
+    ids); labels are IGNORE_INDEX except on the replies and the EOS that closes each.
+
+    The EOS is the tokenizer's own EOS text inside the conversation (``</s>`` for Vicuna), so
+    that what follows it is tokenised as it is in the whole text (LLaVA does the same)."""
+    if tokenizer.eos_token is None:
+        raise DataError("the tokenizer has no EOS token to close each reply with")
+    pieces = template.segments(conversations, eos=tokenizer.eos_token)
+    starts, offset = [], 0
+    for text, _ in pieces:
+        starts.append(offset)
+        offset += len(text)
+    text = "".join(piece for piece, _ in pieces)
+    ids, owners = _encode_owned(text, tokenizer, num_image_tokens, starts)
+    labels = [i if pieces[o][1] else IGNORE_INDEX for i, o in zip(ids, owners)]
+    if tokenizer.bos_token_id is not None:
+        ids, labels = [tokenizer.bos_token_id, *ids], [IGNORE_INDEX, *labels]
+    if IMAGE_TOKEN_ID in ids[max_length:]:
         raise DataError(f"max_length={max_length} would cut the image tokens off; raise max_length")
-    return input_ids[:max_length], labels[:max_length]
+    return ids[:max_length], labels[:max_length]
+
+
+def _encode_owned(
+    text: str, tokenizer, num_image_tokens: int, starts: list[int]
+) -> tuple[list[int], list[int]]:
+    """Token ids of ``text`` (image tags expanded) and, per id, the index of the piece it
+    belongs to; piece ``k`` starts at character ``starts[k]``. A token belongs to the piece
+    that holds its last character, so " Yes" (one token) belongs to the reply."""
+    ids: list[int] = []
+    owners: list[int] = []
+    at = 0
+    for i, chunk in enumerate(text.split(IMAGE_TOKEN)):
+        if i:
+            ids += [IMAGE_TOKEN_ID] * num_image_tokens
+            owners += [bisect_right(starts, at - len(IMAGE_TOKEN)) - 1] * num_image_tokens
+        if chunk:
+            chunk_ids, ends = _tokenize_with_ends(chunk, tokenizer, starts, at)
+            ids += chunk_ids
+            owners += [bisect_right(starts, at + end) - 1 for end in ends]
+        at += len(chunk) + len(IMAGE_TOKEN)
+    return ids, owners
+
+
+def _tokenize_with_ends(
+    chunk: str, tokenizer, starts: list[int], at: int
+) -> tuple[list[int], list[int]]:
+    """Ids of ``chunk`` and, per id, a character position inside the chunk that it covers."""
+    if getattr(tokenizer, "is_fast", False):
+        enc = tokenizer(chunk, add_special_tokens=False, return_offsets_mapping=True)
+        return enc["input_ids"], [e - 1 if e > s else s for s, e in enc["offset_mapping"]]
+    # No offsets (a Python tokenizer): a piece's first token is where tokenising the text
+    # up to the piece's start stops agreeing with tokenising the whole chunk.
+    ids = tokenizer(chunk, add_special_tokens=False)["input_ids"]
+    ends = [0] * len(ids)
+    for start in starts:
+        if at < start < at + len(chunk):
+            head = tokenizer(chunk[: start - at], add_special_tokens=False)["input_ids"]
+            agree = next((k for k, (a, b) in enumerate(zip(head, ids)) if a != b), len(head))
+            ends[min(agree, len(ids)) :] = [start - at] * (len(ids) - min(agree, len(ids)))
+    return ids, ends
 
 
 def pad_left(sequences: list[list[int]], pad_id: int) -> tuple[torch.Tensor, torch.Tensor]:

@@ -5,6 +5,7 @@ preset as their base and override fields by dotted path. The paper presets follo
 `docs/mage-model.md`: CLIP ViT-L/14-336 (576 patches) -> IAN with a stride-2 SEB
 (144 tokens) -> Vicuna v1.5; stage 1 at lr 1e-3 / global batch 256, stage 2 at lr 2e-5 /
 global batch 128, the LLaVA-1.5 recipe. Data paths use ``{data}`` (``data_dir``).
+``mage-7b-tools`` adds MAGE's tool-calling data to stage 2 (see `TOOL_DATA`).
 """
 
 from __future__ import annotations
@@ -69,6 +70,31 @@ def mage_13b() -> MageConfig:
     return _paper("vicuna-13b-v1.5", 40, "mage-13b")
 
 
+# MAGE's own tool-calling data is not public; `mage-harness data tools` writes this file from
+# LCS-558K's captions (mage.tools.data.convert_captions_to_tool_samples). Its image paths are
+# LCS-558K's, so it shares that image folder.
+TOOL_DATA = DataSource(
+    path="{data}/MAGE-Tools/lcs558k_tool_calls.json",
+    image_root="{data}/LLaVA-Pretrain/images",
+    weight=0.1,
+)
+
+
+def mage_7b_tools() -> MageConfig:
+    """mage-7b with stage 2 as the paper describes it: LLaVA-665K plus tool-calling samples.
+
+    One draw in ten is a tool call (a reconstruction: MAGE's mix ratio is not reported; the
+    weights are `stage2.data[*].weight`). Same steps as mage-7b, so 665K gets 0.9 epoch."""
+    cfg = mage_7b()
+    instruct = cfg.stage2.data[0].model_copy(update={"weight": 0.9})
+    return cfg.with_overrides(
+        {
+            "name": "mage-7b-tools",
+            "stage2.data": [instruct.model_dump(), TOOL_DATA.model_dump()],
+        }
+    )
+
+
 def llava15_7b() -> MageConfig:
     """LLaVA-1.5-7B: the mlp2x_gelu projector on all 576 patches, pure cross-entropy."""
     cfg = _paper("vicuna-7b-v1.5", 32, "llava15-7b")
@@ -97,6 +123,7 @@ def smollm2_test() -> MageConfig:
 
 PRESETS: dict[str, Callable[[], MageConfig]] = {
     "mage-7b": mage_7b,
+    "mage-7b-tools": mage_7b_tools,
     "mage-13b": mage_13b,
     "llava15-7b": llava15_7b,
     "tiny-test": tiny_test,

@@ -16,6 +16,8 @@ import torch
 from test_eval_benchdata import bench_data_dir  # noqa: F401
 
 from harness.cli import main
+from mage.model import MageModel
+from mage.presets import tiny_test
 
 torch.set_num_threads(1)
 
@@ -57,11 +59,6 @@ def _pair_limit(data_dir: Path, at_least: int = 6) -> int:
 @pytest.fixture(scope="module")
 def checkpoint(tmp_path_factory) -> Path:
     """A real MageModel (tiny random preset) saved with save_pretrained."""
-    try:
-        from mage.model import MageModel
-        from mage.presets import tiny_test
-    except ModuleNotFoundError as err:  # the model is being written by the lead
-        pytest.skip(f"mage.model is not importable yet ({err.name}); needs a real checkpoint")
     torch.manual_seed(0)
     path = tmp_path_factory.mktemp("ckpt") / "tiny"
     MageModel.build(tiny_test()).save_pretrained(path)

@@ -8,6 +8,7 @@ import pytest
 import torch
 
 from harness.commands import chat
+from mage import model as model_module
 from mage.tools.parser import format_tool_call
 from mage.tools.scene_pixels import scene_from_image
 from mage.tools.scene_text import describe_scene
@@ -106,7 +107,6 @@ def test_missing_inputs_fail_with_a_message(tmp_path, capsys):
 
 def test_with_a_real_tiny_checkpoint(tmp_path, capsys):
     """Loads a saved random-init MAGE and generates for real (its reply is noise)."""
-    model_module = pytest.importorskip("mage.model")
     from mage.config import MageConfig
 
     torch.set_num_threads(1)

@@ -7,12 +7,16 @@ tiny encoders (world-vit, world-resnet) and LLM (world-llm) with the asset recip
 the size) into the assets folder the registry reads as ``{assets}`` (default
 ``<R>-seed<N>-<recipe hash>`` below ``$MAGE_ASSETS_DIR``); without ``--world`` it uses (and if
 needed generates) the default world (``$MAGE_WORLD_DIR``).
+``data tools CAPTIONS OUT [--seed N]`` turns a captioned LLaVA JSON (LCS-558K) into
+tool-calling samples (`mage.tools.data.convert_captions_to_tool_samples`): the stage-2 tool
+data of the ``mage-7b-tools`` preset.
 """
 
 from __future__ import annotations
 
 import argparse
 import json
+import sys
 import time
 from pathlib import Path
 
@@ -36,6 +40,18 @@ def register(sub: argparse._SubParsersAction) -> None:
     )
     synth.add_argument("--quiet", action="store_true", help="no progress display")
     synth.set_defaults(func=_synth)
+    tools = data_sub.add_parser(
+        "tools",
+        help="tool-calling samples from a captioned LLaVA JSON",
+        description="Write tool-calling samples (image_generation with the caption as prompt, "
+        "text_to_speech describing the picture) from a captioned LLaVA JSON such as LCS-558K's "
+        "blip_laion_cc_sbu_558k.json; mage-7b-tools reads them from "
+        "{data}/MAGE-Tools/lcs558k_tool_calls.json.",
+    )
+    tools.add_argument("captions", type=Path, help="captioned LLaVA-format JSON to read")
+    tools.add_argument("out", type=Path, help="tool-calling JSON to write (must not exist)")
+    tools.add_argument("--seed", type=int, default=0, help="seed of the prompt wording")
+    tools.set_defaults(func=_tools)
     data.set_defaults(func=lambda args: (data.print_help(), 2)[1])
 
     prep = sub.add_parser(
@@ -79,6 +95,21 @@ def _synth(args) -> int:
     info = paths.info()
     print(json.dumps({"world": str(paths.root), **info}, indent=2))
     print(f"generated in {time.perf_counter() - start:.1f} s")
+    return 0
+
+
+def _tools(args) -> int:
+    from mage.tools.data import convert_captions_to_tool_samples
+
+    if args.out.exists():
+        print(f"error: {args.out} exists; remove it or choose another path", file=sys.stderr)
+        return 2
+    try:
+        path = convert_captions_to_tool_samples(args.captions, args.out, seed=args.seed)
+    except ValueError as err:
+        print(f"error: {err}", file=sys.stderr)
+        return 2
+    print(json.dumps({"out": str(path), "samples": len(json.loads(path.read_text()))}))
     return 0
 
 
