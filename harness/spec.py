@@ -171,6 +171,12 @@ class SweepSpec(_Strict):
     eval_max_new_tokens: int | None = Field(
         None, ge=1, description="cap on generated tokens per answer (MMBench asks for 1024)"
     )
+    mmbench_scoring: Literal["gpt", "static"] | None = Field(
+        None,
+        description="MMBench answer matching: gpt (mmbench_en_dev, a GPT judge; needs "
+        "OPENAI_API_KEY) or static (mmbench_en_dev_static); default: gpt if the driver has a "
+        "key when the sweep starts, else static. Decided once, kept by every resume",
+    )
     storage_path: str | None = Field(
         None, description="Tune's storage (local folder or cloud URI); default SWEEP_DIR/tune"
     )
