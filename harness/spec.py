@@ -162,6 +162,11 @@ class SweepSpec(_Strict):
     resources: ResourcesSpec | Literal["whole_node"] = Field(default_factory=ResourcesSpec)
     max_concurrent_trials: int | None = Field(None, ge=1)
     max_failures: int = Field(1, ge=0, description="Tune retries of a crashed trial process")
+    retry_failed: bool = Field(
+        False,
+        description="after each session's trials, run the failed ones once more from their "
+        "stage caches and checkpoints (as `resume --retry-failed` does)",
+    )
     baselines: list[BaselineSpec] = Field(default_factory=list)
     tasks: list[Literal["mme", "mmbench", "seedbench", "tools"]] = Field(
         default_factory=lambda: ["mme", "mmbench", "seedbench"], min_length=1
