@@ -89,15 +89,39 @@ def parse_tasks(tasks: str | Iterable[str]) -> tuple[str, ...]:
     return tuple(out)
 
 
-def mmbench_choice() -> tuple[str, str]:
-    """(task name, answer extraction): GPT matching when an API key is set, else static."""
+# MMBench scoring method -> (lmms-eval task, answer extraction)
+MMBENCH_SCORING = {
+    "gpt": ("mmbench_en_dev", "openai"),
+    "static": ("mmbench_en_dev_static", "static"),
+}
+
+
+def mmbench_scoring_from_env() -> str:
+    """``gpt`` (GPT answer matching) when this process has an OpenAI/Azure key, else ``static``.
+
+    A sweep decides this once in its driver (workers may not see the driver's environment)."""
     api_type = os.environ.get("API_TYPE", "openai")
     key = os.environ.get("AZURE_API_KEY" if api_type == "azure" else "OPENAI_API_KEY")
-    return ("mmbench_en_dev", "openai") if key else ("mmbench_en_dev_static", "static")
+    return "gpt" if key else "static"
 
 
-def task_names(benchmarks: Iterable[str]) -> dict[str, str]:
-    return {b: mmbench_choice()[0] if b == "mmbench" else b for b in benchmarks}
+def mmbench_choice(scoring: str | None = None) -> tuple[str, str]:
+    """(task name, answer extraction) of an MMBench scoring method (default: the environment's)."""
+    scoring = scoring or mmbench_scoring_from_env()
+    if scoring not in MMBENCH_SCORING:
+        raise EvalError(
+            f"unknown MMBench scoring {scoring!r}; choose one of {list(MMBENCH_SCORING)}"
+        )
+    if scoring == "gpt" and mmbench_scoring_from_env() != "gpt":
+        raise EvalError(
+            "MMBench scoring 'gpt' (GPT answer matching) needs OPENAI_API_KEY (or AZURE_API_KEY "
+            "with API_TYPE=azure) in this process; set it, or score with 'static'"
+        )
+    return MMBENCH_SCORING[scoring]
+
+
+def task_names(benchmarks: Iterable[str], mmbench_scoring: str | None = None) -> dict[str, str]:
+    return {b: mmbench_choice(mmbench_scoring)[0] if b == "mmbench" else b for b in benchmarks}
 
 
 def check_local_data(data_dir: str | Path, benchmarks: Iterable[str], limit: int | None) -> dict:
@@ -152,9 +176,11 @@ def content_hash(folder: Path) -> str:
     return digest.hexdigest()
 
 
-def task_specs(benchmarks: Iterable[str], data_dir: str | Path | None) -> list[str | dict]:
+def task_specs(
+    benchmarks: Iterable[str], data_dir: str | Path | None, mmbench_scoring: str | None = None
+) -> list[str | dict]:
     """Task arguments for simple_evaluate: names, or load_from_disk overrides of them."""
-    names = task_names(benchmarks)
+    names = task_names(benchmarks, mmbench_scoring)
     if data_dir is None:
         return list(names.values())
     root = Path(data_dir).resolve()
@@ -218,14 +244,20 @@ def evaluate(
     batch_size: int = 8,
     limit: int | None = None,
     max_new_tokens_cap: int | None = None,
+    mmbench_scoring: str | None = None,
 ) -> EvalResult:
     """Score a model (a MageModel, a checkpoint folder, or a `MageLMM`) with lmms-eval.
+
+    ``mmbench_scoring``: ``gpt`` or ``static`` (`MMBENCH_SCORING`); default: decided here, once,
+    from this process's environment (`mmbench_scoring_from_env`), and recorded.
 
     Raises EvalError when the data cannot be read, lmms-eval fails, or a task yields no
     scores; `eval_tables.EvalConsistencyError` when derived rows disagree with lmms-eval.
     """
     benchmarks = parse_tasks(tasks)
-    names = task_names(benchmarks)
+    scoring = (mmbench_scoring or mmbench_scoring_from_env()) if "mmbench" in benchmarks else None
+    names = task_names(benchmarks, scoring)
+    extraction = mmbench_choice(scoring)[1] if scoring else None
     out_dir = Path(out_dir)
     if data_dir is not None:
         data_records = check_local_data(data_dir, benchmarks, limit)
@@ -243,7 +275,7 @@ def evaluate(
     try:
         results = simple_evaluate(
             model=lm,
-            tasks=task_specs(benchmarks, data_dir),
+            tasks=task_specs(benchmarks, data_dir, scoring),
             limit=limit,
             log_samples=True,
             bootstrap_iters=0,
@@ -267,12 +299,12 @@ def evaluate(
         if task not in results["results"] or not samples.get(task):
             raise EvalError(f"lmms-eval produced no scored samples for {task} ({bench})")
     scores, item_frame = eval_tables.derive_tables(
-        results, samples, names, mmbench_choice()[1], out_dir / "lmms_eval" / "submissions"
+        results, samples, names, extraction, out_dir / "lmms_eval" / "submissions"
     )
 
     if data_dir is None:
         data_records = _hub_records(benchmarks, results, names)
-    record = build_record(results, names, samples, data_records, lm, limit, wall_s)
+    record = build_record(results, names, samples, data_records, lm, limit, wall_s, scoring)
     write_outputs(out_dir, results, samples, scores, item_frame, record)
     return EvalResult(scores=scores, items=item_frame, record=record)
 
@@ -294,6 +326,7 @@ def build_record(
     lm: Any,
     limit: int | None,
     wall_s: float,
+    mmbench_scoring: str | None = None,
 ) -> dict[str, Any]:
     """What each number means: versions, tasks, data, MME/MMBench/SEED settings."""
     configs = results.get("configs", {})
@@ -325,7 +358,11 @@ def build_record(
             "seedbench": "fraction 0-1",
         },
     }
-    record.update(eval_tables.benchmark_notes(results, samples, names, mmbench_choice()[1]))
+    scoring = (mmbench_scoring or mmbench_scoring_from_env()) if "mmbench" in names else None
+    if scoring:
+        record["mmbench_scoring"] = scoring  # gpt (GPT answer matching) or static
+    extraction = mmbench_choice(scoring)[1] if scoring else None
+    record.update(eval_tables.benchmark_notes(results, samples, names, extraction))
     return record
 
 

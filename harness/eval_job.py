@@ -27,6 +27,7 @@ class EvalJob:
     batch_size: int = 8
     limit: int | None = None
     max_new_tokens: int | None = None
+    mmbench_scoring: str | None = None  # decided once by the sweep's driver
     threads: int = 1
 
 
@@ -55,6 +56,7 @@ def run_eval(job: EvalJob, device=None) -> None:
             batch_size=job.batch_size,
             limit=job.limit,
             max_new_tokens_cap=job.max_new_tokens,
+            mmbench_scoring=job.mmbench_scoring,
         )
         scores, items, record = [result.scores], [result.items], result.record
     if "tools" in job.tasks:

@@ -205,6 +205,11 @@ class SweepSpec(_Strict):
     resources: ResourcesSpec | Literal["whole_node"] = Field(default_factory=ResourcesSpec)
     max_concurrent_trials: int | None = Field(None, ge=1)
     max_failures: int = Field(1, ge=0, description="Tune retries of a crashed trial process")
+    retry_failed: bool = Field(
+        False,
+        description="after each session's trials, run the failed ones once more from their "
+        "stage caches and checkpoints (as `resume --retry-failed` does)",
+    )
     baselines: list[BaselineSpec] = Field(default_factory=list)
     tasks: list[Literal["mme", "mmbench", "seedbench", "tools"]] = Field(
         default_factory=lambda: ["mme", "mmbench", "seedbench"], min_length=1
@@ -213,6 +218,12 @@ class SweepSpec(_Strict):
     eval_limit: int | None = Field(None, ge=1, description="items per benchmark (quick runs)")
     eval_max_new_tokens: int | None = Field(
         None, ge=1, description="cap on generated tokens per answer (MMBench asks for 1024)"
+    )
+    mmbench_scoring: Literal["gpt", "static"] | None = Field(
+        None,
+        description="MMBench answer matching: gpt (mmbench_en_dev, a GPT judge; needs "
+        "OPENAI_API_KEY) or static (mmbench_en_dev_static); default: gpt if the driver has a "
+        "key when the sweep starts, else static. Decided once, kept by every resume",
     )
     storage_path: str | None = Field(
         None, description="Tune's storage (local folder or cloud URI); default SWEEP_DIR/tune"

@@ -13,7 +13,7 @@ Layout (schema: docs/architecture.md, "Results store")::
 How it is written: each trial's directory is written by whoever finishes the trial (the trial
 process itself, or the driver for a trial Tune stopped early or whose process died) through
 `mage.io.atomic_path`, so it is either absent or whole; a trial that is already stored is never
-written again. The top-level tables are a merge of the trial directories, rewritten atomically
+written again (a failed trial run again is first moved to ``retried/``, `harness.retry`). The top-level tables are a merge of the trial directories, rewritten atomically
 (`consolidate`) by the driver each time a trial finishes and at the end, and again by
 ``mage-harness resume``/``status``; they can always be rebuilt from ``trials/``, so a driver
 killed mid-write loses nothing. Readers use the top-level files (`reports.load`).

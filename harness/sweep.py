@@ -18,7 +18,10 @@ whose process died. A trial resumed by Tune continues from its last checkpoint (
 Resume: ``resume_sweep(dir)`` restores each phase with ``Tuner.restore(..., resume_errored=
 True)`` (or starts it again if the driver died before Tune saved its state). A trial first
 looks itself up in the results store and, if it is there, reports the stored result without
-training, so no finished trial runs twice and nothing stored is lost.
+training, so no finished trial runs twice and nothing stored is lost. ``retry_failed`` (``resume
+--retry-failed`` or the spec's field) then runs the failed trials again in an experiment of
+their own (`harness.retry`). The MMBench scoring method is decided here, once per sweep
+(`_mmbench_scoring`), and reaches the trials in the plan's spec.
 
 Ray on one machine (the default): an embedded single-node Ray started with
 ``ray.init(address="local")``, no dashboard, worker logs kept out of the terminal, bound to
@@ -184,7 +187,14 @@ def _search_alg(plan: SweepPlan, sweep_dir: Path):
     return Repeater(searcher, repeat=len(plan.seeds), set_index=True)
 
 
-def _tuner(plan: SweepPlan, sweep_dir: Path, phase: str, trial_fn: TrialFn, callbacks: list):
+def _tuner(
+    plan: SweepPlan,
+    sweep_dir: Path,
+    phase: str,
+    trial_fn: TrialFn,
+    callbacks: list,
+    retry: list[dict] | None = None,
+):
     from ray import tune
     from ray.tune.schedulers import ASHAScheduler
 
@@ -213,6 +223,8 @@ def _tuner(plan: SweepPlan, sweep_dir: Path, phase: str, trial_fn: TrialFn, call
     if phase == "search":
         param_space, search_alg = None, _search_alg(plan, sweep_dir)
         num_samples = spec.num_samples * len(plan.seeds)
+    elif retry is not None:  # failed trials run again (harness.retry)
+        param_space, search_alg, num_samples = {"retry": tune.grid_search(retry)}, None, 1
     else:
         names = [v.name for v in plan.variants]
         param_space = {"variant": tune.grid_search(names), "seed": tune.grid_search(plan.seeds)}
@@ -249,7 +261,9 @@ def _write_spec(sweep_dir: Path, spec: SweepSpec) -> None:
     path = sweep_dir / "spec.yaml"
     if path.exists():
         stored = yaml.safe_load(path.read_text())
-        if stored != spec.to_dict():
+        # compared after parsing: a field added to the schema since (with its default) is
+        # not a difference
+        if parse_spec(stored, str(path)).to_dict() != spec.to_dict():
             raise SpecError(
                 f"{sweep_dir} holds another sweep (its spec.yaml differs from this spec); "
                 "choose another --out folder, or `mage-harness resume` it"
@@ -319,15 +333,20 @@ def resume_sweep(
     trial_fn: TrialFn | None = None,
     presets: dict[str, Any] | None = None,
     report: bool = True,
+    retry_failed: bool = False,
 ) -> SweepSummary:
-    """Finish a sweep after a crash or kill: restore Tune's state; skip what is stored."""
+    """Finish a sweep after a crash or kill: restore Tune's state; skip what is stored.
+
+    ``retry_failed`` (or the spec's ``retry_failed``): then run the failed trials again from
+    their stage caches and checkpoints (`harness.retry`)."""
     sweep_dir = Path(sweep_dir).resolve()
     if not (sweep_dir / "spec.yaml").is_file():
         raise SpecError(f"{sweep_dir}: not a sweep folder (no spec.yaml); start it with sweep")
     spec = parse_spec(yaml.safe_load((sweep_dir / "spec.yaml").read_text()), str(sweep_dir))
     plan = plan_sweep(spec, presets)
     _check_plan(sweep_dir, plan)
-    return _drive(plan, sweep_dir, ray_address, progress, trial_fn, report, "resume")
+    kind = "resume --retry-failed" if retry_failed else "resume"
+    return _drive(plan, sweep_dir, ray_address, progress, trial_fn, report, kind, retry_failed)
 
 
 def _prepare_shared_inputs(plan: SweepPlan) -> None:
@@ -354,11 +373,35 @@ def _prepare_shared_inputs(plan: SweepPlan) -> None:
         torch.set_num_threads(threads)
 
 
-def _drive(plan, sweep_dir, ray_address, progress, trial_fn, report, kind) -> SweepSummary:
+def _mmbench_scoring(plan: SweepPlan, manifest: dict) -> SweepPlan:
+    """Decide the MMBench scoring method once, for every trial and every later session: the
+    spec's, else the one the sweep started with, else the driver's environment (a GPT judge
+    if it has an API key). The trials get it through the plan's spec."""
+    from harness.eval import EvalError, mmbench_choice, mmbench_scoring_from_env
+
+    spec = plan.spec
+    if "mmbench" not in spec.tasks:
+        return plan
+    scoring = spec.mmbench_scoring or manifest.get("mmbench_scoring") or mmbench_scoring_from_env()
+    try:
+        mmbench_choice(scoring)  # a GPT judge needs its key here (and in the workers)
+    except EvalError as err:
+        raise SpecError(
+            f"mmbench_scoring: this sweep scores MMBench with {scoring!r}: {err}"
+        ) from None
+    plan.spec = spec.model_copy(update={"mmbench_scoring": scoring})
+    return plan
+
+
+def _drive(
+    plan, sweep_dir, ray_address, progress, trial_fn, report, kind, retry_failed=False
+) -> SweepSummary:
     import ray
 
+    from harness.retry import prepare_retries
     from harness.trial import run_trial
 
+    plan = _mmbench_scoring(plan, store.read_manifest(sweep_dir))
     _prepare_shared_inputs(plan)
     manifest = store.read_manifest(sweep_dir)
     sessions = manifest.get("sessions", [])
@@ -377,6 +420,7 @@ def _drive(plan, sweep_dir, ray_address, progress, trial_fn, report, kind) -> Sw
         spec=plan.spec.to_dict(),
         plan=_plan_manifest(plan),
         sessions=sessions,
+        mmbench_scoring=plan.spec.mmbench_scoring,
         **store.provenance(),
     )
     handler = StoreCallback(sweep_dir, plan)
@@ -393,6 +437,18 @@ def _drive(plan, sweep_dir, ray_address, progress, trial_fn, report, kind) -> Sw
                 ),
             ]
             _tuner(plan, sweep_dir, phase, trial_fn or run_trial, callbacks).fit()
+        # trials moved aside for a retry that did not finish, and with retry_failed the
+        # failed ones: run again in an experiment of their own
+        retry = prepare_retries(sweep_dir, plan, retry_failed or plan.spec.retry_failed)
+        if retry:
+            phase = f"retry{len(sessions)}"
+            callbacks = [
+                handler,
+                SweepProgress(
+                    f"{plan.spec.name}:{phase}", len(retry), plan.spec.primary.mode, progress
+                ),
+            ]
+            _tuner(plan, sweep_dir, phase, trial_fn or run_trial, callbacks, retry).fit()
     finally:
         sessions[-1].update(wall_s=time.time() - started, ended_at=_now())
         handler.consolidate()

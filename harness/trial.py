@@ -3,12 +3,11 @@
 `run_trial` is the real work. Its inputs are prepared once and shared: the synthetic world
 (``mage.world.generate.ensure_world``, keyed by size and seed) and its pretrained assets
 (``mage.world.assets.prepare_assets``), each under a file lock. Stage outputs live in a
-content-addressed cache, ``SWEEP_DIR/stages/<hash>/``: the stage-1 hash covers the fields that
-shape stage 1 (vision, ian, llm, the stage-1 loss terms, stage1, seed, blind, max_length and the
-data's fingerprint); the stage-2 hash covers the stage-1 hash, stage2 and the whole loss. So
-a re-run skips finished stages, trials that share a stage-1 setting train it once (the second
-waits on the lock and reuses it), and evaluation is cached beside the stage-2 model. Every
-stage folder holds the config that shaped it (``config.yaml``).
+content-addressed cache, ``SWEEP_DIR/stages/<hash>/``, keyed by the config fields, the data's
+content and the code version that shape each stage (`harness.stage_cache`). So a re-run
+skips finished stages, trials that share a stage-1 setting train it once (the second waits on
+the lock and reuses it), and evaluation is cached beside the stage-2 model. Every stage folder
+holds the config that shaped it (``config.yaml``).
 
 `execute_trial` wraps any trial function: it pins the torch threads to the trial's CPUs, times
 it, and turns an exception (NaN loss, out of memory, a bad data path, anything) into a
@@ -30,8 +29,9 @@ from typing import Any
 
 import pandas as pd
 
+from harness.fingerprint import stage_data_keys
 from harness.spec import SweepSpec
-from harness.stage_cache import content_hash, is_done, stage_hash
+from harness.stage_cache import content_hash, eval_settings, is_done, stage_hash
 from harness.store import TrialRecord, write_trial
 from harness.train_worker import StageJob, WorkerGroup
 from mage.config import MageConfig
@@ -176,7 +176,7 @@ class TrialData:
     config: MageConfig  # with data_dir / assets_dir filled in
     eval_dir: str | None  # benchmark folders (mme/, mmbench/, seedbench/)
     tools_json: str | None  # tool-calling eval records
-    fingerprint: str  # identifies the training data in the stage hashes
+    fingerprint: dict[str, str]  # per stage, its training data's content (stage hashes)
     record: dict[str, Any] = field(default_factory=dict)  # what the training data is
 
 
@@ -187,8 +187,8 @@ def prepare_data(spec: SweepSpec, config: MageConfig) -> TrialData:
         data_dir = config.data_dir
         eval_dir = spec.eval_data_dir or data_dir
         tools = str(Path(eval_dir) / "tools_eval.json") if eval_dir else None
-        key = content_hash({"data": data_dir, "eval": eval_dir})
-        return TrialData(config, eval_dir, tools, key, {"data_dir": data_dir})
+        keys = stage_data_keys(config)
+        return TrialData(config, eval_dir, tools, keys, {"data_dir": data_dir, "data_keys": keys})
     from mage.world.source import prepare_world_source
 
     world = spec.world
@@ -201,9 +201,9 @@ def prepare_data(spec: SweepSpec, config: MageConfig) -> TrialData:
         assets_folder=spec.assets_dir,
         eval_folder=spec.eval_data_dir,
     )
-    return TrialData(
-        source.config, source.eval_dir, source.tools_json, source.fingerprint, source.record
-    )
+    keys = stage_data_keys(source.config, base=source.fingerprint)
+    record = {**source.record, "data_keys": keys}
+    return TrialData(source.config, source.eval_dir, source.tools_json, keys, record)
 
 
 def _with_training_data(record: dict[str, Any], data: TrialData) -> dict[str, Any]:
@@ -289,6 +289,7 @@ def _evaluate(ctx: TrialContext, checkpoint: Path, data: TrialData, out: Path) -
         batch_size=spec.eval_batch_size,
         limit=spec.eval_limit,
         max_new_tokens=spec.eval_max_new_tokens,
+        mmbench_scoring=spec.mmbench_scoring,
         threads=max(1, int(ctx.cpus)),
     )
     if ctx.group is None:
@@ -311,13 +312,7 @@ def run_trial(ctx: TrialContext) -> TrialOutcome:
     cfg, stages = data.config, ctx.sweep_dir / "stages"
     s1 = stages / stage_hash(cfg, "stage1", data.fingerprint)
     s2 = stages / stage_hash(cfg, "stage2", data.fingerprint)
-    settings = {
-        "tasks": ctx.spec.tasks,
-        "batch": ctx.spec.eval_batch_size,
-        "limit": ctx.spec.eval_limit,
-        "max_new_tokens": ctx.spec.eval_max_new_tokens,
-        "data": data.eval_dir,
-    }
+    settings = eval_settings(ctx.spec, data.eval_dir, data.tools_json)
     ev = s2 / f"eval-{content_hash(settings)}"
     stages.mkdir(parents=True, exist_ok=True)
     with FileLock(str(ev) + ".lock"):

@@ -21,6 +21,7 @@ from ray.tune import Callback
 
 from harness import store
 from harness.plan import SweepPlan, Variant
+from harness.retry import retry_variant
 from harness.spec import SweepSpec
 from harness.train_worker import WorkerGroup, tune_result
 from harness.trial import NOT_CURVES, TrialContext, TrialFn, execute_trial, planned_steps
@@ -29,7 +30,10 @@ REPORTS_PER_TRIAL = 50  # intermediate Tune reports per trial (early stopping, l
 
 
 def identify(plan: SweepPlan, config: dict[str, Any]) -> tuple[Variant, int]:
-    """The variant and seed of a Tune trial config (grid: by name; Optuna: sampled values)."""
+    """The variant and seed of a Tune trial config (grid: by name; Optuna: sampled values;
+    a failed trial run again: its stored record, `harness.retry`)."""
+    if "retry" in config:
+        return retry_variant(plan, config["retry"])
     if "variant" in config:
         by_name = {v.name: v for v in plan.variants}
         return by_name[config["variant"]], int(config["seed"])

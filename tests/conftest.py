@@ -18,6 +18,13 @@ torch.set_num_threads(1)
 os.environ.setdefault("MAGE_RECORDS_DIR", tempfile.mkdtemp(prefix="mage-records-"))
 
 
+@pytest.fixture(scope="session", autouse=True)
+def fingerprint_cache(tmp_path_factory):
+    """Data fingerprints (`harness.fingerprint`) cached in a temporary folder, not the user's
+    cache; set before any test starts Ray, so its workers inherit it."""
+    os.environ["MAGE_CACHE_DIR"] = str(tmp_path_factory.mktemp("cache"))
+
+
 @pytest.fixture(scope="session")
 def test_world(tmp_path_factory):
     from mage.world.generate import generate_world

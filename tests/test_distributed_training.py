@@ -71,7 +71,9 @@ def test_two_workers_train_like_one_worker_with_the_whole_batch_or_accumulation(
     cfg, root = two_workers
     two = _losses(root / "straight.json")
     assert len(two) == 8  # 3 epochs of 10 records in global batches of 4
-    whole = _one_worker(cfg.with_overrides({"stage2.batch_size": 4, "stage2.grad_accum": 1}), tmp_path / "a")
+    whole = _one_worker(
+        cfg.with_overrides({"stage2.batch_size": 4, "stage2.grad_accum": 1}), tmp_path / "a"
+    )
     accumulated = _one_worker(cfg.with_overrides({"stage2.loader_workers": 2}), tmp_path / "b")
     assert whole == pytest.approx(two, rel=RTOL)
     assert accumulated == pytest.approx(two, rel=RTOL)
@@ -108,7 +110,12 @@ def test_the_epoch_stream_holds_every_record_once_per_epoch_whatever_the_world_s
         shares = [list(RankMicroBatches(stream, r, world, batch_size=2)) for r in range(world)]
         per_step = len(shares[0]) // stream.total_steps
         for step in range(stream.total_steps):
-            got = [i for r in range(world) for b in shares[r][step * per_step : (step + 1) * per_step] for i in b]
+            got = [
+                i
+                for r in range(world)
+                for b in shares[r][step * per_step : (step + 1) * per_step]
+                for i in b
+            ]
             # the same global batch for any N: the stream's next 6 records
             assert Counter(got) == Counter(flat[step * global_batch : (step + 1) * global_batch])
         assert all(len(b) <= 2 for r in shares for b in r)

@@ -105,6 +105,7 @@ def test_oracle_scores_full_marks_and_writes_outputs(oracle_run, bench_data_dir)
     assert record["lmms_eval_version"] == "0.7.3"
     assert record["mmbench"]["circular"] is True and record["batch_size"] == 4
     assert record["tasks"]["mmbench"]["task"] == "mmbench_en_dev_static"
+    assert record["mmbench_scoring"] == "static"
     assert record["datasets"]["mme"]["local_path"] == str((bench_data_dir / "mme").resolve())
     for task, n in results["n-samples"].items():
         lines = (out / "samples" / f"{task}.jsonl").read_text().splitlines()

@@ -32,6 +32,12 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.add_argument("sweep_dir", metavar="SWEEP_DIR")
     p.add_argument("--ray-address", default=None, metavar="ADDR", help=_RAY_HELP)
     p.add_argument("--no-report", action="store_true", help="skip building the report")
+    p.add_argument(
+        "--retry-failed",
+        action="store_true",
+        help="run the failed trials again, from their stage caches and checkpoints "
+        "(`status` says which failures look transient)",
+    )
     p.set_defaults(func=_resume)
 
     p = sub.add_parser("status", help="trials done / failed (with causes), best so far")
@@ -83,7 +89,10 @@ def _resume(args) -> int:
 
     try:
         summary = resume_sweep(
-            args.sweep_dir, ray_address=args.ray_address, report=not args.no_report
+            args.sweep_dir,
+            ray_address=args.ray_address,
+            report=not args.no_report,
+            retry_failed=args.retry_failed,
         )
     except SpecError as err:
         print(f"resume: {err}", file=sys.stderr)
@@ -154,6 +163,7 @@ def plan_text(plan) -> str:
 
 def status_text(sweep_dir) -> str:
     """Counts by status, best so far and each failure's cause, from the store."""
+    from harness.retry import failure_kind, retried_trials
     from harness.store import STATUSES, best_record, load_records, read_manifest
 
     manifest = read_manifest(sweep_dir)
@@ -171,9 +181,21 @@ def status_text(sweep_dir) -> str:
         lines.append(
             f"  best {key}: {best.objectives[key]:.4g} ({best.variant_name}, seed {best.seed})"
         )
-    for r in records:
-        if r.status == "failed":
-            lines.append(f"  failed {r.trial_id} ({r.variant_name}): {r.error.splitlines()[0]}")
+    failed = [r for r in records if r.status == "failed"]
+    for r in failed:
+        kind = failure_kind(r.error)
+        lines.append(
+            f"  failed {r.trial_id} ({r.variant_name}) [{kind}]: {r.error.splitlines()[0]}"
+        )
+    if failed:
+        lines.append(
+            "  transient: out of memory, a lost worker or node, preemption (a retry may pass); "
+            "persistent: a NaN loss, bad data, a config or code error (fix the cause first); "
+            f"run them again with `mage-harness resume {sweep_dir} --retry-failed`"
+        )
+    retried = retried_trials(sweep_dir)
+    if retried:
+        lines.append(f"  run again after a failure: {len(retried)} (earlier attempts in retried/)")
     sessions = manifest.get("sessions", [])
     if sessions:
         wall = sum(s.get("wall_s") or 0 for s in sessions)
