@@ -72,28 +72,37 @@ def folder_digest(folder: str | Path, skip: tuple[str, ...] = ("state.json",)) -
     return _sha1([[p.relative_to(folder).as_posix(), file_digest(p)] for p in files])
 
 
-def source_fingerprint(source: DataSource) -> dict[str, str]:
+def source_fingerprint(
+    source: DataSource, caption_from_reply: bool = False, records_dir: str | Path | None = None
+) -> dict[str, str]:
     """A data source's JSON by content and the images its (kept) records name by path,
-    size and mtime. Raises `mage.data.DataError` for a missing file or image, as training
-    would."""
-    from mage.data import load_records
+    size and mtime. Reads the source's parsed record table (`mage.records`, the one training
+    reads), so a JSON is parsed once; raises `mage.data.DataError` for a missing file or
+    image, as training would."""
+    from mage.records import record_table
 
     root = Path(source.image_root) if source.image_root else Path(source.path).parent
     images = set()
-    for record in load_records(source, caption_from_reply=False):
-        if record.image_path is not None:
-            st = record.image_path.stat()
-            rel = os.path.relpath(record.image_path, root)
+    table = record_table(source, caption_from_reply, records_dir)
+    for path in table["image"]:
+        if path is not None:
+            st = os.stat(path)
+            rel = os.path.relpath(path, root)
             images.add((Path(rel).as_posix(), st.st_size, st.st_mtime_ns))
     return {"file": file_digest(source.path), "images": _sha1(sorted(images))}
 
 
-def stage_data_keys(config: MageConfig, base: str = "") -> dict[str, str]:
+def stage_data_keys(
+    config: MageConfig, base: str = "", records_dir: str | Path | None = None
+) -> dict[str, str]:
     """Per stage, a key of the data it trains on (its sources' fingerprints plus ``base``:
     e.g. the world's assets), so stage 1 stays shared when only stage 2's data differ."""
     keys = {}
     for stage in STAGES:
-        sources = [source_fingerprint(s) for s in config.data_sources(stage)]
+        sources = [
+            source_fingerprint(s, stage == "stage1", records_dir)
+            for s in config.data_sources(stage)
+        ]
         keys[stage] = _sha1({"base": base, "sources": sources})[:16]
     return keys
 

@@ -39,6 +39,7 @@ own state.
 
 from __future__ import annotations
 
+import json
 import logging
 import os
 import secrets
@@ -349,26 +350,35 @@ def resume_sweep(
     return _drive(plan, sweep_dir, ray_address, progress, trial_fn, report, kind, retry_failed)
 
 
-def _prepare_shared_inputs(plan: SweepPlan) -> None:
-    """Generate the synthetic world and prepare its assets once, in the driver, with every
-    local core; trials (one CPU each) then find them cached instead of one trial building them
-    on a single thread while the others wait on its lock."""
-    if plan.spec.world is None:
-        return
+def _prepare_shared_inputs(plan: SweepPlan, sweep_dir: Path) -> None:
+    """Prepare what trials share, once, in the driver, with every local core: the synthetic
+    world and its assets, and every training source's parsed record table (so no trial parses
+    a large JSON, and none builds on one thread what the others wait for under its lock)."""
     import torch
 
-    from harness.trial import prepare_data
+    from harness.trial import prepare_data, records_dir
     from mage.world.source import needs_assets
 
     configs = [plan.base] + [v.config for v in plan.variants]
-    config = next((c for c in configs if needs_assets(c)), plan.base)
+    if plan.spec.world is not None:  # one config that needs the assets goes first
+        configs.sort(key=lambda c: not needs_assets(c))
     threads = torch.get_num_threads()
     torch.set_num_threads(os.cpu_count() or 1)
     started = time.time()
-    print("preparing the synthetic world and its assets (once; cached) ...", file=sys.stderr)
+    what = "the synthetic world, its assets and" if plan.spec.world else "the"
+    print(f"preparing {what} training data (once; cached) ...", file=sys.stderr)
     try:
-        prepare_data(plan.spec, config)
-        print(f"world and assets ready ({time.time() - started:.0f} s)", file=sys.stderr)
+        seen = set()
+        for config in configs:
+            data = [config.data_dir, config.assets_dir, needs_assets(config)]
+            data += [
+                [d.model_dump() for d in getattr(config, s).data] for s in ("stage1", "stage2")
+            ]
+            key = json.dumps(data, default=str)
+            if key not in seen:
+                seen.add(key)
+                prepare_data(plan.spec, config, records_dir(sweep_dir))
+        print(f"training data ready ({time.time() - started:.0f} s)", file=sys.stderr)
     finally:
         torch.set_num_threads(threads)
 
@@ -402,7 +412,7 @@ def _drive(
     from harness.trial import run_trial
 
     plan = _mmbench_scoring(plan, store.read_manifest(sweep_dir))
-    _prepare_shared_inputs(plan)
+    _prepare_shared_inputs(plan, sweep_dir)
     manifest = store.read_manifest(sweep_dir)
     sessions = manifest.get("sessions", [])
     sessions.append({"kind": kind, "started_at": _now(), "wall_s": 0.0})

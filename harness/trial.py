@@ -180,14 +180,17 @@ class TrialData:
     record: dict[str, Any] = field(default_factory=dict)  # what the training data is
 
 
-def prepare_data(spec: SweepSpec, config: MageConfig) -> TrialData:
+def prepare_data(
+    spec: SweepSpec, config: MageConfig, records_dir: str | Path | None = None
+) -> TrialData:
     """The trial's data: the synthetic world (generated and prepared once, shared) or the
-    real data the spec names; the config comes back pointed at it."""
+    real data the spec names; the config comes back pointed at it. Its record tables are
+    parsed (once, cached in ``records_dir``) to fingerprint it."""
     if spec.world is None:
         data_dir = config.data_dir
         eval_dir = spec.eval_data_dir or data_dir
         tools = str(Path(eval_dir) / "tools_eval.json") if eval_dir else None
-        keys = stage_data_keys(config)
+        keys = stage_data_keys(config, records_dir=records_dir)
         return TrialData(config, eval_dir, tools, keys, {"data_dir": data_dir, "data_keys": keys})
     from mage.world.source import prepare_world_source
 
@@ -201,9 +204,15 @@ def prepare_data(spec: SweepSpec, config: MageConfig) -> TrialData:
         assets_folder=spec.assets_dir,
         eval_folder=spec.eval_data_dir,
     )
-    keys = stage_data_keys(source.config, base=source.fingerprint)
+    keys = stage_data_keys(source.config, source.fingerprint, records_dir)
     record = {**source.record, "data_keys": keys}
     return TrialData(source.config, source.eval_dir, source.tools_json, keys, record)
+
+
+def records_dir(sweep_dir: Path) -> Path:
+    """Where a sweep keeps its parsed record tables: in the sweep folder, which every node of
+    a cluster sees, so each data source is parsed once per sweep."""
+    return Path(sweep_dir) / "records"
 
 
 def _with_training_data(record: dict[str, Any], data: TrialData) -> dict[str, Any]:
@@ -216,7 +225,7 @@ def _stage_job(ctx: TrialContext, cfg: MageConfig, stage: str, folder: Path) -> 
         config=cfg.to_dict(),
         stage=stage,
         folder=str(folder),
-        records_dir=str(ctx.sweep_dir / "records"),
+        records_dir=str(records_dir(ctx.sweep_dir)),
         trial_key=ctx.trial_id,
         report_every=max(1, (getattr(cfg, stage).steps or 1) // 25),
         live_curves=(str(ctx.sweep_dir), ctx.trial_id),
@@ -308,7 +317,7 @@ def run_trial(ctx: TrialContext) -> TrialOutcome:
     from filelock import FileLock
 
     torch.set_num_threads(max(1, int(ctx.cpus)))
-    data = prepare_data(ctx.spec, ctx.config)
+    data = prepare_data(ctx.spec, ctx.config, records_dir(ctx.sweep_dir))
     cfg, stages = data.config, ctx.sweep_dir / "stages"
     s1 = stages / stage_hash(cfg, "stage1", data.fingerprint)
     s2 = stages / stage_hash(cfg, "stage2", data.fingerprint)

@@ -88,10 +88,10 @@ def data_dir(test_world, tmp_path) -> Path:
 
 def test_code_digest_ignores_comments_and_docstrings_but_not_code():
     source = (REPO / "mage" / "model.py").read_text()
-    assert '"""' in source and "per_sample.mean()" in source
-    commented = source.replace("per_sample.mean()", "per_sample.mean()  # a new comment", 1)
+    assert '"""' in source and "terms[0] / terms[1]" in source
+    commented = source.replace("terms[0] / terms[1]", "terms[0] / terms[1]  # a new comment", 1)
     redoc = source.replace('"""', '"""Reworded. ', 1)
-    changed = source.replace("per_sample.mean()", "per_sample.mean() * 1.0", 1)
+    changed = source.replace("terms[0] / terms[1]", "terms[0] / terms[1] * 1.0", 1)
     assert code_digest(commented) == code_digest(source) == code_digest(redoc)
     assert code_digest(changed) != code_digest(source)
 
@@ -158,7 +158,7 @@ def test_a_change_to_the_model_code_trains_again(data_dir, tmp_path):
     for package in ("mage", "harness"):
         shutil.copytree(REPO / package, src / package, ignore=shutil.ignore_patterns("*.pyc"))
     model = src / "mage" / "model.py"
-    model.write_text(model.read_text().replace("per_sample.mean()", "per_sample.mean() * 1.0", 1))
+    model.write_text(model.read_text().replace("terms[0] / terms[1]", "terms[0] / terms[1] * 1.0", 1))
     script = CHANGED_CODE.format(
         tests=str(Path(__file__).parent), src=str(src), sweep=str(sweep), data=str(data_dir)
     )
