@@ -128,10 +128,17 @@ class ResourcesSpec(_Strict):
     cpus_per_worker: float = Field(1.0, gt=0)
     gpus_per_worker: float = Field(0.0, ge=0)
     driver_cpus: float = Field(1.0, gt=0, description="CPUs the trial's driver process holds")
+    gpu_memory_gb: float = Field(
+        80.0,
+        gt=0,
+        description="memory of one GPU: a trial whose stages are estimated not to fit "
+        "(mage.train.memory) is refused before Ray starts",
+    )
 
     @model_validator(mode="after")
     def _one_kind(self) -> ResourcesSpec:
         defaults = {"cpus_per_worker": 1.0, "gpus_per_worker": 0.0, "driver_cpus": 1.0}
+        # gpu_memory_gb applies to both kinds
         group = sorted(k for k, v in defaults.items() if getattr(self, k) != v)
         if self.workers is None and group:
             raise ValueError(f"{group} need `workers: N` (a worker group per stage)")
@@ -151,6 +158,11 @@ class ResourcesSpec(_Strict):
         if self.in_process:
             return {"cpu": self.cpu, "gpu": self.gpu}
         return {"cpu": self.driver_cpus, "gpu": 0.0}
+
+    @property
+    def gpus_per_trial_worker(self) -> tuple[int, float]:
+        """(workers a stage is sharded over, GPUs each holds)."""
+        return (1, self.gpu) if self.in_process else (self.workers, self.gpus_per_worker)
 
     def group_size(self) -> dict[str, float]:
         """CPUs and GPUs one trial occupies at once."""

@@ -128,6 +128,30 @@ def _resources(spec: SweepSpec):
     return tune.PlacementGroupFactory([{"CPU": cpu, "GPU": gpu}], strategy="STRICT_PACK")
 
 
+def check_memory(plan: SweepPlan) -> None:
+    """Refuse, before Ray starts, a GPU sweep whose variants' stages are estimated not to fit
+    one GPU's memory on the stated workers (`mage.train.memory`; the estimate is the message)."""
+    res = plan.spec.resources
+    if res == "whole_node" or res.gpus_per_trial_worker[1] <= 0:
+        return
+    from mage.train.memory import check_fits
+
+    workers = res.gpus_per_trial_worker[0]
+    seen = set()
+    for variant in plan.variants or [None]:
+        config = variant.config if variant else plan.base
+        shape = config.model_dump(include={"vision", "ian", "llm", "stage1", "stage2"})
+        key = json.dumps([shape, config.max_length], sort_keys=True, default=str)
+        if key in seen:
+            continue
+        seen.add(key)
+        try:
+            check_fits(config, workers, res.gpu_memory_gb)
+        except ValueError as err:
+            name = variant.name if variant else plan.spec.base
+            raise SpecError(f"resources: variant {name}: {err}") from None
+
+
 def max_concurrent_trials(spec: SweepSpec) -> int | None:
     """The spec's cap, or for worker-group trials as many as the cluster has room for: a
     trial's driver holds no GPU, so Tune alone would start trials whose workers then wait."""
@@ -321,6 +345,7 @@ def run_sweep(
     if not isinstance(spec, SweepSpec):
         spec = load_spec(spec)
     plan = plan_sweep(spec, presets)  # a bad spec fails here, before Ray starts
+    check_memory(plan)
     sweep_dir = Path(out_dir or Path("sweeps") / spec.name).resolve()
     _write_spec(sweep_dir, spec)
     _check_plan(sweep_dir, plan)

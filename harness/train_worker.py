@@ -34,6 +34,7 @@ from typing import Any
 import pandas as pd
 
 TRAIN_RUN = "checkpoints"  # Ray Train's run folder inside a stage folder: its checkpoints too
+REPORTS_PER_STAGE = 25  # intermediate reports to Tune per stage (early stopping, progress)
 
 
 @dataclass
@@ -47,7 +48,7 @@ class StageJob:
     records_dir: str | None = None  # cached record tables (mage.records)
     trial_key: str = ""  # the Tune trial this runs for (its reports carry it)
     step_offset: int = 0  # global_step = step_offset + step (stage 2 after stage 1)
-    report_every: int = 1  # steps between reports to Tune
+    report_every: int = 0  # steps between reports to Tune; 0: REPORTS_PER_STAGE per stage
     live_curves: tuple[str, str] | None = None  # (sweep_dir, trial_id): curves while running
     threads: int = 1  # torch CPU threads per rank
     extra: dict[str, Any] = field(default_factory=dict)
@@ -116,7 +117,8 @@ def run_stage(
                 live.append(stage, step, metrics)
             if on_step is not None:
                 on_step(stage, step, metrics)
-        if on_report is not None and (checkpoint or step % job.report_every == 0):
+        every = job.report_every or max(1, metrics["total_steps"] // REPORTS_PER_STAGE)
+        if on_report is not None and (checkpoint or step % every == 0):
             result = tune_result(job.trial_key, job.step_offset + step, {**metrics, "stage": stage})
             on_report(result, checkpoint)
 

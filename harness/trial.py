@@ -227,7 +227,6 @@ def _stage_job(ctx: TrialContext, cfg: MageConfig, stage: str, folder: Path) -> 
         folder=str(folder),
         records_dir=str(records_dir(ctx.sweep_dir)),
         trial_key=ctx.trial_id,
-        report_every=max(1, (getattr(cfg, stage).steps or 1) // 25),
         live_curves=(str(ctx.sweep_dir), ctx.trial_id),
         threads=max(1, int(ctx.cpus)),
     )

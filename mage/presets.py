@@ -4,7 +4,10 @@
 preset as their base and override fields by dotted path. The paper presets follow
 `docs/mage-model.md`: CLIP ViT-L/14-336 (576 patches) -> IAN with a stride-2 SEB
 (144 tokens) -> Vicuna v1.5; stage 1 at lr 1e-3 / global batch 256, stage 2 at lr 2e-5 /
-global batch 128, the LLaVA-1.5 recipe. Data paths use ``{data}`` (``data_dir``).
+global batch 128, one epoch each, the LLaVA-1.5 recipe (stage 2 grouped by modality and
+length; activation checkpointing in both stages so that every stage fits 80 GB GPUs at the
+memory estimate's bound, `mage-harness params mage-7b --memory`). Data paths use ``{data}``
+(``data_dir``).
 ``mage-7b-tools`` adds MAGE's tool-calling data to stage 2 (see `TOOL_DATA`).
 """
 
@@ -39,11 +42,14 @@ def _paper(llm: str, heads: int, name: str) -> MageConfig:
                     image_root="{data}/LLaVA-Pretrain/images",
                 )
             ],
-            steps=2180,
+            epochs=1,  # LCS-558K once: 2,180 steps of 256
+            steps=None,
             batch_size=32,
             grad_accum=8,
             lr=1e-3,
             warmup_ratio=0.03,
+            loader_workers=4,
+            activation_checkpointing=True,
         ),
         stage2=StageConfig(
             trainable=["ian", "llm"],
@@ -53,11 +59,16 @@ def _paper(llm: str, heads: int, name: str) -> MageConfig:
                     image_root="{data}/LLaVA-Instruct/images",
                 )
             ],
-            steps=5200,
+            epochs=1,  # LLaVA-665K once: 5,200 steps of 128
+            steps=None,
             batch_size=16,
             grad_accum=8,
             lr=2e-5,
             warmup_ratio=0.03,
+            loader_workers=4,
+            group_by="modality_length",
+            activation_checkpointing=True,
+            checkpoint_every=500,
         ),
     )
 

@@ -18,6 +18,7 @@ from __future__ import annotations
 
 import copy
 import json
+import logging
 from pathlib import Path
 from typing import Any, ClassVar
 
@@ -308,6 +309,9 @@ def _create_registry_model(spec: EncoderSpec, meta: bool) -> tuple[nn.Module, di
     cfg["quick_gelu"] = quick_gelu or cfg.get("quick_gelu", False)
     if size is not None:
         cfg.setdefault("vision_cfg", {})["image_size"] = size
+    quiet = logging.getLogger().level
+    if tag is None:  # random init on purpose: open_clip's "no pretrained weights" is noise
+        logging.getLogger().setLevel(logging.ERROR)
     try:
         model = open_clip.create_model(
             name, pretrained=None if meta else tag, device="meta" if meta else "cpu",
@@ -320,6 +324,8 @@ def _create_registry_model(spec: EncoderSpec, meta: bool) -> tuple[nn.Module, di
             f"{tag!r} ({err}). Without network, put the checkpoint file in vision.pretrained, or "
             f"set `vision.pretrained: {RANDOM_INIT}` for random init"
         ) from err
+    finally:
+        logging.getLogger().setLevel(quiet)
 
 
 class HFVisionTower(VisionTower):
@@ -348,7 +354,11 @@ class HFVisionTower(VisionTower):
     def build(cls, spec: EncoderSpec, device: str | torch.device | None = None) -> HFVisionTower:
         meta = str(device) == "meta"
         name = spec.model_name
-        local = name in LOCAL_HF_VISION_CFGS and (meta or name.startswith("builtin:"))
+        random_asked = spec.pretrained is not None and not _wants_weights(spec)
+        # the published architecture, offline: for counting (meta) and for random init
+        local = name in LOCAL_HF_VISION_CFGS and (
+            meta or random_asked or name.startswith("builtin:")
+        )
         if local:  # the architecture from its published dims: no download
             model_type, kwargs = LOCAL_HF_VISION_CFGS[name]
             config = transformers.AutoConfig.for_model(model_type, **kwargs)

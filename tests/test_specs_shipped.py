@@ -55,4 +55,5 @@ def test_paper_spec_is_the_paper_setting():
     assert {"clip-vit-l-14-336", "siglip-so400m-14-384"} <= encoders
     assert {v.config.llm.name for v in plan.variants} == {"vicuna-7b-v1.5"}
     assert {v.config.ian.depth for v in plan.variants if v.kind == "grid"} == {0, 1, 2, 3}
-    assert len(plan.seeds) == 3 and plan.spec.resources.gpu == 1
+    res = plan.spec.resources
+    assert len(plan.seeds) == 3 and res.workers == 4 and res.gpus_per_worker == 1

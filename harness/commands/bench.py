@@ -30,8 +30,36 @@ def register(sub: argparse._SubParsersAction) -> None:
     train.add_argument("--seq-len", type=int)
     train.add_argument("--threads", type=int, default=1, help="CPU threads (torch)")
     train.add_argument("--json", action="store_true", help="print JSON instead of a table")
+    train.add_argument(
+        "--loader-workers",
+        type=int,
+        action="append",
+        help="instead: time the real training loop on the preset's data with this many "
+        "DataLoader workers (repeatable: --loader-workers 0 --loader-workers 2); world presets "
+        "need --set data_dir=WORLD --set assets_dir=ASSETS",
+    )
+    train.add_argument(
+        "--memory-workers",
+        type=int,
+        action="append",
+        help="instead: print the per-GPU memory estimate of both stages on this many GPUs "
+        "(repeatable; mage.train.memory)",
+    )
     add_override_argument(train)
     train.set_defaults(func=_bench_train)
+
+    rec = kinds.add_parser(
+        "records",
+        help="resident memory of a stage over a generated LLaVA JSON of N records",
+        description="Generates N records (64 distinct images), builds the record table, trains "
+        "the tiny-test stage 1 over it and reports resident memory after the table is built, "
+        "at step 10 and at the last step, and the peak.",
+    )
+    rec.add_argument("--records", type=int, action="append", required=True, help="repeatable")
+    rec.add_argument("--steps", type=int, default=200)
+    rec.add_argument("--threads", type=int, default=1)
+    rec.add_argument("--json", action="store_true")
+    rec.set_defaults(func=_bench_records)
 
     ev = kinds.add_parser("eval", help="samples/s at batch 1 vs batch N, answers checked equal")
     ev.add_argument("checkpoint", help="a MAGE checkpoint folder")
@@ -50,6 +78,21 @@ def _bench_train(args) -> int:
 
     torch.set_num_threads(args.threads)
     overrides = parse_overrides(args.overrides)
+    if args.memory_workers:
+        from harness.commands.train import _print_memory
+        from mage.presets import get_preset
+
+        cfg = get_preset(args.preset).with_overrides(overrides)
+        _print_memory(cfg, args.memory_workers, args.seq_len)
+        return 0
+    if args.loader_workers:
+        from harness.bench import bench_loading
+
+        rows = bench_loading(
+            args.preset, args.loader_workers, args.stage, args.steps, overrides=overrides
+        )
+        _print_rows(rows, args.json)
+        return 0
     rows = []
     for projector in args.projector or [None]:
         extra = dict(overrides, **({"ian.projector": projector} if projector else {}))
@@ -63,6 +106,27 @@ def _bench_train(args) -> int:
                 overrides=extra,
             )
         )
+    _print_rows(rows, args.json)
+    return 0
+
+
+def _bench_records(args) -> int:
+    """One process per size: each run's peak memory is its own."""
+    import subprocess
+    import sys
+
+    rows = []
+    for n in args.records:
+        code = (
+            "import json, torch; from harness.bench import bench_records; "
+            f"torch.set_num_threads({args.threads}); "
+            f"print(json.dumps(bench_records({n}, steps={args.steps})))"
+        )
+        out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True)
+        if out.returncode:
+            print(out.stderr[-2000:], file=sys.stderr)
+            return 1
+        rows.append(json.loads(out.stdout.strip().splitlines()[-1]))
     _print_rows(rows, args.json)
     return 0
 

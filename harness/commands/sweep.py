@@ -64,8 +64,11 @@ def _sweep(args) -> int:
     from harness.spec import SpecError, load_spec
 
     try:
+        from harness.sweep import check_memory
+
         spec = load_spec(args.spec)
         plan = plan_sweep(spec)
+        check_memory(plan)
     except SpecError as err:
         print(f"sweep: {err}", file=sys.stderr)
         return 2
@@ -115,7 +118,14 @@ def _resources(plan) -> tuple[str, float, float]:
     res = plan.spec.resources
     if res == "whole_node":
         return "a whole node per trial", math.nan, math.nan
-    return f"{res.cpu:g} CPU + {res.gpu:g} GPU per trial", res.cpu, res.gpu
+    if res.in_process:
+        return f"{res.cpu:g} CPU + {res.gpu:g} GPU per trial", res.cpu, res.gpu
+    size = res.group_size()
+    desc = (
+        f"a driver ({res.driver_cpus:g} CPU) + {res.workers} Ray Train workers x "
+        f"({res.cpus_per_worker:g} CPU + {res.gpus_per_worker:g} GPU) per trial"
+    )
+    return desc, size["CPU"], size["GPU"]
 
 
 def plan_text(plan) -> str:

@@ -31,6 +31,25 @@ def register(sub: argparse._SubParsersAction) -> None:
         "is allocated and nothing is downloaded.",
     )
     q.add_argument("preset", help="preset id, e.g. mage-7b")
+    q.add_argument(
+        "--memory",
+        action="store_true",
+        help="also print each stage's per-GPU memory estimate (weights, gradients, optimizer, "
+        "activations with and without activation checkpointing)",
+    )
+    q.add_argument(
+        "--workers",
+        type=int,
+        action="append",
+        default=None,
+        help="GPUs the stage is sharded over (repeatable: --workers 1 --workers 8); default 1",
+    )
+    q.add_argument(
+        "--tokens",
+        type=int,
+        default=None,
+        help="tokens per sample for the activation estimate (default: max_length, a bound)",
+    )
     add_override_argument(q)
     q.set_defaults(func=_params)
 
@@ -112,4 +131,27 @@ def _params(args) -> int:
     print(f"{args.preset}: {model.num_image_tokens} image tokens")
     for part, n in {**counts, "total": sum(counts.values())}.items():
         print(f"  {part:7s} {n / 1e6:10.1f}M")
+    if args.memory:
+        _print_memory(cfg, args.workers or [1], args.tokens)
     return 0
+
+
+def _print_memory(cfg, workers: list[int], tokens: int | None) -> None:
+    from mage.train.memory import GIB, estimate
+
+    print(
+        f"\nper-GPU memory estimate, GiB ({cfg.llm.dtype} compute, fp32 master weights and "
+        f"AdamW states, micro-batch of {tokens or cfg.max_length}-token samples; see "
+        "mage/train/memory.py)"
+    )
+    head = "stage   N  micro  weights  grads  optim  gathered  logits  acts  acts(ckpt)  total  total(ckpt)"
+    print(head)
+    for n in workers:
+        for stage, m in estimate(cfg, n, tokens).items():
+            g = m.as_gib()
+            print(
+                f"{stage}  {n:2d}  {m.micro_batch:5d}  {g['weights']:7.1f}  {g['gradients']:5.1f}  "
+                f"{g['optimizer']:5.1f}  {g['gathered']:8.1f}  {g['logits']:6.1f}  "
+                f"{g['activations']:4.1f}  {g['activations_checkpointed']:10.1f}  "
+                f"{m.total_with(False) / GIB:5.1f}  {m.total_with(True) / GIB:11.1f}"
+            )

@@ -36,13 +36,17 @@ def seed_build(seed: int) -> None:
     seed_all(stable_seed(seed, "build"))
 
 
+def _cuda_in_use() -> bool:
+    return torch.cuda.is_available() and torch.cuda.is_initialized()
+
+
 def rng_state() -> dict:
     state = {
         "python": random.getstate(),
         "numpy": np.random.get_state(),
         "torch": torch.get_rng_state(),
     }
-    if torch.cuda.is_available() and torch.cuda.is_initialized():
+    if _cuda_in_use():
         state["cuda"] = torch.cuda.get_rng_state_all()
     return state
 
@@ -55,7 +59,7 @@ def set_rng_state(state: dict) -> None:
     random.setstate(state["python"])
     np.random.set_state(state["numpy"])
     torch.set_rng_state(state["torch"])
-    if torch.cuda.is_available() and torch.cuda.is_initialized():
+    if _cuda_in_use():
         if "cuda" not in state:
             raise KeyError("RNG state lacks the CUDA generators (saved on a machine without CUDA)")
         torch.cuda.set_rng_state_all(state["cuda"])
