@@ -158,7 +158,9 @@ def test_a_change_to_the_model_code_trains_again(data_dir, tmp_path):
     for package in ("mage", "harness"):
         shutil.copytree(REPO / package, src / package, ignore=shutil.ignore_patterns("*.pyc"))
     model = src / "mage" / "model.py"
-    model.write_text(model.read_text().replace("terms[0] / terms[1]", "terms[0] / terms[1] * 1.0", 1))
+    model.write_text(
+        model.read_text().replace("terms[0] / terms[1]", "terms[0] / terms[1] * 1.0", 1)
+    )
     script = CHANGED_CODE.format(
         tests=str(Path(__file__).parent), src=str(src), sweep=str(sweep), data=str(data_dir)
     )
