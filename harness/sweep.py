@@ -20,25 +20,18 @@ True)`` (or starts it again if the driver died before Tune saved its state). A t
 looks itself up in the results store and, if it is there, reports the stored result without
 training, so no finished trial runs twice and nothing stored is lost.
 
-Ray on one machine (the default): an embedded single-node Ray started with
-``ray.init(address="local")``, no dashboard, worker logs kept out of the terminal, bound to
-127.0.0.1 only (``RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER=0``). Token authentication (on by default
-in Ray 2.60) stays on: unless you set ``RAY_AUTH_MODE``, ``RAY_AUTH_TOKEN`` or
-``RAY_AUTH_TOKEN_PATH`` yourself, the driver makes a random token for this session and passes
-it to the Ray processes it starts through the ``RAY_AUTH_TOKEN`` environment variable; nothing
-is written to ``~/.ray``, other local users cannot attach to the cluster, and it ends with
-the driver. ``ray status`` from another shell therefore does not see it: use ``mage-harness
-status SWEEP_DIR``. An existing cluster: ``--ray-address ADDR`` or ``RAY_ADDRESS``, with the
-cluster's token in ``RAY_AUTH_TOKEN`` / ``~/.ray/auth_token``; SWEEP_DIR must then be on a
-filesystem every node sees, and ``storage_path`` in the spec may be a cloud URI for Tune's
-own state.
+Ray (`harness.ray_cluster`): by default an embedded single-node Ray bound to 127.0.0.1 with
+a per-session token; ``ray status`` from another shell therefore does not see it: use
+``mage-harness status SWEEP_DIR``. An existing cluster: ``--ray-address ADDR`` or
+``RAY_ADDRESS``, with the cluster's token in ``RAY_AUTH_TOKEN`` / ``~/.ray/auth_token``,
+reached within a deadline; SWEEP_DIR must then be on a filesystem every node sees, and
+``storage_path`` in the spec may be a cloud URI for Tune's own state. The driver connects
+before it writes anything into SWEEP_DIR.
 """
 
 from __future__ import annotations
 
-import logging
 import os
-import secrets
 import sys
 import time
 from datetime import UTC, datetime
@@ -50,43 +43,15 @@ import yaml
 from harness import store
 from harness.plan import SweepPlan, plan_sweep
 from harness.progress import SweepProgress, SweepSummary, summarize
+from harness.ray_cluster import start_ray
 from harness.spec import SpecError, SweepSpec, load_spec, parse_spec
+from harness.store_check import check_store
 from harness.trial import TrialFn, planned_steps
 from harness.tune_trial import StoreCallback, tune_trainable
 from mage.config import get_dotted
 from mage.io import atomic_write_text
 
 PHASES = {"grid": ["main"], "random": ["main"], "optuna": ["baselines", "search"]}
-
-
-# --------------------------------------------------------------------------------------
-# Ray
-# --------------------------------------------------------------------------------------
-
-
-def _embedded_ray_env() -> None:
-    """Loopback only, token auth with a per-session token (see the module docstring)."""
-    os.environ["RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER"] = "0"
-    if "ray._private.ray_constants" in sys.modules:  # read at import: set it if ray is in
-        sys.modules["ray._private.ray_constants"].ENABLE_RAY_CLUSTER = False
-    if not any(k in os.environ for k in ("RAY_AUTH_MODE", "RAY_AUTH_TOKEN", "RAY_AUTH_TOKEN_PATH")):
-        os.environ["RAY_AUTH_TOKEN"] = secrets.token_hex(32)
-
-
-def start_ray(address: str | None = None) -> bool:
-    """Connect to ``address`` / $RAY_ADDRESS, or start the embedded Ray. True if started here."""
-    import ray
-
-    if ray.is_initialized():
-        return False  # the caller's Ray (a notebook, a test fixture)
-    address = address or os.environ.get("RAY_ADDRESS")
-    quiet = {"log_to_driver": False, "logging_level": logging.ERROR}
-    if address:
-        ray.init(address=address, **quiet)
-    else:
-        _embedded_ray_env()
-        ray.init(address="local", include_dashboard=False, **quiet)
-    return True
 
 
 # --------------------------------------------------------------------------------------
@@ -244,19 +209,22 @@ def _tuner(plan: SweepPlan, sweep_dir: Path, phase: str, trial_fn: TrialFn, call
 # --------------------------------------------------------------------------------------
 
 
+def _check_spec(sweep_dir: Path, spec: SweepSpec) -> None:
+    """Refuse a folder that holds another sweep (reads only)."""
+    path = sweep_dir / "spec.yaml"
+    if path.exists() and store.read_spec(sweep_dir) != spec.to_dict():
+        raise SpecError(
+            f"{sweep_dir} holds another sweep (its spec.yaml differs from this spec); "
+            "choose another --out folder, or `mage-harness resume` it"
+        )
+
+
 def _write_spec(sweep_dir: Path, spec: SweepSpec) -> None:
     """Keep the spec beside the results; refuse a folder that holds another sweep."""
-    path = sweep_dir / "spec.yaml"
-    if path.exists():
-        stored = yaml.safe_load(path.read_text())
-        if stored != spec.to_dict():
-            raise SpecError(
-                f"{sweep_dir} holds another sweep (its spec.yaml differs from this spec); "
-                "choose another --out folder, or `mage-harness resume` it"
-            )
-        return
-    sweep_dir.mkdir(parents=True, exist_ok=True)
-    atomic_write_text(path, yaml.safe_dump(spec.to_dict(), sort_keys=False))
+    _check_spec(sweep_dir, spec)
+    if not (sweep_dir / "spec.yaml").exists():
+        sweep_dir.mkdir(parents=True, exist_ok=True)
+        atomic_write_text(sweep_dir / "spec.yaml", yaml.safe_dump(spec.to_dict(), sort_keys=False))
 
 
 def _check_plan(sweep_dir: Path, plan: SweepPlan) -> None:
@@ -307,7 +275,7 @@ def run_sweep(
         spec = load_spec(spec)
     plan = plan_sweep(spec, presets)  # a bad spec fails here, before Ray starts
     sweep_dir = Path(out_dir or Path("sweeps") / spec.name).resolve()
-    _write_spec(sweep_dir, spec)
+    _check_spec(sweep_dir, spec)  # spec.yaml is written once connected (in _drive)
     _check_plan(sweep_dir, plan)
     return _drive(plan, sweep_dir, ray_address, progress, trial_fn, report, "sweep")
 
@@ -324,6 +292,7 @@ def resume_sweep(
     sweep_dir = Path(sweep_dir).resolve()
     if not (sweep_dir / "spec.yaml").is_file():
         raise SpecError(f"{sweep_dir}: not a sweep folder (no spec.yaml); start it with sweep")
+    check_store(sweep_dir, "resume")  # a damaged store is refused before any work
     spec = parse_spec(yaml.safe_load((sweep_dir / "spec.yaml").read_text()), str(sweep_dir))
     plan = plan_sweep(spec, presets)
     _check_plan(sweep_dir, plan)
@@ -359,12 +328,18 @@ def _drive(plan, sweep_dir, ray_address, progress, trial_fn, report, kind) -> Sw
 
     from harness.trial import run_trial
 
-    _prepare_shared_inputs(plan)
+    started_ray = start_ray(ray_address)  # first: an unreachable cluster fails before any write
+    try:
+        _write_spec(sweep_dir, plan.spec)
+        _prepare_shared_inputs(plan)
+    except BaseException:
+        if started_ray:
+            ray.shutdown()
+        raise
+    started = time.time()
     manifest = store.read_manifest(sweep_dir)
     sessions = manifest.get("sessions", [])
     sessions.append({"kind": kind, "started_at": _now(), "wall_s": 0.0})
-    started = time.time()
-    started_ray = start_ray(ray_address)
     mode = (
         "embedded"
         if started_ray and not (ray_address or os.environ.get("RAY_ADDRESS"))
