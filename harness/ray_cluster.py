@@ -201,7 +201,11 @@ def connect(address: str) -> None:
     if hostport:
         _wait_for_port(address, *hostport, deadline, timeout)
     _probe(address, deadline, timeout)
-    ray.init(address=address, log_to_driver=False, logging_level=logging.ERROR)
+    try:
+        ray.init(address=address, log_to_driver=False, logging_level=logging.ERROR)
+    except (ConnectionError, RuntimeError, ValueError) as err:  # it went away since the probe
+        cause = str(err).splitlines()[0] if str(err) else type(err).__name__
+        raise ClusterError(f"cannot connect to the Ray cluster at {address}: {cause}") from None
 
 
 def start_ray(address: str | None = None) -> bool:

@@ -79,6 +79,34 @@ def check_checkpoint(directory: str | Path) -> None:
         ) from None
 
 
+def check_training_checkpoint(directory: str | Path) -> None:
+    """A stage's resumable checkpoint (`mage.train.save_checkpoint`): ``trainable.safetensors``
+    whole, ``state.pt`` a whole torch archive, ``step.json`` readable. No-op if absent."""
+    import zipfile
+
+    from safetensors import safe_open
+
+    directory = Path(directory)
+    if not directory.exists():
+        return
+    step = _json(directory / "step.json", "the resumable step")
+    if not isinstance(step.get("step"), int):
+        raise CheckpointError(f"{directory / 'step.json'}: damaged (no integer 'step')")
+    try:
+        with safe_open(str(directory / "trainable.safetensors"), "pt"):
+            pass
+    except Exception as err:  # safetensors' own error type, or a missing file
+        raise CheckpointError(
+            f"{directory / 'trainable.safetensors'}: damaged or missing ({str(err).splitlines()[0]});"
+            f" delete {directory} to train that stage from its start"
+        ) from None
+    if not zipfile.is_zipfile(directory / "state.pt"):  # torch.save writes a zip archive
+        raise CheckpointError(
+            f"{directory / 'state.pt'}: damaged or missing (not a whole torch archive); delete "
+            f"{directory} to train that stage from its start"
+        )
+
+
 def load_checkpoint_model(directory: str | Path, device: str | None = None):
     """`MageModel.from_pretrained` after `check_checkpoint`; weights that do not fit the
     model are reported as the checkpoint's fault."""
