@@ -305,6 +305,16 @@ CASES = [
         ],
         "assets_dir",
     ),
+    C(
+        "train-resume-weights-truncated",
+        lambda c: ["train", "--out", str(_run_dir(c, weights_fraction=0.5))],
+        "trainable.safetensors",
+    ),
+    C(
+        "train-resume-state-damaged",
+        lambda c: ["train", "--out", str(_run_dir(c, weights_fraction=1.0))],
+        "state.pt",
+    ),
     # ---- params -----------------------------------------------------------------------------
     C("params-unknown-preset", lambda c: ["params", "nope"], "'nope'"),
     C("params-bad-set", lambda c: ["params", "mage-7b", "--set", "ian.depth=-1"], "ian.depth"),
@@ -748,6 +758,21 @@ def _spec_with_corrupt_image(c: Ctx) -> Path:
     spec = c.spec()
     (c.root / "data" / "img1.png").write_bytes(b"\x89PNG\r\n\x1a\n not really a png")
     return spec
+
+
+def _run_dir(c: Ctx, weights_fraction: float) -> Path:
+    """A `train --out` folder left by an interrupted run whose stage-1 checkpoint is damaged."""
+    from mage.presets import tiny_test
+
+    run = c.root / "run"
+    ckpt = run / "stage1" / "checkpoint"
+    ckpt.mkdir(parents=True)
+    tiny_test().save(run / "config.yaml")
+    (ckpt / "step.json").write_text('{"step": 2}')
+    weights = (c.checkpoint_src / "model.safetensors").read_bytes()
+    (ckpt / "trainable.safetensors").write_bytes(weights[: int(len(weights) * weights_fraction)])
+    (ckpt / "state.pt").write_bytes(b"PK\x03\x04 cut short")
+    return run
 
 
 def _damaged_world(c: Ctx) -> Path:
