@@ -1,7 +1,8 @@
 """Run a sweep with Ray Tune (grid, random, or Optuna TPE), resume it, record its provenance.
 
-`run_sweep(spec, out_dir)` validates and plans the spec (nothing starts on a bad spec), writes
-``spec.yaml`` and ``manifest.json``, starts Ray, and runs one Tune experiment per phase:
+`run_sweep(spec, out_dir)` validates and plans the spec (nothing starts on a bad spec), starts
+or connects to Ray, writes ``spec.yaml`` and ``manifest.json``, and runs one Tune experiment
+per phase:
 
 - ``grid`` / ``random``: one grid over (variant, seed); random variants are drawn up front
   with ``search_seed``, so the plan is known, shown by ``--dry-run`` and stable on resume.
