@@ -85,7 +85,7 @@ def _check_sources(sources, problems: _Problems, prefix: str) -> None:
 
 
 def _check_assets(cfg: MageConfig, assets_dir: Path, problems: _Problems, prefix: str) -> None:
-    from harness.trial import needs_assets
+    from mage.world.source import needs_assets
 
     if needs_assets(cfg) and not (assets_dir / "assets.json").is_file():
         problems.add(
@@ -111,8 +111,8 @@ def check_config_inputs(cfg: MageConfig, stages: list[str], images: bool = False
 
 
 def _check_images(sources, problems: _Problems) -> None:
-    from mage.records import DataError
     from mage.data_check import read_source, unreadable_images
+    from mage.records import DataError
 
     for field, source in sources:
         try:
@@ -151,8 +151,8 @@ def _check_benchmarks(spec, eval_dir: str | None, problems: _Problems) -> None:
 
 def check_plan_inputs(plan, images: bool = False) -> None:
     """Every input the sweep's trials need; `InputError` naming each missing one."""
-    from harness.trial import assets_dir_for
     from mage.hub import check_config_hub_ids
+    from mage.registry import default_assets_dir
     from mage.world.generate import is_world_dir
 
     spec, problems = plan.spec, _Problems()
@@ -180,7 +180,7 @@ def check_plan_inputs(plan, images: bool = False) -> None:
             seen.update((f, s.path, s.image_root) for f, s in found)
             _check_sources(fresh, problems, prefix)
             sources += fresh
-            _check_assets(cfg, assets_dir_for(spec, cfg), problems, prefix)
+            _check_assets(cfg, Path(cfg.assets_dir or default_assets_dir()), problems, prefix)
         _check_benchmarks(spec, spec.eval_data_dir or plan.base.data_dir, problems)
         if images and not problems.items:
             _check_images(sources, problems)

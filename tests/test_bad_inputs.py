@@ -306,14 +306,14 @@ CASES = [
         "assets_dir",
     ),
     C(
-        "train-resume-weights-truncated",
-        lambda c: ["train", "--out", str(_run_dir(c, weights_fraction=0.5))],
+        "train-resume-export-truncated",
+        lambda c: ["train", "--out", str(_run_dir(c, "export"))],
         "trainable.safetensors",
     ),
     C(
         "train-resume-state-damaged",
-        lambda c: ["train", "--out", str(_run_dir(c, weights_fraction=1.0))],
-        "state.pt",
+        lambda c: ["train", "--out", str(_run_dir(c, "state"))],
+        "train_state.pt",
     ),
     # ---- params -----------------------------------------------------------------------------
     C("params-unknown-preset", lambda c: ["params", "nope"], "'nope'"),
@@ -361,13 +361,13 @@ CASES = [
         "eval-checkpoint-truncated-weights",
         lambda c: [
             "eval",
-            str(c.checkpoint(_cut("model.safetensors"))),
+            str(c.checkpoint(_cut("llm/model.safetensors"))),
             "--data",
             str(c.bench),
             "--tasks",
             "mme",
         ],
-        "model.safetensors",
+        "llm/model.safetensors",
     ),
     C(
         "eval-checkpoint-half-config",
@@ -430,11 +430,11 @@ CASES = [
         lambda c: [
             "bench",
             "eval",
-            str(c.checkpoint(_cut("model.safetensors"))),
+            str(c.checkpoint(_cut("vision/vision.safetensors"))),
             "--data",
             str(c.bench),
         ],
-        "model.safetensors",
+        "vision/vision.safetensors",
     ),
     C(
         "bench-eval-data-missing",
@@ -481,13 +481,13 @@ CASES = [
     ),
     C(
         "chat-checkpoint-truncated",
-        lambda c: ["chat", str(c.checkpoint(_cut("model.safetensors"))), "hi"],
-        "model.safetensors",
+        lambda c: ["chat", str(c.checkpoint(_cut("projector.safetensors"))), "hi"],
+        "projector.safetensors",
     ),
     C(
         "chat-checkpoint-empty-weights",
-        lambda c: ["chat", str(c.checkpoint(_garble("model.safetensors", b""))), "hi"],
-        "model.safetensors",
+        lambda c: ["chat", str(c.checkpoint(_garble("llm/model.safetensors", b""))), "hi"],
+        "llm/model.safetensors",
     ),
     C(
         "chat-checkpoint-damaged-mage-json",
@@ -760,18 +760,22 @@ def _spec_with_corrupt_image(c: Ctx) -> Path:
     return spec
 
 
-def _run_dir(c: Ctx, weights_fraction: float) -> Path:
-    """A `train --out` folder left by an interrupted run whose stage-1 checkpoint is damaged."""
+def _run_dir(c: Ctx, damage: str) -> Path:
+    """A `train --out` folder left by an interrupted run, its stage 1 damaged: the stage
+    export cut short (``export``) or the newest checkpoint's train state (``state``)."""
     from mage.presets import tiny_test
 
     run = c.root / "run"
-    ckpt = run / "stage1" / "checkpoint"
-    ckpt.mkdir(parents=True)
+    stage = run / "stage1"
+    (stage / "model").mkdir(parents=True)
     tiny_test().save(run / "config.yaml")
-    (ckpt / "step.json").write_text('{"step": 2}')
-    weights = (c.checkpoint_src / "model.safetensors").read_bytes()
-    (ckpt / "trainable.safetensors").write_bytes(weights[: int(len(weights) * weights_fraction)])
-    (ckpt / "state.pt").write_bytes(b"PK\x03\x04 cut short")
+    weights = (c.checkpoint_src / "projector.safetensors").read_bytes()
+    cut = len(weights) // 2 if damage == "export" else len(weights)
+    (stage / "model" / "trainable.safetensors").write_bytes(weights[:cut])
+    step = stage / "checkpoints" / "step-00000002"
+    step.mkdir(parents=True)
+    (step / "complete").write_text('{"step": 2, "world_size": 1}')
+    (step / "train_state.pt").write_bytes(b"PK\x03\x04 cut short")
     return run
 
 

@@ -253,11 +253,12 @@ def checkpoint(tmp_path_factory) -> Path:
 
 def test_a_truncated_checkpoint_is_one_line_naming_the_file(checkpoint, tmp_path, capsys):
     broken = Path(shutil.copytree(checkpoint, tmp_path / "ckpt"))
-    truncate(broken / "model.safetensors")
+    truncate(broken / "llm" / "model.safetensors")
     assert main(["chat", str(broken), "hi", "--out", str(tmp_path / "out")]) == 2
     err = capsys.readouterr().err.strip()
-    assert len(err.splitlines()) == 1 and "model.safetensors: damaged" in err and "truncated" in err
-    shutil.copy(checkpoint / "model.safetensors", broken / "model.safetensors")
+    assert len(err.splitlines()) == 1 and "llm/model.safetensors: damaged" in err, err
+    assert "truncated" in err
+    shutil.copy(checkpoint / "llm" / "model.safetensors", broken / "llm" / "model.safetensors")
     truncate(broken / "config.json")
     assert main(["chat", str(broken), "hi", "--out", str(tmp_path / "out")]) == 2
     assert "config.json: damaged" in capsys.readouterr().err

@@ -115,8 +115,8 @@ def _check(args) -> int:
     import sys
 
     from mage.config import DataSource
-    from mage.data import DataError
     from mage.data_check import read_source, unreadable_images
+    from mage.records import DataError
 
     if args.workers is not None and args.workers < 1:
         raise DataError(f"--workers must be a positive integer, got {args.workers}")

@@ -71,7 +71,7 @@ def _checked_config(args):
         from mage.checkpoint_check import check_training_checkpoint
 
         for stage in stages:
-            check_training_checkpoint(args.out / stage / "checkpoint")
+            check_training_checkpoint(args.out / stage)
     check_config_inputs(cfg, stages)
     return cfg, stages
 
