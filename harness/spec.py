@@ -12,6 +12,7 @@ with the SEB stride that divides its patch grid). ``values`` is a grid; ``choice
 
 from __future__ import annotations
 
+import math
 import re
 from pathlib import Path
 from typing import Any, Literal
@@ -206,7 +207,7 @@ class SweepSpec(_Strict):
     assets_dir: str | None = Field(None, description="prepared assets; default $MAGE_ASSETS_DIR")
     axes: dict[str, AxisSpec] = Field(default_factory=dict)
     search: Literal["grid", "optuna", "random"] = "grid"
-    search_seed: int = 0
+    search_seed: int = Field(0, ge=0)
     optuna_storage: str | None = Field(
         None, description="SQLAlchemy URL of the Optuna study; default sqlite in the sweep folder"
     )
@@ -255,6 +256,8 @@ class SweepSpec(_Strict):
             raise ValueError("a number of seeds must be >= 1")
         if isinstance(value, list) and (not value or len(set(value)) != len(value)):
             raise ValueError("an explicit seed list must be non-empty without repeats")
+        if isinstance(value, list) and any(seed < 0 for seed in value):
+            raise ValueError(f"seeds must be >= 0, got {[s for s in value if s < 0]}")
         return value
 
     @model_validator(mode="after")
@@ -293,6 +296,14 @@ class SweepSpec(_Strict):
         if dupes:
             raise ValueError(f"baselines: duplicate name(s) {dupes}")
         return self
+
+    @property
+    def trial_count(self) -> int:
+        """Trials this spec implies (variants x seeds), counted without building a config."""
+        variants = self.num_samples or 0
+        if self.search == "grid":
+            variants = math.prod(len(axis.values) for axis in self.axes.values())
+        return (variants + len(self.baselines)) * len(self.seed_list)
 
     @property
     def seed_list(self) -> list[int]:
@@ -354,4 +365,6 @@ def load_spec(path: str | Path) -> SweepSpec:
         data = yaml.safe_load(path.read_text())
     except yaml.YAMLError as err:
         raise SpecError(f"{path}: not valid YAML ({err})") from None
+    except UnicodeDecodeError as err:
+        raise SpecError(f"{path}: not UTF-8 text ({err.reason} at byte {err.start})") from None
     return parse_spec(data, str(path))

@@ -1,7 +1,8 @@
 """Run a sweep with Ray Tune (grid, random, or Optuna TPE), resume it, record its provenance.
 
-`run_sweep(spec, out_dir)` validates and plans the spec (nothing starts on a bad spec), writes
-``spec.yaml`` and ``manifest.json``, starts Ray, and runs one Tune experiment per phase:
+`run_sweep(spec, out_dir)` validates and plans the spec (nothing starts on a bad spec), starts
+or connects to Ray, writes ``spec.yaml`` and ``manifest.json``, and runs one Tune experiment
+per phase:
 
 - ``grid`` / ``random``: one grid over (variant, seed); random variants are drawn up front
   with ``search_seed``, so the plan is known, shown by ``--dry-run`` and stable on resume.
@@ -23,26 +24,19 @@ training, so no finished trial runs twice and nothing stored is lost. ``retry_fa
 their own (`harness.retry`). The MMBench scoring method is decided here, once per sweep
 (`_mmbench_scoring`), and reaches the trials in the plan's spec.
 
-Ray on one machine (the default): an embedded single-node Ray started with
-``ray.init(address="local")``, no dashboard, worker logs kept out of the terminal, bound to
-127.0.0.1 only (``RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER=0``). Token authentication (on by default
-in Ray 2.60) stays on: unless you set ``RAY_AUTH_MODE``, ``RAY_AUTH_TOKEN`` or
-``RAY_AUTH_TOKEN_PATH`` yourself, the driver makes a random token for this session and passes
-it to the Ray processes it starts through the ``RAY_AUTH_TOKEN`` environment variable; nothing
-is written to ``~/.ray``, other local users cannot attach to the cluster, and it ends with
-the driver. ``ray status`` from another shell therefore does not see it: use ``mage-harness
-status SWEEP_DIR``. An existing cluster: ``--ray-address ADDR`` or ``RAY_ADDRESS``, with the
-cluster's token in ``RAY_AUTH_TOKEN`` / ``~/.ray/auth_token``; SWEEP_DIR must then be on a
-filesystem every node sees, and ``storage_path`` in the spec may be a cloud URI for Tune's
-own state.
+Ray (`harness.ray_cluster`): by default an embedded single-node Ray bound to 127.0.0.1 with
+a per-session token; ``ray status`` from another shell therefore does not see it: use
+``mage-harness status SWEEP_DIR``. An existing cluster: ``--ray-address ADDR`` or
+``RAY_ADDRESS``, with the cluster's token in ``RAY_AUTH_TOKEN`` / ``~/.ray/auth_token``,
+reached within a deadline; SWEEP_DIR must then be on a filesystem every node sees, and
+``storage_path`` in the spec may be a cloud URI for Tune's own state. The driver connects
+before it writes anything into SWEEP_DIR.
 """
 
 from __future__ import annotations
 
 import json
-import logging
 import os
-import secrets
 import sys
 import time
 from datetime import UTC, datetime
@@ -54,43 +48,15 @@ import yaml
 from harness import store
 from harness.plan import SweepPlan, plan_sweep
 from harness.progress import SweepProgress, SweepSummary, summarize
+from harness.ray_cluster import start_ray
 from harness.spec import SpecError, SweepSpec, load_spec, parse_spec
+from harness.store_check import check_store
 from harness.trial import TrialFn, planned_steps
 from harness.tune_trial import StoreCallback, tune_trainable
 from mage.config import get_dotted
 from mage.io import atomic_write_text
 
 PHASES = {"grid": ["main"], "random": ["main"], "optuna": ["baselines", "search"]}
-
-
-# --------------------------------------------------------------------------------------
-# Ray
-# --------------------------------------------------------------------------------------
-
-
-def _embedded_ray_env() -> None:
-    """Loopback only, token auth with a per-session token (see the module docstring)."""
-    os.environ["RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER"] = "0"
-    if "ray._private.ray_constants" in sys.modules:  # read at import: set it if ray is in
-        sys.modules["ray._private.ray_constants"].ENABLE_RAY_CLUSTER = False
-    if not any(k in os.environ for k in ("RAY_AUTH_MODE", "RAY_AUTH_TOKEN", "RAY_AUTH_TOKEN_PATH")):
-        os.environ["RAY_AUTH_TOKEN"] = secrets.token_hex(32)
-
-
-def start_ray(address: str | None = None) -> bool:
-    """Connect to ``address`` / $RAY_ADDRESS, or start the embedded Ray. True if started here."""
-    import ray
-
-    if ray.is_initialized():
-        return False  # the caller's Ray (a notebook, a test fixture)
-    address = address or os.environ.get("RAY_ADDRESS")
-    quiet = {"log_to_driver": False, "logging_level": logging.ERROR}
-    if address:
-        ray.init(address=address, **quiet)
-    else:
-        _embedded_ray_env()
-        ray.init(address="local", include_dashboard=False, **quiet)
-    return True
 
 
 # --------------------------------------------------------------------------------------
@@ -281,21 +247,26 @@ def _tuner(
 # --------------------------------------------------------------------------------------
 
 
+def _check_spec(sweep_dir: Path, spec: SweepSpec) -> None:
+    """Refuse a folder that holds another sweep (reads only)."""
+    path = sweep_dir / "spec.yaml"
+    # compared after parsing: a field added to the schema since (with its default) is no change
+    if (
+        path.exists()
+        and parse_spec(store.read_spec(sweep_dir), str(path)).to_dict() != spec.to_dict()
+    ):
+        raise SpecError(
+            f"{sweep_dir} holds another sweep (its spec.yaml differs from this spec); "
+            "choose another --out folder, or `mage-harness resume` it"
+        )
+
+
 def _write_spec(sweep_dir: Path, spec: SweepSpec) -> None:
     """Keep the spec beside the results; refuse a folder that holds another sweep."""
-    path = sweep_dir / "spec.yaml"
-    if path.exists():
-        stored = yaml.safe_load(path.read_text())
-        # compared after parsing: a field added to the schema since (with its default) is
-        # not a difference
-        if parse_spec(stored, str(path)).to_dict() != spec.to_dict():
-            raise SpecError(
-                f"{sweep_dir} holds another sweep (its spec.yaml differs from this spec); "
-                "choose another --out folder, or `mage-harness resume` it"
-            )
-        return
-    sweep_dir.mkdir(parents=True, exist_ok=True)
-    atomic_write_text(path, yaml.safe_dump(spec.to_dict(), sort_keys=False))
+    _check_spec(sweep_dir, spec)
+    if not (sweep_dir / "spec.yaml").exists():
+        sweep_dir.mkdir(parents=True, exist_ok=True)
+        atomic_write_text(sweep_dir / "spec.yaml", yaml.safe_dump(spec.to_dict(), sort_keys=False))
 
 
 def _check_plan(sweep_dir: Path, plan: SweepPlan) -> None:
@@ -347,7 +318,7 @@ def run_sweep(
     plan = plan_sweep(spec, presets)  # a bad spec fails here, before Ray starts
     check_memory(plan)
     sweep_dir = Path(out_dir or Path("sweeps") / spec.name).resolve()
-    _write_spec(sweep_dir, spec)
+    _check_spec(sweep_dir, spec)  # spec.yaml is written once connected (in _drive)
     _check_plan(sweep_dir, plan)
     return _drive(plan, sweep_dir, ray_address, progress, trial_fn, report, "sweep")
 
@@ -368,6 +339,7 @@ def resume_sweep(
     sweep_dir = Path(sweep_dir).resolve()
     if not (sweep_dir / "spec.yaml").is_file():
         raise SpecError(f"{sweep_dir}: not a sweep folder (no spec.yaml); start it with sweep")
+    check_store(sweep_dir, "resume")  # a damaged store is refused before any work
     spec = parse_spec(yaml.safe_load((sweep_dir / "spec.yaml").read_text()), str(sweep_dir))
     plan = plan_sweep(spec, presets)
     _check_plan(sweep_dir, plan)
@@ -437,12 +409,18 @@ def _drive(
     from harness.trial import run_trial
 
     plan = _mmbench_scoring(plan, store.read_manifest(sweep_dir))
-    _prepare_shared_inputs(plan, sweep_dir)
+    started_ray = start_ray(ray_address)  # first: an unreachable cluster fails before any write
+    try:
+        _write_spec(sweep_dir, plan.spec)
+        _prepare_shared_inputs(plan, sweep_dir)
+    except BaseException:
+        if started_ray:
+            ray.shutdown()
+        raise
+    started = time.time()
     manifest = store.read_manifest(sweep_dir)
     sessions = manifest.get("sessions", [])
     sessions.append({"kind": kind, "started_at": _now(), "wall_s": 0.0})
-    started = time.time()
-    started_ray = start_ray(ray_address)
     mode = (
         "embedded"
         if started_ray and not (ray_address or os.environ.get("RAY_ADDRESS"))

@@ -26,7 +26,7 @@ from pathlib import Path
 
 from mage.config import DataSource
 
-FORMAT = 1  # bump when the columns or the checks change: older tables are rebuilt
+FORMAT = 2  # bump when the columns or the checks change: older tables are rebuilt
 
 
 class DataError(ValueError):
@@ -49,6 +49,22 @@ def table_key(source: DataSource, caption_from_reply: bool) -> str:
     data = [FORMAT, str(path), stat.st_size, stat.st_mtime_ns, image_root, source.kinds]
     data.append(caption_from_reply)
     return hashlib.sha1(json.dumps(data).encode()).hexdigest()[:16]
+
+
+HUMAN_ROLES, ASSISTANT_ROLES = ("human", "user"), ("gpt", "assistant")
+
+
+def alternation_error(turns: list) -> str | None:
+    """Why a conversation is not human, assistant, human, ... (None if it is)."""
+    for i, turn in enumerate(turns):
+        role = turn.get("from") if isinstance(turn, dict) else None
+        if role not in (HUMAN_ROLES if i % 2 == 0 else ASSISTANT_ROLES):
+            got = f"'from': {role!r}" if isinstance(turn, dict) else type(turn).__name__
+            return (
+                f"conversations[{i}] is {got}; turns must alternate human ('human') and "
+                "assistant ('gpt'), starting with the human turn"
+            )
+    return None
 
 
 def _read_json(path: Path) -> list:
@@ -81,6 +97,9 @@ def parse_records(source: DataSource, caption_from_reply: bool) -> dict[str, lis
         if not isinstance(item, dict) or not isinstance(item.get("conversations"), list):
             raise DataError(f"{where}: needs a 'conversations' list")
         turns = item["conversations"]
+        bad = alternation_error(turns)
+        if bad:
+            raise DataError(f"{where}: {bad}")
         if not all(isinstance(t, dict) and isinstance(t.get("value"), str) for t in turns):
             raise DataError(f"{where}: every turn needs a 'from' and a text 'value'")
         if not any(t.get("from") in ("gpt", "assistant") for t in turns):

@@ -97,11 +97,15 @@ def test_replies_without_a_runnable_call(tmp_path, reply, error):
 
 
 def test_missing_inputs_fail_with_a_message(tmp_path, capsys):
-    args = parse(["chat", str(tmp_path / "ckpt"), "--image", str(tmp_path / "nope.png"), "hi"])
-    assert args.func(args) == 2
+    from harness.cli import main
+
+    out = ["--out", str(tmp_path / "out")]
+    assert (
+        main(["chat", str(tmp_path / "ckpt"), "--image", str(tmp_path / "nope.png"), "hi", *out])
+        == 2
+    )
     assert "nope.png: file not found" in capsys.readouterr().err
-    args = parse(["chat", str(tmp_path / "ckpt"), "hi"])
-    assert args.func(args) == 2
+    assert main(["chat", str(tmp_path / "ckpt"), "hi", *out]) == 2
     assert "is not a MAGE checkpoint" in capsys.readouterr().err
 
 

@@ -5,7 +5,7 @@ from __future__ import annotations
 import argparse
 import json
 
-from harness.commands.overrides import add_override_argument, parse_overrides
+from harness.commands.overrides import add_override_argument, parse_overrides, preset_config
 
 
 def register(sub: argparse._SubParsersAction) -> None:
@@ -71,13 +71,28 @@ def register(sub: argparse._SubParsersAction) -> None:
     ev.set_defaults(func=_bench_eval)
 
 
+def _positive(**values) -> None:
+    from mage.config import ConfigError
+
+    for name, value in values.items():
+        if value is not None and value < 1:
+            flag = "--" + name.replace("_", "-")
+            raise ConfigError(f"{flag} must be a positive integer, got {value}")
+
+
 def _bench_train(args) -> int:
+    _positive(
+        steps=args.steps, batch_size=args.batch_size, seq_len=args.seq_len, threads=args.threads
+    )
+    overrides = parse_overrides(args.overrides)
+    for projector in args.projector or [None]:  # every config is checked before any work
+        extra = dict(overrides, **({"ian.projector": projector} if projector else {}))
+        preset_config(args.preset).with_overrides(extra)
     import torch
 
     from harness.bench import bench_train
 
     torch.set_num_threads(args.threads)
-    overrides = parse_overrides(args.overrides)
     if args.memory_workers:
         from harness.commands.train import _print_memory
         from mage.presets import get_preset
@@ -132,13 +147,18 @@ def _bench_records(args) -> int:
 
 
 def _bench_eval(args) -> int:
+    from harness.commands.eval import check_data
+    from harness.eval import parse_tasks
+    from mage.checkpoint_check import load_checkpoint_model
+
+    _positive(batch_size=args.batch_size, limit=args.limit, threads=args.threads)
+    check_data(args.data, parse_tasks(args.tasks), args.limit)
     import torch
 
     from harness.bench_eval import bench_eval
-    from mage.model import MageModel
 
     torch.set_num_threads(args.threads)
-    model = MageModel.from_pretrained(args.checkpoint)
+    model = load_checkpoint_model(args.checkpoint)
     result = bench_eval(model, args.data, args.tasks.split(","), args.batch_size, args.limit)
     _print_rows([result], json_out=False)
     return 0 if result.get("answers_identical", True) else 1

@@ -1,8 +1,9 @@
 """`mage-harness eval CHECKPOINT`: score a saved MAGE model on MME, MMBench and SEED.
 
 Runs `harness.eval.evaluate` (lmms-eval's official scoring), writes the result files to
-``--out`` and prints the headline and per-category numbers. Exits non-zero, with the cause
-on stderr, when the checkpoint, the data or the evaluation fails. With ``--data`` the run is
+``--out`` (a new or empty folder, or one an evaluation wrote) and prints the headline and
+per-category numbers. The arguments, the data and the checkpoint's files are checked before
+a model is loaded; errors reach the CLI's error boundary (one line, exit 2). With ``--data`` the run is
 offline: HF_DATASETS_OFFLINE / HF_HUB_OFFLINE are set unless already set.
 """
 
@@ -10,7 +11,6 @@ from __future__ import annotations
 
 import argparse
 import os
-import sys
 from pathlib import Path
 
 
@@ -51,38 +51,68 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     parser.set_defaults(func=run)
 
 
-def run(args: argparse.Namespace) -> int:
-    from harness.eval import EvalError, check_local_data, parse_tasks
-    from harness.eval_tables import EvalConsistencyError
+def is_eval_dir(path: Path) -> bool:
+    """A folder `evaluate` wrote (lmms-eval's results or its own folder are there)."""
+    return (path / "lmms_eval_results.json").is_file() or (path / "lmms_eval").is_dir()
+
+
+def check_data(data_dir: str, benchmarks: list[str], limit: int | None) -> None:
+    """`check_local_data`, with a damaged benchmark folder reported as that folder's fault."""
+    from harness.cli import is_project_error
+    from harness.eval import EvalError, check_local_data
 
     try:
-        benchmarks = parse_tasks(args.tasks)
-        for name, value in (("--batch-size", args.batch_size), ("--limit", args.limit)):
-            if value is not None and value < 1:
-                raise EvalError(f"{name} must be a positive integer, got {value}")
-        if args.data is not None:
-            os.environ.setdefault("HF_DATASETS_OFFLINE", "1")
-            os.environ.setdefault("HF_HUB_OFFLINE", "1")
-            check_local_data(args.data, benchmarks, args.limit)  # fail before loading a model
-        checkpoint = Path(args.checkpoint)
-        if not checkpoint.is_dir():
-            raise EvalError(f"checkpoint folder not found: {checkpoint}")
-        from harness.eval import evaluate
+        check_local_data(data_dir, benchmarks, limit)
+    except Exception as err:
+        if is_project_error(err):
+            raise
+        first = str(err).splitlines()[0] if str(err) else type(err).__name__
+        raise EvalError(
+            f"--data {data_dir}: a benchmark folder cannot be read ({type(err).__name__}: "
+            f"{first[:200]}); save it again with datasets' save_to_disk"
+        ) from None
 
-        result = evaluate(
-            str(checkpoint),
-            tasks=benchmarks,
-            data_dir=args.data,
-            out_dir=args.out or checkpoint / "eval",
-            batch_size=args.batch_size,
-            limit=args.limit,
-            max_new_tokens_cap=args.max_new_tokens_cap,
-        )
-    except (EvalError, EvalConsistencyError, FileNotFoundError, ValueError) as err:
-        print(f"mage-harness eval: error: {err}", file=sys.stderr)
-        return 1
+
+def run(args: argparse.Namespace) -> int:
+    from harness.eval import HUB_IDS, EvalError, parse_tasks
+    from mage.checkpoint_check import check_checkpoint
+    from mage.hub import check_hub_id
+    from mage.io import check_output_dir
+
+    benchmarks = parse_tasks(args.tasks)
+    for name, value in (
+        ("--batch-size", args.batch_size),
+        ("--limit", args.limit),
+        ("--max-new-tokens-cap", args.max_new_tokens_cap),
+    ):
+        if value is not None and value < 1:
+            raise EvalError(f"{name} must be a positive integer, got {value}")
+    if args.data is not None:
+        os.environ.setdefault("HF_DATASETS_OFFLINE", "1")
+        os.environ.setdefault("HF_HUB_OFFLINE", "1")
+        check_data(args.data, benchmarks, args.limit)  # fail before loading a model
+    else:
+        for bench in benchmarks:  # the official datasets, from the Hub or its cache
+            check_hub_id(HUB_IDS[bench], f"--tasks {bench} (without --data):", "dataset")
+    checkpoint = Path(args.checkpoint)
+    if not checkpoint.is_dir():
+        raise EvalError(f"checkpoint folder not found: {checkpoint}")
+    check_checkpoint(checkpoint)
+    out = Path(args.out) if args.out else checkpoint / "eval"
+    check_output_dir(out, "an evaluation folder", is_eval_dir)
+    from harness.eval import evaluate
+
+    result = evaluate(
+        str(checkpoint),
+        tasks=benchmarks,
+        data_dir=args.data,
+        out_dir=out,
+        batch_size=args.batch_size,
+        limit=args.limit,
+        max_new_tokens_cap=args.max_new_tokens_cap,
+    )
     print_scores(result.scores)
-    print(f"results in {args.out or checkpoint / 'eval'}")
+    print(f"results in {out}")
     return 0
 
 

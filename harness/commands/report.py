@@ -1,11 +1,12 @@
 """`mage-harness report SWEEP_DIR [--out DIR] [--no-figures]`: build a sweep's report
 (tables with seed confidence intervals, paired tests, knob importance, figures) from its
-results store. The work is reports.build.build_report; this module only parses arguments."""
+results store. The store is checked first (`harness.store_check`); the work is
+reports.build.build_report; this module only parses arguments."""
 
 from __future__ import annotations
 
 import argparse
-import sys
+from pathlib import Path
 
 
 def register(subparsers: argparse._SubParsersAction) -> None:
@@ -26,14 +27,16 @@ def register(subparsers: argparse._SubParsersAction) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
-    from reports.build import ReportError, build_report
-    from reports.load import StoreError
+    from harness.store_check import check_store
+    from mage.io import check_output_dir
+    from reports.build import REPORT_DIRNAME, build_report
 
-    try:
-        out = build_report(args.sweep_dir, out_dir=args.out, figures=not args.no_figures)
-    except (StoreError, ReportError) as err:
-        print(f"report: {err}", file=sys.stderr)
-        return 1
+    check_store(args.sweep_dir, "report")
+    out = Path(args.out) if args.out is not None else Path(args.sweep_dir) / REPORT_DIRNAME
+    # build_report refuses a folder of other files; the whole folder is replaced, so never
+    # the current folder or one above it
+    check_output_dir(out, "a report folder", lambda p: (p / "index.md").is_file(), replaces=True)
+    out = build_report(args.sweep_dir, out_dir=out, figures=not args.no_figures)
     print(f"report written to {out}")
     print(f"  open {out / 'index.html'} (self-contained) or {out / 'index.md'}")
     return 0

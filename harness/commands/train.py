@@ -5,7 +5,12 @@ from __future__ import annotations
 import argparse
 from pathlib import Path
 
-from harness.commands.overrides import add_override_argument, parse_overrides
+from harness.commands.overrides import (
+    add_override_argument,
+    load_config_file,
+    parse_overrides,
+    preset_config,
+)
 
 
 def register(sub: argparse._SubParsersAction) -> None:
@@ -54,7 +59,44 @@ def register(sub: argparse._SubParsersAction) -> None:
     q.set_defaults(func=_params)
 
 
+STAGES = ("stage1", "stage2")
+
+
+def is_run_dir(path: Path) -> bool:
+    """A folder `train` wrote: its config.yaml beside a stage or checkpoint folder."""
+    return (path / "config.yaml").is_file() and any(
+        (path / name).is_dir() for name in (*STAGES, "checkpoint")
+    )
+
+
+def _checked_config(args):
+    """The run's config and stages, every argument and input checked before any work."""
+    from harness.preflight import check_config_inputs
+    from mage.config import ConfigError
+    from mage.io import check_output_dir
+
+    if args.threads is not None and args.threads < 1:
+        raise ConfigError(f"--threads must be a positive integer, got {args.threads}")
+    stages = [s.strip() for s in args.stages.split(",")]
+    if not stages or any(s not in STAGES for s in stages) or len(set(stages)) != len(stages):
+        raise ConfigError(f"--stages {args.stages!r}: expected stage1, stage2 or stage1,stage2")
+    cfg = (
+        load_config_file(args.config) if args.config else preset_config(args.preset or "tiny-test")
+    )
+    cfg = cfg.with_overrides(parse_overrides(args.overrides))
+    if cfg.seed < 0:
+        raise ConfigError(f"seed: must be >= 0, got {cfg.seed}")
+    if check_output_dir(args.out, "a training run folder", is_run_dir):  # resumed: its state
+        from mage.checkpoint_check import check_training_checkpoint
+
+        for stage in stages:
+            check_training_checkpoint(args.out / stage)
+    check_config_inputs(cfg, stages)
+    return cfg, stages
+
+
 def _train(args) -> int:
+    cfg, stages = _checked_config(args)
     import os
 
     import torch
@@ -62,18 +104,14 @@ def _train(args) -> int:
 
     from harness.stage_cache import is_done
     from harness.train_worker import StageJob, run_stage
-    from mage.config import MageConfig
-    from mage.presets import get_preset
 
     console = Console(stderr=True)
-    cfg = MageConfig.load(args.config) if args.config else get_preset(args.preset or "tiny-test")
-    cfg = cfg.with_overrides(parse_overrides(args.overrides))
     rank, device = _init_distributed()
     if rank == 0:
         args.out.mkdir(parents=True, exist_ok=True)
         cfg.save(args.out / "config.yaml")
     threads = args.threads or torch.get_num_threads()
-    for stage in args.stages.split(","):
+    for stage in stages:
         folder = args.out / stage
         if is_done(folder):
             console.print(f"{stage}: done already ({folder})")
@@ -121,11 +159,13 @@ def _init_distributed():
 
 
 def _params(args) -> int:
+    from mage.hub import check_config_hub_ids
     from mage.model import MageModel
-    from mage.presets import get_preset
 
     overrides = {"llm.random_init": True, "vision.pretrained": "none"}
-    cfg = get_preset(args.preset).with_overrides({**overrides, **parse_overrides(args.overrides)})
+    cfg = preset_config(args.preset, "PRESET")
+    cfg = cfg.with_overrides({**overrides, **parse_overrides(args.overrides)})
+    check_config_hub_ids(cfg)  # an LLM without a registry architecture is read from the Hub
     model = MageModel.build(cfg, device="meta")
     counts = model.param_counts()
     print(f"{args.preset}: {model.num_image_tokens} image tokens")
