@@ -102,15 +102,20 @@ class ObjectiveSpec(_Strict):
 
 
 class EarlyStoppingSpec(_Strict):
-    """ASHA on the training loss the trial reports as it trains (``train_loss``).
+    """ASHA on a training metric of one stage, as trials report it while they train.
 
-    ``grace_period`` and ``max_t`` count optimiser steps over both stages together."""
+    The default, stage 2's cross-entropy, compares variants on the same footing whatever
+    their MSE weight (the MSE term would rank high-lambda variants low for that term alone).
+    ``grace_period`` and ``max_t`` count that stage's optimizer steps; a trial that reaches
+    ``max_t`` is scored, not stopped."""
 
-    metric: Literal["train_loss"] = "train_loss"
+    metric: Literal[
+        "stage2/ce_loss", "stage2/loss", "stage1/ce_loss", "stage1/loss", "stage1/mse_loss"
+    ] = "stage2/ce_loss"
     mode: Literal["min", "max"] = "min"
     grace_period: int = Field(1, ge=1)
     reduction_factor: float = Field(2.0, gt=1)
-    max_t: int | None = Field(None, ge=1, description="default: stage1.steps + stage2.steps")
+    max_t: int | None = Field(None, ge=1, description="default: that stage's steps")
 
 
 class ResourcesSpec(_Strict):

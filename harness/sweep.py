@@ -46,26 +46,22 @@ from typing import Any
 import yaml
 
 from harness import store
+from harness.experiment import build_tuner, check_memory  # noqa: F401  (check_memory: the CLI's)
 from harness.plan import SweepPlan, plan_sweep
 from harness.progress import SweepProgress, SweepSummary, summarize
 from harness.ray_cluster import start_ray
 from harness.spec import SpecError, SweepSpec, load_spec, parse_spec
 from harness.store_check import check_store
-from harness.trial import TrialFn, planned_steps
-from harness.tune_trial import StoreCallback, tune_trainable
-from mage.config import get_dotted
+from harness.trial import TrialFn
+from harness.tune_trial import StoreCallback
 from mage.io import atomic_write_text
 
 PHASES = {"grid": ["main"], "random": ["main"], "optuna": ["baselines", "search"]}
 
 
 # --------------------------------------------------------------------------------------
-# Tune experiments
+# Phases (each a Tune experiment: harness.experiment)
 # --------------------------------------------------------------------------------------
-
-
-def _trial_dirname(trial) -> str:
-    return trial.trial_id
 
 
 def _phases(plan: SweepPlan) -> list[str]:
@@ -75,171 +71,6 @@ def _phases(plan: SweepPlan) -> list[str]:
 def _phase_trials(plan: SweepPlan, phase: str) -> int:
     n = plan.spec.num_samples if phase == "search" else len(plan.variants)
     return n * len(plan.seeds)
-
-
-def experiment_path(plan: SweepPlan, sweep_dir: Path, phase: str) -> str:
-    base = plan.spec.storage_path or str(sweep_dir / "tune")
-    return f"{base.rstrip('/')}/{plan.spec.name}-{phase}"
-
-
-def _resources(spec: SweepSpec):
-    import ray
-    from ray import tune
-
-    if spec.resources != "whole_node":
-        return spec.resources.trial_resources()
-    nodes = [n["Resources"] for n in ray.nodes() if n.get("Alive")]
-    cpu = min(n.get("CPU", 0) for n in nodes)
-    gpu = min(n.get("GPU", 0) for n in nodes)
-    return tune.PlacementGroupFactory([{"CPU": cpu, "GPU": gpu}], strategy="STRICT_PACK")
-
-
-def check_memory(plan: SweepPlan) -> None:
-    """Refuse, before Ray starts, a GPU sweep whose variants' stages are estimated not to fit
-    one GPU's memory on the stated workers (`mage.train.memory`; the estimate is the message)."""
-    res = plan.spec.resources
-    if res == "whole_node" or res.gpus_per_trial_worker[1] <= 0:
-        return
-    from mage.train.memory import check_fits
-
-    workers = res.gpus_per_trial_worker[0]
-    seen = set()
-    for variant in plan.variants or [None]:
-        config = variant.config if variant else plan.base
-        shape = config.model_dump(include={"vision", "ian", "llm", "stage1", "stage2"})
-        key = json.dumps([shape, config.max_length], sort_keys=True, default=str)
-        if key in seen:
-            continue
-        seen.add(key)
-        try:
-            check_fits(config, workers, res.gpu_memory_gb)
-        except ValueError as err:
-            name = variant.name if variant else plan.spec.base
-            raise SpecError(f"resources: variant {name}: {err}") from None
-
-
-def max_concurrent_trials(spec: SweepSpec) -> int | None:
-    """The spec's cap, or for worker-group trials as many as the cluster has room for: a
-    trial's driver holds no GPU, so Tune alone would start trials whose workers then wait."""
-    import ray
-
-    if spec.max_concurrent_trials or spec.resources == "whole_node" or spec.resources.in_process:
-        return spec.max_concurrent_trials
-    need, have = spec.resources.group_size(), ray.cluster_resources()
-    fits = [int(have.get(k, 0) // need[k]) for k in ("GPU", "CPU") if need[k] > 0]
-    if min(fits) < 1:
-        raise SpecError(
-            f"resources: one trial needs {need['CPU']:g} CPUs and {need['GPU']:g} GPUs at once "
-            f"(driver + {spec.resources.workers} workers); the cluster has "
-            f"{have.get('CPU', 0):g} CPUs and {have.get('GPU', 0):g} GPUs"
-        )
-    return min(fits)
-
-
-def optuna_space(plan: SweepPlan) -> dict[str, Any]:
-    """The spec's axes as Optuna distributions (bundles become categorical labels)."""
-    from optuna.distributions import (
-        CategoricalDistribution,
-        FloatDistribution,
-        IntDistribution,
-    )
-
-    data, space = plan.base.to_dict(), {}
-    for name, axis in plan.spec.axes.items():
-        if name in plan.bundles:
-            space[name] = CategoricalDistribution(list(plan.bundles[name]))
-        elif axis.options is not None:
-            space[name] = CategoricalDistribution(axis.options)
-        elif isinstance(get_dotted(data, name), int) and not isinstance(
-            get_dotted(data, name), bool
-        ):
-            step = int(axis.step or 1)
-            space[name] = IntDistribution(int(axis.low), int(axis.high), log=axis.log, step=step)
-        else:
-            space[name] = FloatDistribution(axis.low, axis.high, log=axis.log, step=axis.step)
-    return space
-
-
-def _search_alg(plan: SweepPlan, sweep_dir: Path):
-    import optuna
-    from ray.tune.search import Repeater
-    from ray.tune.search.optuna import OptunaSearch
-
-    spec = plan.spec
-    url = spec.optuna_storage or f"sqlite:///{sweep_dir / 'optuna.db'}"
-    searcher = OptunaSearch(
-        space=optuna_space(plan),
-        metric="objective",
-        mode=spec.primary.mode,
-        sampler=optuna.samplers.TPESampler(seed=spec.search_seed),
-        study_name=spec.name,
-        storage=optuna.storages.RDBStorage(url),
-    )
-    return Repeater(searcher, repeat=len(plan.seeds), set_index=True)
-
-
-def _tuner(
-    plan: SweepPlan,
-    sweep_dir: Path,
-    phase: str,
-    trial_fn: TrialFn,
-    callbacks: list,
-    retry: list[dict] | None = None,
-):
-    from ray import tune
-    from ray.tune.schedulers import ASHAScheduler
-
-    spec = plan.spec
-    trainable = tune.with_parameters(
-        tune_trainable, sweep_dir=str(sweep_dir), plan=plan, trial_fn=trial_fn
-    )
-    trainable = tune.with_resources(trainable, _resources(spec))
-    path = experiment_path(plan, sweep_dir, phase)
-    if tune.Tuner.can_restore(path):
-        tuner = tune.Tuner.restore(path, trainable=trainable, resume_errored=True)
-        # Tune restores the RunConfig it pickled; give it this session's callbacks.
-        tuner._local_tuner.get_run_config().callbacks = callbacks
-        return tuner
-    scheduler = None
-    if spec.early_stopping:
-        es = spec.early_stopping
-        scheduler = ASHAScheduler(
-            time_attr="global_step",
-            metric=es.metric,
-            mode=es.mode,
-            max_t=es.max_t or planned_steps(plan.base),
-            grace_period=es.grace_period,
-            reduction_factor=es.reduction_factor,
-        )
-    if phase == "search":
-        param_space, search_alg = None, _search_alg(plan, sweep_dir)
-        num_samples = spec.num_samples * len(plan.seeds)
-    elif retry is not None:  # failed trials run again (harness.retry)
-        param_space, search_alg, num_samples = {"retry": tune.grid_search(retry)}, None, 1
-    else:
-        names = [v.name for v in plan.variants]
-        param_space = {"variant": tune.grid_search(names), "seed": tune.grid_search(plan.seeds)}
-        search_alg, num_samples = None, 1
-    return tune.Tuner(
-        trainable,
-        param_space=param_space,
-        tune_config=tune.TuneConfig(
-            search_alg=search_alg,
-            scheduler=scheduler,
-            num_samples=num_samples,
-            max_concurrent_trials=max_concurrent_trials(spec),
-            trial_dirname_creator=_trial_dirname,
-            reuse_actors=True,  # a fresh process per trial re-imports torch (~5 s each)
-        ),
-        run_config=tune.RunConfig(
-            name=path.rsplit("/", 1)[1],
-            storage_path=path.rsplit("/", 1)[0],
-            failure_config=tune.FailureConfig(max_failures=spec.max_failures),
-            checkpoint_config=tune.CheckpointConfig(num_to_keep=1),
-            callbacks=callbacks,
-            verbose=0,
-        ),
-    )
 
 
 # --------------------------------------------------------------------------------------
@@ -449,7 +280,7 @@ def _drive(
                     progress,
                 ),
             ]
-            _tuner(plan, sweep_dir, phase, trial_fn or run_trial, callbacks).fit()
+            build_tuner(plan, sweep_dir, phase, trial_fn or run_trial, callbacks).fit()
         # trials moved aside for a retry that did not finish, and with retry_failed the
         # failed ones: run again in an experiment of their own
         retry = prepare_retries(sweep_dir, plan, retry_failed or plan.spec.retry_failed)
@@ -461,7 +292,7 @@ def _drive(
                     f"{plan.spec.name}:{phase}", len(retry), plan.spec.primary.mode, progress
                 ),
             ]
-            _tuner(plan, sweep_dir, phase, trial_fn or run_trial, callbacks, retry).fit()
+            build_tuner(plan, sweep_dir, phase, trial_fn or run_trial, callbacks, retry).fit()
     finally:
         sessions[-1].update(wall_s=time.time() - started, ended_at=_now())
         handler.consolidate()

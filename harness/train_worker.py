@@ -54,17 +54,37 @@ class StageJob:
     extra: dict[str, Any] = field(default_factory=dict)
 
 
+# every stage's metrics, NaN until reported (early stopping reads one of them, and only from a
+# result that also holds that stage's step)
+STAGE_METRICS_UNSET = {
+    f"{stage}/{key}": math.nan
+    for stage in ("stage1", "stage2")
+    for key in ("loss", "ce_loss", "mse_loss")
+}
+
+
 def tune_result(trial_key: str, global_step: int, values: dict) -> dict[str, Any]:
-    """An intermediate result as Tune (ASHA, the progress display) reads it."""
-    return {
+    """An intermediate result as Tune reads it: ``global_step`` (both stages), ``train_loss``
+    (the progress display), and the stage's own ``<stage>/step``, ``<stage>/loss``,
+    ``<stage>/ce_loss``, ``<stage>/mse_loss`` (what early stopping ranks, within one stage).
+    ``objective`` is NaN until the trial is scored (Tune wants the searcher's metric in
+    every result; `harness.experiment.MageOptunaSearch` reads it as "not scored")."""
+    stage = values.get("stage", "")
+    result = {
         "trial_key": trial_key,
         "trial_final": 0,
         "objective": math.nan,
         "global_step": global_step,
         "train_loss": float(values.get("loss", math.nan)),
-        "stage": values.get("stage", ""),
-        **{k: float(v) for k, v in values.items() if k in ("ce_loss", "mse_loss", "lr")},
+        "stage": stage,
+        **STAGE_METRICS_UNSET,  # Tune wants a scheduler's metric in every result
     }
+    if stage and "step" in values:
+        result[f"{stage}/step"] = int(values["step"])
+    for key in ("loss", "ce_loss", "mse_loss"):
+        if key in values and stage:
+            result[f"{stage}/{key}"] = float(values[key])
+    return result
 
 
 def _curve_rows(stage: str, step: int, metrics: dict) -> list[dict]:
@@ -119,7 +139,8 @@ def run_stage(
                 on_step(stage, step, metrics)
         every = job.report_every or max(1, metrics["total_steps"] // REPORTS_PER_STAGE)
         if on_report is not None and (checkpoint or step % every == 0):
-            result = tune_result(job.trial_key, job.step_offset + step, {**metrics, "stage": stage})
+            values = {**metrics, "stage": stage, "step": step}
+            result = tune_result(job.trial_key, job.step_offset + step, values)
             on_report(result, checkpoint)
 
     summary = train_stage(

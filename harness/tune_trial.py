@@ -23,7 +23,7 @@ from harness import store
 from harness.plan import SweepPlan, Variant
 from harness.retry import retry_variant
 from harness.spec import SweepSpec
-from harness.train_worker import WorkerGroup, tune_result
+from harness.train_worker import STAGE_METRICS_UNSET, WorkerGroup, tune_result
 from harness.trial import NOT_CURVES, TrialContext, TrialFn, execute_trial, planned_steps
 
 REPORTS_PER_TRIAL = 50  # intermediate Tune reports per trial (early stopping, live progress)
@@ -51,15 +51,20 @@ def worker_group(spec: SweepSpec) -> WorkerGroup | None:
 
 
 def _final(record: store.TrialRecord, spec: SweepSpec) -> dict[str, Any]:
+    """A trial's last result: its objective when it was scored (a failed trial has none,
+    and the searcher is told it failed: `harness.experiment.MageOptunaSearch`)."""
     value = record.objectives.get(spec.primary.key)
-    return {
+    final = {
         "trial_key": record.trial_id,
         "trial_status": record.status,
         "trial_final": 1,
         "global_step": record.steps,
         "train_loss": math.nan,
-        "objective": math.nan if value is None else float(value),
+        **STAGE_METRICS_UNSET,
     }
+    ok = value is not None and math.isfinite(value)
+    final["objective"] = float(value) if ok else math.nan  # NaN: failed (see above)
+    return final
 
 
 def tune_trainable(config: dict[str, Any], *, sweep_dir: str, plan: SweepPlan, trial_fn: TrialFn):
@@ -87,7 +92,9 @@ def tune_trainable(config: dict[str, Any], *, sweep_dir: str, plan: SweepPlan, t
         global_step = int(
             values.get("global_step", step + (stage1_steps if stage == "stage2" else 0))
         )
-        last["result"] = tune_result(trial_id, global_step, {**values, "stage": stage})
+        last["result"] = tune_result(
+            trial_id, global_step, {**values, "stage": stage, "step": step}
+        )
         live.append(stage, step, {k: v for k, v in values.items() if k not in NOT_CURVES})
         if global_step % every == 0:
             tune.report(metrics())
@@ -121,6 +128,11 @@ def tune_trainable(config: dict[str, Any], *, sweep_dir: str, plan: SweepPlan, t
     record = execute_trial(ctx, trial_fn)
     live.remove()
     tune.report(_final(record, plan.spec))
+
+
+def _stage_metric(key: str) -> bool:
+    stage, _, name = key.partition("/")
+    return stage in ("stage1", "stage2") and name in ("loss", "ce_loss", "mse_loss")
 
 
 class StoreCallback(Callback):
@@ -172,6 +184,12 @@ class StoreCallback(Callback):
             steps=int(last.get("global_step") or 0),
             planned_steps=planned_steps(config),
             stopped_early=not error,
+            # a stopped trial keeps the training metrics it was last compared on
+            objectives={
+                f"train/{k}/all": float(v)
+                for k, v in last.items()
+                if _stage_metric(k) and math.isfinite(v)
+            },
         )
         store.write_trial(self.sweep_dir, record, curves=live.read())
         live.remove()
