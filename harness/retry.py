@@ -27,7 +27,7 @@ from harness import store
 from harness.plan import SweepPlan, Variant
 from mage.config import MageConfig
 
-RETRIED = "retried"
+RETRIED = store.RETRIED
 # exception names and messages, matched case-insensitively
 TRANSIENT = re.compile(
     r"outofmemory|out of memory|memoryerror|\boom\b|oom.?kill|actordied|workercrash|nodedied|"

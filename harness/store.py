@@ -251,6 +251,9 @@ def build_tables(
     return out
 
 
+RETRIED = "retried"  # SWEEP_DIR/retried/<trial_id>/attempt-<n>/: earlier attempts (harness.retry)
+
+
 def consolidate(
     sweep_dir: str | Path, sweep: str, swept_fields: list[str], allow_fewer: bool = False
 ) -> dict[str, pd.DataFrame]:
@@ -261,7 +264,9 @@ def consolidate(
     sweep_dir = Path(sweep_dir)
     tables = build_tables(sweep_dir, sweep, swept_fields)
     if not allow_fewer:
-        dropped = sorted(table_trial_ids(sweep_dir) - set(tables["trials"]["trial_id"]))
+        retrying = {p.name for p in (sweep_dir / RETRIED).glob("*")}  # moved aside to run again
+        recorded = set(tables["trials"]["trial_id"])
+        dropped = sorted(table_trial_ids(sweep_dir) - recorded - retrying)
         if dropped:
             raise DamagedStoreError(
                 f"{sweep_dir / 'trials.parquet'} holds {len(dropped)} trial(s) that trials/ has "

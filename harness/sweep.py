@@ -185,6 +185,8 @@ def _prepare_shared_inputs(plan: SweepPlan, sweep_dir: Path) -> None:
     import torch
 
     from harness.trial import prepare_data, records_dir
+    from mage.config import ConfigError
+    from mage.records import DataError
     from mage.world.source import needs_assets
 
     configs = [plan.base] + [v.config for v in plan.variants]
@@ -205,7 +207,11 @@ def _prepare_shared_inputs(plan: SweepPlan, sweep_dir: Path) -> None:
             key = json.dumps(data, default=str)
             if key not in seen:
                 seen.add(key)
-                prepare_data(plan.spec, config, records_dir(sweep_dir))
+                try:
+                    prepare_data(plan.spec, config, records_dir(sweep_dir))
+                except (DataError, ConfigError, FileNotFoundError) as err:
+                    # that variant's trials fail with this cause; the sweep goes on
+                    print(f"  {config.name}: {err}", file=sys.stderr)
         print(f"training data ready ({time.time() - started:.0f} s)", file=sys.stderr)
     finally:
         torch.set_num_threads(threads)
@@ -239,10 +245,11 @@ def _drive(
     from harness.retry import prepare_retries
     from harness.trial import run_trial
 
+    spec = plan.spec  # as the user wrote it: what spec.yaml keeps
     plan = _mmbench_scoring(plan, store.read_manifest(sweep_dir))
     started_ray = start_ray(ray_address)  # first: an unreachable cluster fails before any write
     try:
-        _write_spec(sweep_dir, plan.spec)
+        _write_spec(sweep_dir, spec)
         _prepare_shared_inputs(plan, sweep_dir)
     except BaseException:
         if started_ray:
