@@ -107,7 +107,7 @@ def run_stage(
     import torch
 
     from mage.config import MageConfig
-    from mage.io import atomic_write, atomic_write_json
+    from mage.io import atomic_write_json
     from mage.model import MageModel
     from mage.persist import load_trainable
     from mage.train import seed_build, train_stage
@@ -122,7 +122,7 @@ def run_stage(
     model = MageModel.build(cfg)
     if job.init_from:
         load_trainable(model, Path(job.init_from) / "trainable.safetensors")
-    curves: list[dict] = []
+    curves = _curves_so_far(folder, cfg, stage) if rank == 0 else []
     live = None
     if job.live_curves and rank == 0:
         from harness.store import RunningCurves
@@ -133,6 +133,8 @@ def run_stage(
         checkpoint = metrics.pop("checkpoint", None)
         if rank == 0:
             curves.extend(_curve_rows(stage, step, metrics))
+            if checkpoint:  # a resumed run keeps the curve up to its checkpoint
+                _write_curves(Path(checkpoint) / "curves.parquet", curves)
             if live is not None:
                 live.append(stage, step, metrics)
             if on_step is not None:
@@ -158,10 +160,25 @@ def run_stage(
     if rank == 0:
         if not getattr(cfg, stage).keep_optimizer:
             CheckpointManager(folder / "checkpoints", cfg.seed, stage).prune(keep=0)
-        frame = pd.DataFrame(curves, columns=["stage", "step", "metric", "value"])
-        atomic_write(folder / "curves.parquet", lambda p: frame.to_parquet(p, index=False))
+        _write_curves(folder / "curves.parquet", curves)
         atomic_write_json(folder / "done.json", {"stage": stage, "summary": summary})
     return summary
+
+
+def _write_curves(path: Path, rows: list[dict]) -> None:
+    from mage.io import atomic_write
+
+    frame = pd.DataFrame(rows, columns=["stage", "step", "metric", "value"])
+    atomic_write(path, lambda p: frame.to_parquet(p, index=False))
+
+
+def _curves_so_far(folder: Path, cfg, stage: str) -> list[dict]:
+    """The curve a resumed stage had reached: the one saved with its newest checkpoint."""
+    from mage.train.checkpoint import CheckpointManager
+
+    latest = CheckpointManager(folder / "checkpoints", cfg.seed, stage).latest()
+    saved = latest / "curves.parquet" if latest else None
+    return pd.read_parquet(saved).to_dict("records") if saved and saved.is_file() else []
 
 
 # --------------------------------------------------------------------------------------
