@@ -1,7 +1,8 @@
 """`mage-harness eval CHECKPOINT`: score a saved MAGE model on MME, MMBench and SEED.
 
 Runs `harness.eval.evaluate` (lmms-eval's official scoring), writes the result files to
-``--out`` and prints the headline and per-category numbers. Exits non-zero, with the cause
+``--out`` and prints the headline and per-category numbers. ``--workers N`` runs it
+data-parallel on N processes started by torch's own launcher (`harness.eval_parallel`). Exits non-zero, with the cause
 on stderr, when the checkpoint, the data or the evaluation fails. With ``--data`` the run is
 offline: HF_DATASETS_OFFLINE / HF_HUB_OFFLINE are set unless already set.
 """
@@ -46,44 +47,99 @@ def register(subparsers: argparse._SubParsersAction) -> None:
         "--max-new-tokens-cap",
         type=int,
         default=None,
-        help="cap every task's token budget (MMBench asks for 1024)",
+        help="cap every task's token budget",
+    )
+    parser.add_argument(
+        "--budgets",
+        choices=("harness", "task"),
+        default="harness",
+        help="token budgets: the harness's per-task defaults (MME 16, MMBench 32, SEED 16) "
+        "or each task's own (MMBench 1024)",
+    )
+    parser.add_argument(
+        "--workers",
+        type=int,
+        default=1,
+        help="data-parallel processes (torch's launcher; gloo on CPU, one GPU each with NCCL)",
+    )
+    parser.add_argument(
+        "--loader-workers", type=int, default=1, help="image-loading processes per worker"
+    )
+    parser.add_argument(
+        "--threads",
+        type=int,
+        default=None,
+        help="torch CPU threads per worker (default: cores / workers)",
     )
     parser.set_defaults(func=run)
 
 
 def run(args: argparse.Namespace) -> int:
+    from torch.distributed.elastic.multiprocessing.errors import ChildFailedError
+
     from harness.eval import EvalError, check_local_data, parse_tasks
     from harness.eval_tables import EvalConsistencyError
 
     try:
         benchmarks = parse_tasks(args.tasks)
-        for name, value in (("--batch-size", args.batch_size), ("--limit", args.limit)):
+        for name, value in (
+            ("--batch-size", args.batch_size),
+            ("--limit", args.limit),
+            ("--workers", args.workers),
+            ("--threads", args.threads),
+        ):
             if value is not None and value < 1:
                 raise EvalError(f"{name} must be a positive integer, got {value}")
         if args.data is not None:
             os.environ.setdefault("HF_DATASETS_OFFLINE", "1")
             os.environ.setdefault("HF_HUB_OFFLINE", "1")
-            check_local_data(args.data, benchmarks, args.limit)  # fail before loading a model
+            check_local_data(args.data, benchmarks, args.limit, hash_content=False)  # fail early
         checkpoint = Path(args.checkpoint)
         if not checkpoint.is_dir():
             raise EvalError(f"checkpoint folder not found: {checkpoint}")
-        from harness.eval import evaluate
-
-        result = evaluate(
-            str(checkpoint),
+        settings = dict(
+            model_or_checkpoint=str(checkpoint),
             tasks=benchmarks,
             data_dir=args.data,
-            out_dir=args.out or checkpoint / "eval",
+            out_dir=str(args.out or checkpoint / "eval"),
             batch_size=args.batch_size,
             limit=args.limit,
             max_new_tokens_cap=args.max_new_tokens_cap,
+            loader_workers=args.loader_workers,
+            budgets=args.budgets,
         )
+        if args.workers > 1:
+            from harness.eval_parallel import launch
+
+            scores = launch(args.workers, settings, threads=args.threads)["scores"]
+        else:
+            import torch
+
+            from harness.eval import evaluate
+
+            if args.threads:
+                torch.set_num_threads(args.threads)
+            scores = evaluate(**settings).scores
     except (EvalError, EvalConsistencyError, FileNotFoundError, ValueError) as err:
         print(f"mage-harness eval: error: {err}", file=sys.stderr)
         return 1
-    print_scores(result.scores)
+    except ChildFailedError as err:  # a worker process failed: its own error, first line
+        print(f"mage-harness eval: error: a worker failed: {_first_failure(err)}", file=sys.stderr)
+        return 1
+    print_scores(scores)
     print(f"results in {args.out or checkpoint / 'eval'}")
     return 0
+
+
+def _first_failure(err) -> str:
+    failures = getattr(err, "failures", {}) or {}
+    for failure in failures.values():
+        message = getattr(failure, "message", None)
+        if isinstance(message, dict):
+            message = message.get("message", {}).get("message") or str(message)
+        if message:
+            return str(message).strip().splitlines()[-1]
+    return str(err).strip().splitlines()[0]
 
 
 def print_scores(scores) -> None:
