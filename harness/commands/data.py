@@ -36,6 +36,9 @@ def register(sub: argparse._SubParsersAction) -> None:
     )
     synth.add_argument("--quiet", action="store_true", help="no progress display")
     synth.set_defaults(func=_synth)
+    from harness.commands.benchmarks import register as register_benchmarks
+
+    register_benchmarks(data_sub)
     data.set_defaults(func=lambda args: (data.print_help(), 2)[1])
 
     prep = sub.add_parser(
