@@ -58,3 +58,106 @@ def photo_bytes() -> dict[str, bytes]:
 def open_photo(data: bytes) -> Image.Image:
     """Decode lazily, as the datasets library hands images to lmms-eval's tasks."""
     return Image.open(io.BytesIO(data))
+
+
+MME_CATEGORIES = ("existence", "count", "position", "color", "posters", "celebrity", "scene")
+
+
+def write_photo_benchmarks(out: Path) -> dict[str, int]:
+    """The photos as MME (test), MMBench (en dev, with circular copies) and SEED-Bench (test)
+    ``save_to_disk`` folders in the official schemas, with a ``benchmarks.json`` recording
+    their rows (as `mage-harness data benchmarks` would). Returns {benchmark: rows}."""
+    from datasets import Dataset, DatasetDict, Features, Sequence, Value
+    from datasets import Image as HFImage
+
+    from harness.benchmarks import write_manifest
+
+    photos = photo_bytes()
+    stored = {name: {"bytes": data, "path": None} for name, data in photos.items()}
+    mme = []
+    for i, (name, image) in enumerate(stored.items()):
+        category = MME_CATEGORIES[i % len(MME_CATEGORIES)]
+        for answer, word in (("Yes", "a"), ("No", "no")):
+            mme.append(
+                dict(
+                    question_id=f"{category}/{name}.jpg",
+                    image=image,
+                    question=f"Is there {word} {name} here? Please answer yes or no.",
+                    answer=answer,
+                    category=category,
+                )
+            )
+    text = {c: Value("string") for c in ("question_id", "question", "answer", "category")}
+    DatasetDict(
+        test=Dataset.from_list(mme, features=Features(image=HFImage(), **text))
+    ).save_to_disk(out / "mme")
+    options = ["a flower", "a temple", "a person", "a present"]
+    mmbench = []
+    for i, (name, image) in enumerate(stored.items()):
+        for copy in range(2):  # the question and one option-shifted copy
+            shifted = options[copy:] + options[:copy]
+            mmbench.append(
+                {
+                    "index": i + copy * 1_000_000,
+                    "question": f"What does the photo {name} show?",
+                    "hint": None,
+                    **dict(zip("ABCD", shifted)),
+                    "answer": "ABCD"[shifted.index(options[i % 4])],
+                    "category": "image_topic",
+                    "image": image,
+                    "source": "real_photos",
+                    "L2-category": "coarse_perception",
+                    "comment": None,
+                    "split": "dev",
+                }
+            )
+    strings = ["question", "hint", "A", "B", "C", "D", "answer", "category", "source"]
+    features = Features(
+        {
+            "index": Value("int64"),
+            **{c: Value("string") for c in strings},
+            "image": HFImage(),
+            "L2-category": Value("string"),
+            "comment": Value("string"),
+            "split": Value("string"),
+        }
+    )
+    DatasetDict(dev=Dataset.from_list(mmbench, features=features)).save_to_disk(out / "mmbench")
+    seed = [
+        dict(
+            answer="ABCD"[i % 4],
+            **{f"choice_{c}": f"{c} {name}" for c in "abcd"},
+            data_id=f"{name}.jpg",
+            data_type="image",
+            question=f"Which describes {name}?",
+            question_id=f"q{i}",
+            question_type_id=1 + i % 9,
+            image=[image],
+            segment=None,
+        )
+        for i, (name, image) in enumerate(stored.items())
+    ]
+    seed_features = Features(
+        answer=Value("string"),
+        **{f"choice_{c}": Value("string") for c in "abcd"},
+        data_id=Value("string"),
+        data_type=Value("string"),
+        question=Value("string"),
+        question_id=Value("string"),
+        question_type_id=Value("int64"),
+        image=Sequence(HFImage()),
+        segment=Sequence(Value("int64")),
+    )
+    DatasetDict(test=Dataset.from_list(seed, features=seed_features)).save_to_disk(
+        out / "seedbench"
+    )
+    rows = {"mme": len(mme), "mmbench": len(mmbench), "seedbench": len(seed)}
+    images = {"seedbench": len(seed)}
+    write_manifest(
+        out,
+        {
+            b: {"rows": n, "image_rows": images.get(b), "source": "real_photos"}
+            for b, n in rows.items()
+        },
+    )
+    return rows
