@@ -238,7 +238,7 @@ def evaluate(
         ) from err
     timings = eval_parallel.gather_to_all(lm.timings)
     wall_s = time.time() - began
-    outcome: EvalResult | str | None = None
+    outcome: Any = None
     if rank == 0:
         try:
             local = data_records if data_dir is not None else None
@@ -247,9 +247,14 @@ def evaluate(
                 build_record(results, names, outcome.samples, outcome.datasets, lm, limit, wall_s)
             )
             outcome.record["costs"] = eval_parallel.eval_costs(timings, names, lm.device, wall_s)
+            outcome.scores = pd.concat(
+                [outcome.scores, eval_parallel.cost_rows(outcome.record["costs"])],
+                ignore_index=True,
+            )
             write_outputs(
                 out_dir, results, outcome.samples, outcome.scores, outcome.items, outcome.record
             )
+            outcome = EvalResult(outcome.scores, outcome.items, outcome.record)
         except (EvalError, eval_tables.EvalConsistencyError) as err:
             outcome = f"{type(err).__name__}: {err}"
             if world == 1:
@@ -257,7 +262,7 @@ def evaluate(
     outcome = eval_parallel.broadcast(outcome)
     if isinstance(outcome, str):
         raise EvalError(f"rank 0 could not score the evaluation: {outcome}")
-    return EvalResult(scores=outcome.scores, items=outcome.items, record=outcome.record)
+    return outcome
 
 
 @dataclass

@@ -109,6 +109,31 @@ def eval_costs(
     }
 
 
+COST_METRICS = ("samples_per_s", "gpu_hours", "device_hours", "wall_s")
+
+
+def cost_rows(costs: dict[str, Any]) -> Any:
+    """The costs as score rows of benchmark ``eval``: metric ``<benchmark>/<figure>``
+    (`COST_METRICS`), category ``all``, n = samples; so they reach the results store beside
+    the scores, as the training losses do (benchmark ``train``)."""
+    import pandas as pd
+
+    from mage.scores import SCORE_COLUMNS
+
+    rows = [
+        {
+            "benchmark": "eval",
+            "metric": f"{bench}/{metric}",
+            "category": "all",
+            "value": float(part[metric]) if part[metric] is not None else float("nan"),
+            "n": int(part["samples"]),
+        }
+        for bench, part in costs["benchmarks"].items()
+        for metric in COST_METRICS
+    ]
+    return pd.DataFrame(rows, columns=SCORE_COLUMNS)
+
+
 # ---- mage-harness eval --workers N -------------------------------------------------------
 @record  # a failing rank's error reaches the launcher (ChildFailedError.failures)
 def _worker(evaluate_kwargs: dict, threads: int) -> Any:

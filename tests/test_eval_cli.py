@@ -149,7 +149,8 @@ def test_mage_harness_eval_scores_a_checkpoint(checkpoint, bench_data_dir, tmp_p
     assert code == 0, captured.err
     assert "mme_perception_score" in captured.out
     scores = pd.read_parquet(out / "scores.parquet")
-    assert set(scores.benchmark) == {"mme"} and (scores.category == "all").any()
+    assert set(scores.benchmark) == {"mme", "eval"} and (scores.category == "all").any()
+    assert scores.query("benchmark == 'eval' and metric == 'mme/samples_per_s'").value.item() > 0
     record = json.loads((out / "record.json").read_text())
     assert record["model"]["checkpoint"] == str(checkpoint)
     assert record["model"]["max_new_tokens_cap"] == 4
