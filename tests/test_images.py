@@ -6,7 +6,7 @@ from __future__ import annotations
 import numpy as np
 import pytest
 import torch
-from PIL import Image, ImageOps
+from PIL import Image
 from real_photos import LARGE_SIDE, open_photo, photo_bytes, source
 
 from mage.images import MAX_SIDE, expand2square, mean_color, open_image, prepare_image, to_rgb
