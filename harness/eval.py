@@ -243,18 +243,15 @@ def evaluate(
         try:
             local = data_records if data_dir is not None else None
             outcome = _finish(results, names, local, out_dir / "lmms_eval" / "submissions")
-            outcome.record.update(
-                build_record(results, names, outcome.samples, outcome.datasets, lm, limit, wall_s)
+            record = build_record(
+                results, names, outcome.samples, outcome.datasets, lm, limit, wall_s
             )
-            outcome.record["costs"] = eval_parallel.eval_costs(timings, names, lm.device, wall_s)
-            outcome.scores = pd.concat(
-                [outcome.scores, eval_parallel.cost_rows(outcome.record["costs"])],
-                ignore_index=True,
+            record["costs"] = eval_parallel.eval_costs(timings, names, lm.device, wall_s)
+            scores = pd.concat(
+                [outcome.scores, eval_parallel.cost_rows(record["costs"])], ignore_index=True
             )
-            write_outputs(
-                out_dir, results, outcome.samples, outcome.scores, outcome.items, outcome.record
-            )
-            outcome = EvalResult(outcome.scores, outcome.items, outcome.record)
+            write_outputs(out_dir, results, outcome.samples, scores, outcome.items, record)
+            outcome = EvalResult(scores, outcome.items, record)
         except (EvalError, eval_tables.EvalConsistencyError) as err:
             outcome = f"{type(err).__name__}: {err}"
             if world == 1:
@@ -271,7 +268,6 @@ class _Scored:
     items: pd.DataFrame
     samples: dict
     datasets: dict
-    record: dict
 
 
 def _finish(results: dict | None, names: dict, data_records: dict | None, details_dir: Path):
@@ -287,7 +283,7 @@ def _finish(results: dict | None, names: dict, data_records: dict | None, detail
         results, samples, names, mmbench_choice()[1], details_dir
     )
     datasets = data_records if data_records is not None else _hub_records(names, results, names)
-    return _Scored(scores, items, samples, datasets, {})
+    return _Scored(scores, items, samples, datasets)
 
 
 def _hub_hint(cause: str) -> str:

@@ -50,6 +50,7 @@ from harness.eval_batches import (
     plan_batches,
     stop_strings,
 )
+from mage.images import parse_color
 
 MODEL_ID = "mage"
 DEFAULT_MAX_NEW_TOKENS = 32  # when neither the harness nor the task gives a budget
@@ -96,20 +97,6 @@ def truncate_at_stops(text: str, until: str | Sequence[str] | None) -> str:
             if position != -1:
                 cut = min(cut, position)
     return text[:cut]
-
-
-def _background(value: Any) -> tuple[int, int, int]:
-    """``"white"``, ``"black"``, ``"R,G,B"`` or a 3-tuple -> an RGB triple."""
-    named = {"white": (255, 255, 255), "black": (0, 0, 0)}
-    if isinstance(value, str):
-        value = named.get(value.strip().lower()) or value.split(",")
-    try:
-        rgb = tuple(int(v) for v in value)
-    except (TypeError, ValueError):
-        rgb = ()
-    if len(rgb) != 3 or not all(0 <= v <= 255 for v in rgb):
-        raise ValueError(f"MageLMM: background must be white, black or R,G,B, got {value!r}")
-    return rgb  # type: ignore[return-value]
 
 
 class MageLMM(lmms):
@@ -170,7 +157,7 @@ class MageLMM(lmms):
             else _positive_int("max_new_tokens_cap", max_new_tokens_cap)
         )
         self.loader_workers = _non_negative_int("loader_workers", loader_workers)
-        self.background = _background(background)
+        self.background = parse_color(background, what="MageLMM: background")
         self._rank, self._world_size = process_rank()
         self.checkpoint = None if checkpoint is None else str(checkpoint)
         self.model = model if model is not None else self._load(self.checkpoint, device)

@@ -96,6 +96,20 @@ def expand2square(image: Image.Image, background_color: Any) -> Image.Image:
     return result
 
 
+def parse_color(value: Any, what: str = "colour") -> tuple[int, int, int]:
+    """``"white"``, ``"black"``, ``"R,G,B"`` or a 3-sequence of 0-255 -> an RGB triple."""
+    named = {"white": WHITE, "black": (0, 0, 0)}
+    if isinstance(value, str):
+        value = named.get(value.strip().lower()) or value.split(",")
+    try:
+        rgb = tuple(int(v) for v in value)
+    except (TypeError, ValueError):
+        rgb = ()
+    if len(rgb) != 3 or not all(0 <= v <= 255 for v in rgb):
+        raise ValueError(f"{what} must be white, black or R,G,B (0-255), got {value!r}")
+    return rgb  # type: ignore[return-value]
+
+
 def mean_color(mean: Any) -> tuple[int, int, int]:
     """A normalisation mean (0-1 floats, as image processors give it) as an RGB fill colour,
     exactly as LLaVA computes it: ``tuple(int(x * 255) for x in image_mean)``."""

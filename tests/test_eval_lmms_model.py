@@ -165,6 +165,12 @@ def test_constructor_errors_name_the_argument(tmp_path):
         MageLMM.wrap(RecordingModel(), batch_size=0)
     with pytest.raises(ValueError, match="exactly one"):
         MageLMM()
+    with pytest.raises(ValueError, match="background must be white, black or R,G,B"):
+        MageLMM.wrap(RecordingModel(), background="pink")
+    with pytest.raises(ValueError, match="budgets must be 'harness' or 'task'"):
+        MageLMM.wrap(RecordingModel(), budgets="long")
+    with pytest.raises(ValueError, match="loader_workers"):
+        MageLMM.wrap(RecordingModel(), loader_workers=-1)
     with pytest.raises(FileNotFoundError, match="checkpoint folder not found"):
         MageLMM(checkpoint=str(tmp_path / "missing"))
 
