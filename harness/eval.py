@@ -214,6 +214,7 @@ def evaluate(
 
     from lmms_eval.evaluator import simple_evaluate
 
+    lm.reset_timings()
     cli_args = argparse.Namespace(output_path=str(out_dir / "lmms_eval"), process_with_media=False)
     began = time.time()
     try:

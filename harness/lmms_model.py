@@ -161,6 +161,10 @@ class MageLMM(lmms):
         self._rank, self._world_size = process_rank()
         self.checkpoint = None if checkpoint is None else str(checkpoint)
         self.model = model if model is not None else self._load(self.checkpoint, device)
+        self.reset_timings()
+
+    def reset_timings(self) -> None:
+        """Start counting afresh (an evaluation's costs are its own)."""
         self.timings: dict[str, Any] = {"generate_s": 0.0, "generate_n": 0, "tasks": {}}
 
     @classmethod
