@@ -35,6 +35,7 @@ import pandas as pd
 
 from harness import eval_parallel, eval_tables
 from harness.benchmarks import OFFICIAL, BenchmarkDataError, check_folder, content_hash
+from harness.eval_batches import TASK_YAMLS
 from mage.io import atomic_write, atomic_write_json, atomic_write_text
 
 BENCHMARKS = ("mme", "mmbench", "seedbench")
@@ -142,12 +143,16 @@ def _hub_records(benchmarks: Iterable[str], results: dict, names: dict[str, str]
 # ---- the evaluation ---------------------------------------------------------------------
 @functools.cache
 def task_manager() -> Any:
-    """lmms-eval's task index, built once per process (indexing its YAMLs takes seconds).
+    """lmms-eval's task index of the MME, MMBench and SEED-Bench task folders, built once
+    per process (all ~2,000 tasks take seconds to index, in every evaluating process).
 
     ``model_name="mage"`` selects each task's default prompts, as ``--model mage`` does."""
+    import lmms_eval.tasks
     from lmms_eval.tasks import TaskManager
 
-    return TaskManager("WARNING", model_name="mage")
+    root = Path(lmms_eval.tasks.__file__).parent
+    folders = sorted({str(root / Path(path).parent) for path in TASK_YAMLS.values()})
+    return TaskManager("WARNING", model_name="mage", include_path=folders, include_defaults=False)
 
 
 def _as_lmm(model_or_checkpoint: Any, **settings: Any):

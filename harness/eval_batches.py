@@ -40,6 +40,13 @@ from PIL import Image
 from mage.images import WHITE, to_rgb
 
 TASK_MAX_NEW_TOKENS = {"mme": 16, "mmbench": 32, "seedbench": 16}
+TASK_YAMLS = {  # built-in task files, relative to the lmms_eval.tasks package
+    "mme": "mme/mme.yaml",
+    "mmbench_en_dev": "mmbench/mmbench_en_dev.yaml",
+    "mmbench_en_dev_static": "mmbench/mmbench_en_dev_static.yaml",
+    "seedbench": "seedbench/seedbench.yaml",
+}
+
 LOCAL_PREFIX = "mage_local_"  # task YAMLs of harness.lmms_model.write_local_task_yamls
 
 

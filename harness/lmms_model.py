@@ -42,6 +42,7 @@ from tqdm import tqdm
 
 from harness.eval_batches import (
     TASK_MAX_NEW_TOKENS,
+    TASK_YAMLS,
     BatchSource,
     Row,
     budget,
@@ -358,14 +359,6 @@ def process_rank() -> tuple[int, int]:
 
 
 # ---- the lmms-eval command line on local data --------------------------------------------
-TASK_YAMLS = {  # built-in task files, relative to the lmms_eval.tasks package
-    "mme": "mme/mme.yaml",
-    "mmbench_en_dev": "mmbench/mmbench_en_dev.yaml",
-    "mmbench_en_dev_static": "mmbench/mmbench_en_dev_static.yaml",
-    "seedbench": "seedbench/seedbench.yaml",
-}
-
-
 def write_local_task_yamls(
     data_dir: str | Path,
     include_dir: str | Path,
