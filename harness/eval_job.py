@@ -4,7 +4,8 @@
 `harness.eval.evaluate` (lmms-eval's own tasks and scoring) and, when asked, the tool-calling
 score, writing ``scores.parquet``, ``items.parquet`` and ``record.json`` into ``out``. It runs
 in the trial's process, or on the trial's Ray Train worker group (`run_eval_on_workers`: the
-GPUs are the workers', not the driver's): every rank calls `run_eval`, rank 0 writes.
+GPUs are the workers', not the driver's), data-parallel: every rank holds a replica of the
+model and scores a shard of the requests, rank 0 gathers and writes.
 """
 
 from __future__ import annotations
@@ -32,7 +33,11 @@ class EvalJob:
 
 
 def run_eval(job: EvalJob, device=None) -> None:
+    """Every rank of a process group calls this (or one process alone): the benchmarks run
+    data-parallel (`harness.eval.evaluate` shards lmms-eval's requests by rank and gathers
+    on rank 0); the tool-calling score runs on rank 0; rank 0 writes ``out``."""
     import torch
+    import torch.distributed as dist
 
     from harness.eval import evaluate
     from mage.io import atomic_write, atomic_write_json
@@ -40,9 +45,7 @@ def run_eval(job: EvalJob, device=None) -> None:
     from mage.train.loop import rank_and_world
 
     torch.set_num_threads(max(1, job.threads))
-    rank, _ = rank_and_world()
-    if rank != 0:  # evaluation is one process for now: the other ranks wait for it
-        return
+    rank, world = rank_and_world()
     out = Path(job.out)
     model = MageModel.from_pretrained(job.checkpoint, device=device)
     bench = [t for t in job.tasks if t != "tools"]
@@ -59,20 +62,23 @@ def run_eval(job: EvalJob, device=None) -> None:
             mmbench_scoring=job.mmbench_scoring,
         )
         scores, items, record = [result.scores], [result.items], result.record
-    if "tools" in job.tasks:
-        from mage.tools.metrics import evaluate_tools
+    if rank == 0:
+        if "tools" in job.tasks:
+            from mage.tools.metrics import evaluate_tools
 
-        tool_json = Path(job.tools_json or "")
-        if not tool_json.is_file():
-            raise FileNotFoundError(
-                f"tasks include 'tools' but the tool eval file {tool_json} does not exist"
-            )
-        tool_scores, tool_items = evaluate_tools(model, tool_json, batch_size=job.batch_size)
-        scores.append(tool_scores), items.append(tool_items)
-    for name, parts in (("scores", scores), ("items", items)):
-        frame = pd.concat(parts, ignore_index=True)
-        atomic_write(out / f"{name}.parquet", lambda p, f=frame: f.to_parquet(p, index=False))
-    atomic_write_json(out / "record.json", record)
+            tool_json = Path(job.tools_json or "")
+            if not tool_json.is_file():
+                raise FileNotFoundError(
+                    f"tasks include 'tools' but the tool eval file {tool_json} does not exist"
+                )
+            tool_scores, tool_items = evaluate_tools(model, tool_json, batch_size=job.batch_size)
+            scores.append(tool_scores), items.append(tool_items)
+        for name, parts in (("scores", scores), ("items", items)):
+            frame = pd.concat(parts, ignore_index=True)
+            atomic_write(out / f"{name}.parquet", lambda p, f=frame: f.to_parquet(p, index=False))
+        atomic_write_json(out / "record.json", record)
+    if world > 1:
+        dist.barrier()  # the others wait for rank 0's files
 
 
 def ray_eval_worker(config: dict) -> None:

@@ -12,29 +12,21 @@ the reported formula) or averaged (``"mean"``).
 
 from __future__ import annotations
 
-import inspect
 from dataclasses import dataclass
 from pathlib import Path
 
 import torch
 import torch.nn.functional as F
 from torch import nn
-from transformers import LlamaForCausalLM
 
+from mage import generation
 from mage.config import MageConfig
-from mage.data import IGNORE_INDEX, IMAGE_TOKEN_ID, encode_text, pad_left
+from mage.data import IGNORE_INDEX, IMAGE_TOKEN_ID
 from mage.ian import build_projector
 from mage.llm import load_llm
 from mage.registry import EncoderSpec
-from mage.template import IMAGE_TOKEN, get_template
+from mage.template import get_template
 from mage.vision import build_vision_tower
-
-# transformers renamed `past_key_values` to `cache` during 5.x; use whichever this one has.
-_CACHE_ARG = (
-    "cache"
-    if "cache" in inspect.signature(LlamaForCausalLM.forward).parameters
-    else "past_key_values"
-)
 
 
 @dataclass
@@ -225,78 +217,28 @@ class MageModel(nn.Module):
         terms = self.mse_terms(image_tokens, caption_ids, caption_mask)
         return None if terms is None else terms[0] / terms[1]
 
-    # ---- inference -----------------------------------------------------------------------
-    def _prompt_ids(self, question: str, has_image: bool) -> list[int]:
-        text = f"{IMAGE_TOKEN}\n{question}" if has_image else question
-        ids = encode_text(self.template.prompt(text), self.tokenizer, self.num_image_tokens)
-        bos = self.tokenizer.bos_token_id
-        return ([bos] if bos is not None else []) + ids
-
-    def _image_tokens(self, images) -> torch.Tensor | None:
-        present = [im for im in images if im is not None]
-        if not present:
-            return None
-        pixels = self.vision.preprocess(present).to(self.device)
-        return self.encode_images(pixels)
-
+    # ---- inference (mage.generation) ---------------------------------------------------
     @property
     def device(self) -> torch.device:
         return next(self.projector.parameters()).device
 
-    @torch.no_grad()
-    def generate(self, images: list, questions: list[str], max_new_tokens: int = 32) -> list[str]:
-        """Greedy answers, batched with left padding; identical to one-at-a-time generation."""
-        if len(images) != len(questions):
-            raise ValueError("generate needs one image (or None) per question")
-        seqs = [self._prompt_ids(q, im is not None) for q, im in zip(questions, images)]
-        ids, mask = pad_left(seqs, self.tokenizer.pad_token_id)
-        ids, mask = ids.to(self.device), mask.to(self.device)
-        embeds = self.embed(ids, self._image_tokens(images))
-        eos = self.tokenizer.eos_token_id
-        out = self._run_llm(embeds, mask, use_cache=True)
-        positions = mask.sum(-1, keepdim=True) - 1
-        finished = torch.zeros(len(seqs), dtype=torch.bool, device=self.device)
-        new_tokens = []
-        for _ in range(max_new_tokens):
-            next_ids = out.logits[:, -1].argmax(-1)
-            next_ids = torch.where(finished, torch.full_like(next_ids, eos), next_ids)
-            new_tokens.append(next_ids)
-            finished |= next_ids == eos
-            if bool(finished.all()):
-                break
-            mask = torch.cat([mask, torch.ones_like(mask[:, :1])], dim=1)
-            positions = positions + 1
-            out = self.llm(
-                inputs_embeds=self.llm.get_input_embeddings()(next_ids).unsqueeze(1),
-                attention_mask=mask,
-                position_ids=positions,
-                **{_CACHE_ARG: getattr(out, _CACHE_ARG)},
-                use_cache=True,
-            )
-        tokens = torch.stack(new_tokens, 1).tolist() if new_tokens else [[] for _ in seqs]
-        answers = []
-        for row in tokens:
-            row = row[: row.index(eos)] if eos in row else row
-            answers.append(self.tokenizer.decode(row, skip_special_tokens=True).strip())
-        return answers
+    def generate(
+        self,
+        images: list,
+        questions: list[str],
+        max_new_tokens: int | list[int] = 32,
+        stop: list[str] | list[list[str] | None] | None = None,
+    ) -> list[str]:
+        """Greedy answers, batched with left padding and a KV cache; a row stops at EOS, its
+        budget or a stop string and leaves the batch. Same answers as batch size 1.
+        ``images``: PIL (any mode), None, or `mage.generation.preprocess_image` tensors."""
+        return generation.generate(self, images, questions, max_new_tokens, stop)
 
-    @torch.no_grad()
     def loglikelihood(
         self, images: list, contexts: list[str], continuations: list[str]
     ) -> list[float]:
         """Summed negative log-likelihood of each continuation (a loss: lower is likelier)."""
-        losses = []
-        for image, context, continuation in zip(images, contexts, continuations):
-            prompt = self._prompt_ids(context, image is not None)
-            target = self.tokenizer(continuation, add_special_tokens=False)["input_ids"]
-            ids = torch.tensor([prompt + target], device=self.device)
-            mask = torch.ones_like(ids)
-            logits = self._run_llm(self.embed(ids, self._image_tokens([image])), mask).logits
-            logp = logits[0, len(prompt) - 1 : -1].float().log_softmax(-1)
-            losses.append(
-                -float(logp.gather(1, torch.tensor(target, device=ids.device)[:, None]).sum())
-            )
-        return losses
+        return generation.loglikelihood(self, images, contexts, continuations)
 
     # ---- persistence (format in mage/persist.py) ---------------------------------------
     def save_pretrained(self, directory: str | Path, state_dict=None) -> None:

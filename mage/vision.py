@@ -28,6 +28,7 @@ import transformers
 from PIL import Image
 from torch import nn
 
+from mage.images import mean_color, prepare_image
 from mage.registry import ENCODERS, EncoderSpec
 
 _TRANSFORM_KEYS = ("size", "mean", "std", "resize_mode", "interpolation", "fill_color")
@@ -76,6 +77,7 @@ class VisionTower(nn.Module):
     """Common behaviour: freezing, input checks, the patch-grid attributes, preprocessing."""
 
     has_cls: bool = False
+    image_aspect: str = "pad"  # LLaVA-1.5's image_aspect_ratio: pad (mage.images.ASPECTS)
 
     def __init__(self, spec: EncoderSpec, image_size: int, grid_size: int, feature_dim: int):
         super().__init__()
@@ -131,12 +133,14 @@ class VisionTower(nn.Module):
         raise NotImplementedError
 
     def preprocess(self, images: list[Image.Image]) -> torch.Tensor:
-        """PIL images -> [B, 3, image_size, image_size], resized and normalised for this tower."""
+        """PIL images of any mode -> [B, 3, image_size, image_size]: `mage.images.to_rgb`,
+        padded to a square in the tower's mean colour (``image_aspect``), resized, normalised."""
         images = list(images)
         bad = [i for i, im in enumerate(images) if not isinstance(im, Image.Image)]
         if not images or bad:
             raise ValueError(f"preprocess needs a non-empty list of PIL images (bad items: {bad})")
-        return self._preprocess([im.convert("RGB") for im in images])
+        fill = mean_color(next(t.mean for t in self._transform.transforms if hasattr(t, "mean")))
+        return self._preprocess([prepare_image(im, self.image_aspect, fill) for im in images])
 
     def _preprocess(self, images: list[Image.Image]) -> torch.Tensor:
         return torch.stack([self._transform(im) for im in images])

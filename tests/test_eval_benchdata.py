@@ -185,7 +185,7 @@ class OracleModel:
             raise AssertionError(f"oracle: {len(found)} answers for {question!r}")
         return found.pop()
 
-    def generate(self, images, questions, max_new_tokens):
+    def generate(self, images, questions, max_new_tokens, stop=None):
         self.calls.append(len(questions))
         return [self.answer(i, q) for i, q in zip(images, questions)]
 
@@ -196,7 +196,7 @@ class OracleModel:
 class YesOrRandomLetterModel:
     """Always "Yes" to yes/no questions; a deterministic random letter to multiple choice."""
 
-    def generate(self, images, questions, max_new_tokens):
+    def generate(self, images, questions, max_new_tokens, stop=None):
         out = []
         for question in questions:
             if "option's letter" in question:

@@ -140,7 +140,7 @@ def test_derived_rows_that_disagree_with_lmms_eval_raise(yes_run):
 
 def test_a_failing_model_raises_instead_of_scoring_zero(bench_data_dir, tmp_path, offline):  # noqa: F811
     class Broken(YesOrRandomLetterModel):
-        def generate(self, images, questions, max_new_tokens):
+        def generate(self, images, questions, max_new_tokens, stop=None):
             raise RuntimeError("out of memory in generate")
 
     with pytest.raises(EvalError, match="out of memory in generate"):

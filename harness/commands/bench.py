@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import argparse
 import json
+from pathlib import Path
 
 from harness.commands.overrides import add_override_argument, parse_overrides, preset_config
 
@@ -61,13 +62,23 @@ def register(sub: argparse._SubParsersAction) -> None:
     rec.add_argument("--json", action="store_true")
     rec.set_defaults(func=_bench_records)
 
-    ev = kinds.add_parser("eval", help="samples/s at batch 1 vs batch N, answers checked equal")
+    ev = kinds.add_parser(
+        "eval",
+        help="samples/s at several batch sizes and worker counts, answers checked equal",
+        description="Scores the same data once per --batch-size on one worker, then at the "
+        "largest batch size on each other --workers count; every answer is compared with "
+        "the first run (exit 1 if any differs).",
+    )
     ev.add_argument("checkpoint", help="a MAGE checkpoint folder")
     ev.add_argument("--data", required=True, help="folder with mme/, mmbench/, seedbench/")
     ev.add_argument("--tasks", default="mme")
-    ev.add_argument("--batch-size", type=int, default=8)
+    ev.add_argument("--batch-size", type=int, action="append", help="repeatable (default: 1 and 8)")
+    ev.add_argument("--workers", type=int, action="append", help="repeatable (default: 1)")
     ev.add_argument("--limit", type=int, default=64)
-    ev.add_argument("--threads", type=int, default=1)
+    ev.add_argument("--max-new-tokens-cap", type=int, default=None)
+    ev.add_argument("--loader-workers", type=int, default=1)
+    ev.add_argument("--threads", type=int, default=1, help="CPU threads (torch) per worker")
+    ev.add_argument("--json", action="store_true", help="print JSON instead of a table")
     ev.set_defaults(func=_bench_eval)
 
 
@@ -147,21 +158,39 @@ def _bench_records(args) -> int:
 
 
 def _bench_eval(args) -> int:
+    import os
+
     from harness.commands.eval import check_data
     from harness.eval import parse_tasks
-    from mage.checkpoint_check import load_checkpoint_model
+    from mage.checkpoint_check import check_checkpoint
 
-    _positive(batch_size=args.batch_size, limit=args.limit, threads=args.threads)
+    for size in args.batch_size or []:
+        _positive(batch_size=size)
+    for workers in args.workers or []:
+        _positive(workers=workers)
+    _positive(limit=args.limit, threads=args.threads)
     check_data(args.data, parse_tasks(args.tasks), args.limit)
+    check_checkpoint(Path(args.checkpoint))
     import torch
 
     from harness.bench_eval import bench_eval
 
     torch.set_num_threads(args.threads)
-    model = load_checkpoint_model(args.checkpoint)
-    result = bench_eval(model, args.data, args.tasks.split(","), args.batch_size, args.limit)
-    _print_rows([result], json_out=False)
-    return 0 if result.get("answers_identical", True) else 1
+    os.environ.setdefault("HF_DATASETS_OFFLINE", "1")
+    os.environ.setdefault("HF_HUB_OFFLINE", "1")
+    rows = bench_eval(
+        args.checkpoint,
+        args.data,
+        args.tasks.split(","),
+        batch_sizes=args.batch_size or [1, 8],
+        workers=args.workers or [1],
+        limit=args.limit,
+        max_new_tokens_cap=args.max_new_tokens_cap,
+        loader_workers=args.loader_workers,
+        threads=args.threads,
+    )
+    _print_rows(rows, args.json)
+    return 0 if all(row["answers_identical"] for row in rows) else 1
 
 
 def _print_rows(rows: list[dict], json_out: bool) -> None:

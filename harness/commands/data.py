@@ -75,6 +75,9 @@ def register(sub: argparse._SubParsersAction) -> None:
     )
     check.add_argument("--workers", type=int, default=None, help="parallel image readers")
     check.set_defaults(func=_check)
+    from harness.commands.benchmarks import register as register_benchmarks
+
+    register_benchmarks(data_sub)
     data.set_defaults(func=lambda args: (data.print_help(), 2)[1])
 
     prep = sub.add_parser(

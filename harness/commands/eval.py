@@ -2,8 +2,10 @@
 
 Runs `harness.eval.evaluate` (lmms-eval's official scoring), writes the result files to
 ``--out`` (a new or empty folder, or one an evaluation wrote) and prints the headline and
-per-category numbers. The arguments, the data and the checkpoint's files are checked before
-a model is loaded; errors reach the CLI's error boundary (one line, exit 2). With ``--data`` the run is
+per-category numbers. ``--workers N`` runs it data-parallel on N processes started by torch's
+own launcher (`harness.eval_parallel`). The arguments, the data and the checkpoint's files are
+checked before a model is loaded; errors reach the CLI's error boundary (one line, exit 2).
+With ``--data`` the run is
 offline: HF_DATASETS_OFFLINE / HF_HUB_OFFLINE are set unless already set.
 """
 
@@ -46,7 +48,29 @@ def register(subparsers: argparse._SubParsersAction) -> None:
         "--max-new-tokens-cap",
         type=int,
         default=None,
-        help="cap every task's token budget (MMBench asks for 1024)",
+        help="cap every task's token budget",
+    )
+    parser.add_argument(
+        "--budgets",
+        choices=("harness", "task"),
+        default="harness",
+        help="token budgets: the harness's per-task defaults (MME 16, MMBench 32, SEED 16) "
+        "or each task's own (MMBench 1024)",
+    )
+    parser.add_argument(
+        "--workers",
+        type=int,
+        default=1,
+        help="data-parallel processes (torch's launcher; gloo on CPU, one GPU each with NCCL)",
+    )
+    parser.add_argument(
+        "--loader-workers", type=int, default=1, help="image-loading processes per worker"
+    )
+    parser.add_argument(
+        "--threads",
+        type=int,
+        default=None,
+        help="torch CPU threads per worker (default: cores / workers)",
     )
     parser.set_defaults(func=run)
 
@@ -62,7 +86,7 @@ def check_data(data_dir: str, benchmarks: list[str], limit: int | None) -> None:
     from harness.eval import EvalError, check_local_data
 
     try:
-        check_local_data(data_dir, benchmarks, limit)
+        check_local_data(data_dir, benchmarks, limit, hash_content=False)
     except Exception as err:
         if is_project_error(err):
             raise
@@ -84,6 +108,8 @@ def run(args: argparse.Namespace) -> int:
         ("--batch-size", args.batch_size),
         ("--limit", args.limit),
         ("--max-new-tokens-cap", args.max_new_tokens_cap),
+        ("--workers", args.workers),
+        ("--threads", args.threads),
     ):
         if value is not None and value < 1:
             raise EvalError(f"{name} must be a positive integer, got {value}")
@@ -100,20 +126,48 @@ def run(args: argparse.Namespace) -> int:
     check_checkpoint(checkpoint)
     out = Path(args.out) if args.out else checkpoint / "eval"
     check_output_dir(out, "an evaluation folder", is_eval_dir)
-    from harness.eval import evaluate
-
-    result = evaluate(
-        str(checkpoint),
+    settings = dict(
+        model_or_checkpoint=str(checkpoint),
         tasks=benchmarks,
         data_dir=args.data,
-        out_dir=out,
+        out_dir=str(out),
         batch_size=args.batch_size,
         limit=args.limit,
         max_new_tokens_cap=args.max_new_tokens_cap,
+        loader_workers=args.loader_workers,
+        budgets=args.budgets,
     )
-    print_scores(result.scores)
+    if args.workers > 1:
+        from torch.distributed.elastic.multiprocessing.errors import ChildFailedError
+
+        from harness.eval_parallel import launch
+
+        try:
+            scores = launch(args.workers, settings, threads=args.threads)["scores"]
+        except ChildFailedError as err:  # a worker process failed: its own error, first line
+            raise EvalError(f"a worker failed: {_first_failure(err)}") from None
+    else:
+        import torch
+
+        from harness.eval import evaluate
+
+        if args.threads:
+            torch.set_num_threads(args.threads)
+        scores = evaluate(**settings).scores
+    print_scores(scores)
     print(f"results in {out}")
     return 0
+
+
+def _first_failure(err) -> str:
+    failures = getattr(err, "failures", {}) or {}
+    for failure in failures.values():
+        message = getattr(failure, "message", None)
+        if isinstance(message, dict):
+            message = message.get("message", {}).get("message") or str(message)
+        if message:
+            return str(message).strip().splitlines()[-1]
+    return str(err).strip().splitlines()[0]
 
 
 def print_scores(scores) -> None:
