@@ -18,6 +18,8 @@ the folder done. The stage folder is the unit of caching and of restore:
 `ray_stage_worker` is the ``train_loop_per_worker`` of a `ray.train.torch.TorchTrainer`
 (`run_stage_on_workers` builds it): Ray Train starts the process group (gloo on CPU, nccl on
 GPU) and restarts failed workers (``FailureConfig``), which then resume from the checkpoint;
+a stage-2 job may carry the trial's evaluation (``extra["then_eval"]``), which the same
+workers then run, data-parallel (one worker-group start-up fewer per trial);
 every rank reports its metrics and checkpoints through ``ray.train.report`` (a barrier), and
 Ray Tune sees rank 0's through ``TuneReportCallback``.
 """
@@ -201,7 +203,20 @@ def ray_stage_worker(config: dict) -> dict:
             checkpoint_upload_mode=CheckpointUploadMode.NO_UPLOAD,
         )
 
-    return run_stage(job, device=ray.train.torch.get_device(), on_report=report)
+    device = ray.train.torch.get_device()
+    summary = run_stage(job, device=device, on_report=report)
+    if job.extra.get("then_eval"):  # the same workers score the model they just trained
+        import gc
+
+        import torch
+
+        from harness.eval_job import EvalJob, run_eval
+
+        gc.collect()  # the sharded training model and its optimizer are gone: free them
+        if torch.cuda.is_available():
+            torch.cuda.empty_cache()
+        run_eval(EvalJob(**job.extra["then_eval"]), device=device)
+    return summary
 
 
 @dataclass(frozen=True)

@@ -29,6 +29,7 @@ from typing import Any
 
 import pandas as pd
 
+from harness.eval_job import EvalJob
 from harness.fingerprint import stage_data_keys
 from harness.spec import SweepSpec
 from harness.stage_cache import content_hash, eval_settings, is_done, stage_hash
@@ -254,26 +255,38 @@ def _run_stage(ctx: TrialContext, job: StageJob) -> None:
 
 
 def _stage(
-    ctx: TrialContext, cfg: MageConfig, stage: str, folder: Path, after: Path | None = None
-) -> None:
+    ctx: TrialContext,
+    cfg: MageConfig,
+    stage: str,
+    folder: Path,
+    after: Path | None = None,
+    then_eval: EvalJob | None = None,
+) -> bool:
     """Train a stage unless its folder is done (under the stage's lock, shared by trials);
-    ``after``: the stage folder it starts from (stage 2: stage 1's), trained first if needed."""
+    ``after``: the stage folder it starts from (stage 2: stage 1's), trained first if needed.
+    ``then_eval``: on a worker group, the same workers score the stage right after it. True
+    when the stage was trained here (and ``then_eval`` ran)."""
+    from dataclasses import asdict
+
     from filelock import FileLock
 
     folder.parent.mkdir(parents=True, exist_ok=True)
     with FileLock(str(folder) + ".lock"):
         if is_done(folder):
-            return
+            return False
         job = _stage_job(ctx, cfg, stage, folder)
         if after is not None:
             _stage(ctx, cfg, "stage1", after)
             ctx.save_progress({"done": ["stage1"], "stage1": after.name})
             # stage 2 starts from stage 1's export; its steps follow stage 1's on Tune's axis
             job.init_from, job.step_offset = str(after / "model"), _steps_done(after)
+        if then_eval is not None and ctx.group is not None:
+            job.extra["then_eval"] = asdict(then_eval)
         cfg.save(folder / "config.yaml")
         _run_stage(ctx, job)
         if not is_done(folder):
             raise RuntimeError(f"{stage} ended without marking {folder} done")
+        return True
 
 
 def _steps_done(folder: Path) -> int:
@@ -281,14 +294,9 @@ def _steps_done(folder: Path) -> int:
     return int(summary.get("step", 0))
 
 
-def _evaluate(ctx: TrialContext, checkpoint: Path, data: TrialData, out: Path) -> None:
-    """Score the stage-2 checkpoint into ``out``, on the trial's worker group or in-process."""
-    import time
-
-    from harness.eval_job import EvalJob, run_eval, run_eval_on_workers
-
+def _eval_job(ctx: TrialContext, checkpoint: Path, data: TrialData, out: Path) -> EvalJob:
     spec = ctx.spec
-    job = EvalJob(
+    return EvalJob(
         checkpoint=str(checkpoint),
         out=str(out),
         tasks=list(spec.tasks),
@@ -300,6 +308,14 @@ def _evaluate(ctx: TrialContext, checkpoint: Path, data: TrialData, out: Path) -
         mmbench_scoring=spec.mmbench_scoring,
         threads=max(1, int(ctx.cpus)),
     )
+
+
+def _evaluate(ctx: TrialContext, job: EvalJob) -> None:
+    """Score the stage-2 checkpoint, on the trial's worker group or in-process."""
+    import time
+
+    from harness.eval_job import run_eval, run_eval_on_workers
+
     if ctx.group is None:
         run_eval(job)
         return
@@ -325,10 +341,12 @@ def run_trial(ctx: TrialContext) -> TrialOutcome:
     stages.mkdir(parents=True, exist_ok=True)
     with FileLock(str(ev) + ".lock"):
         if not is_done(ev):
-            _stage(ctx, cfg, "stage2", s2, after=s1)
-            ctx.save_progress({"done": ["stage1", "stage2"], "stage1": s1.name, "stage2": s2.name})
             ev.mkdir(parents=True, exist_ok=True)
-            _evaluate(ctx, s2 / "model", data, ev)
+            job = _eval_job(ctx, s2 / "model", data, ev)
+            scored = _stage(ctx, cfg, "stage2", s2, after=s1, then_eval=job)
+            ctx.save_progress({"done": ["stage1", "stage2"], "stage1": s1.name, "stage2": s2.name})
+            if not (scored and ctx.group is not None):  # else the stage's workers scored it
+                _evaluate(ctx, job)
             atomic_write_json(ev / "done.json", settings)
     curves = [pd.read_parquet(folder / "curves.parquet") for folder in (s1, s2)]
     ctx.curves = pd.concat(curves, ignore_index=True).to_dict("records")
