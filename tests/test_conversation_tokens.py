@@ -20,8 +20,8 @@ from tokenizers import Tokenizer, decoders, models, pre_tokenizers, trainers
 from transformers import PreTrainedTokenizerFast
 
 from mage.data import IGNORE_INDEX, IMAGE_TOKEN_ID, encode_conversation, encode_text
+from mage.generation import prompt_ids
 from mage.llm import load_tokenizer
-from mage.model import MageModel
 from mage.registry import LLMSpec
 from mage.template import get_template
 from mage.world.vocab import world_tokenizer
@@ -234,7 +234,7 @@ def test_the_inference_prompt_is_the_training_prefix(tokenizers, name):
     first_target = next(i for i, label in enumerate(labels) if label != IGNORE_INDEX)
     model = SimpleNamespace(template=template, tokenizer=tok, num_image_tokens=N_IMAGE)
     question = CONVERSATION[0]["value"].removeprefix("<image>\n")
-    assert MageModel._prompt_ids(model, question, has_image=True) == ids[:first_target]
+    assert prompt_ids(model, question, has_image=True) == ids[:first_target]
 
 
 @pytest.mark.parametrize("name", NAMES)

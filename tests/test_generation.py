@@ -42,7 +42,7 @@ def trained(tmp_path_factory):
     model = MageModel.build(cfg)
     train_stage(model, cfg, "stage2", root / "s2")
     ds = build_dataset(cfg, "stage2")
-    images = [ds.load_image(r) for r in ds.records[:5]] + [None]
+    images = [ds.load_image(ds.record(i)) for i in range(5)] + [None]
     torch.manual_seed(1)
     untrained = MageModel.build(cfg).eval()  # rambles: never says EOS within a few tokens
     return model.eval(), untrained, images
