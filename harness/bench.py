@@ -1,9 +1,13 @@
-"""Training-speed benchmark: steps/s, tokens/s and peak memory of one preset and projector.
+"""Training-speed benchmarks.
 
-Weights are random (``llm.random_init``, vision ``pretrained: none``) and batches are random
-token ids (the image tokens plus 64 text tokens, or ``--seq-len``) plus random pixels, so the figure
-measures the architecture at its real shapes, not data loading. On CUDA the model runs in
-bf16 autocast, as in training.
+`bench_train`: steps/s, tokens/s and peak memory of one preset and projector. Weights are
+random (``llm.random_init``, vision ``pretrained: none``) and batches are random token ids (the
+image tokens plus 64 text tokens, or ``--seq-len``) plus random pixels, so the figure measures
+the architecture at its real shapes, not data loading. On CUDA the model runs in bf16 autocast.
+
+`bench_loading`: the real training loop (`mage.train.train_stage`) on a preset's real data,
+once per DataLoader setting (``loader_workers`` 0 = decode and collate inline), seconds per
+step after a warm-up: what loading off the training loop buys.
 """
 
 from __future__ import annotations
@@ -118,4 +122,130 @@ def bench_train(
         "steps_per_s": steps / elapsed,
         "tokens_per_s": steps * bs * length / elapsed,
         "peak_memory_mb": _peak_memory_mb(device),
+    }
+
+
+def bench_loading(
+    preset: str,
+    loader_workers: list[int],
+    stage: str = "stage2",
+    steps: int = 30,
+    warmup: int = 5,
+    overrides: dict | None = None,
+) -> list[dict]:
+    """Seconds per step of ``stage`` with each DataLoader worker count (real data needed:
+    ``data_dir`` / ``assets_dir`` in ``overrides`` for the world presets)."""
+    import tempfile
+
+    from mage.train import seed_build, train_stage
+
+    rows = []
+    for workers in loader_workers:
+        cfg = get_preset(preset).with_overrides(
+            {
+                **(overrides or {}),
+                f"{stage}.loader_workers": workers,
+                f"{stage}.epochs": None,
+                f"{stage}.steps": warmup + steps,
+                f"{stage}.checkpoint_every": 0,
+            }
+        )
+        seed_build(cfg.seed)
+        model = MageModel.build(cfg)
+        stamps: list[float] = []
+        with tempfile.TemporaryDirectory() as out:
+            train_stage(
+                model,
+                cfg,
+                stage,
+                out,
+                callback=lambda s, m, t=stamps: t.append(time.perf_counter()),
+            )
+        per_step = (stamps[-1] - stamps[warmup - 1]) / steps
+        rows.append(
+            {
+                "preset": preset,
+                "stage": stage,
+                "loader_workers": workers,
+                "batch_size": getattr(cfg, stage).global_batch_size,
+                "threads": torch.get_num_threads(),
+                "s_per_step": per_step,
+                "steps_per_s": 1 / per_step,
+            }
+        )
+    return rows
+
+
+def _rss_mb() -> float:
+    """This process's resident memory now (Linux /proc), in MiB."""
+    with open("/proc/self/statm") as fh:
+        pages = int(fh.read().split()[1])
+    import os
+
+    return pages * os.sysconf("SC_PAGE_SIZE") / 2**20
+
+
+def bench_records(records: int, steps: int = 200, workdir: str | None = None) -> dict:
+    """Resident memory of a stage over a generated LLaVA-format JSON of ``records`` records
+    (tiny-test model, 64 distinct images, an epoch stream): after the table is built, and
+    along the stage. Flat along the stage = no per-record or per-image state accumulates."""
+    import json
+    import tempfile
+    from pathlib import Path
+
+    from PIL import Image
+
+    from mage.records import record_table
+    from mage.train import seed_build, train_stage
+
+    root = Path(workdir or tempfile.mkdtemp(prefix="bench-records-"))
+    (root / "images").mkdir(parents=True, exist_ok=True)
+    for i in range(64):
+        Image.new("RGB", (32, 32), (i * 4, 255 - i * 4, 128)).save(root / "images" / f"{i}.png")
+    items = [
+        {
+            "id": f"r{i}",
+            "image": f"images/{i % 64}.png",
+            "conversations": [
+                {"from": "human", "value": "<image>\nWhat color is the square?"},
+                {"from": "gpt", "value": ["red", "green", "blue", "yellow"][i % 4]},
+            ],
+        }
+        for i in range(records)
+    ]
+    data = root / "data.json"
+    data.write_text(json.dumps(items))
+    del items
+    source = {"path": str(data), "image_root": str(root)}
+    cfg = get_preset("tiny-test").with_overrides(
+        {
+            "stage1.data": [source],
+            "stage1.epochs": 1,
+            "stage1.steps": steps,
+            "stage1.batch_size": 8,
+            "stage1.loader_workers": 0,
+        }
+    )
+    before = _rss_mb()
+    started = time.perf_counter()
+    record_table(cfg.data_sources("stage1")[0], True, root / "tables")
+    build_s = time.perf_counter() - started
+    after_build = _rss_mb()
+    seed_build(cfg.seed)
+    model = MageModel.build(cfg)
+    rss: list[float] = []
+    train_stage(
+        model, cfg, "stage1", root / "stage",
+        callback=lambda s, m: rss.append(_rss_mb()), records_dir=root / "tables",
+    )  # fmt: skip
+    return {
+        "records": records,
+        "json_mb": data.stat().st_size / 2**20,
+        "table_build_s": build_s,
+        "rss_before_mb": before,
+        "rss_after_table_mb": after_build,
+        "rss_step10_mb": rss[min(9, len(rss) - 1)],
+        "rss_last_step_mb": rss[-1],
+        "steps": len(rss),
+        "peak_rss_mb": _peak_memory_mb(torch.device("cpu")),
     }

@@ -1,11 +1,13 @@
-"""Evaluation speed at batch size 1 vs N, and whether batching changes any answer.
+"""Evaluation speed at several batch sizes and worker counts, and whether any answer changed.
 
-`bench_eval` scores the same data twice through the real lmms-eval path
-(`harness.eval.evaluate`), once with one question per ``generate`` call and once with
-``batch_size``; it reports samples per second of model time (``MageLMM.timings``, so
-lmms-eval's data loading and scoring are not counted) and end to end, and compares every
-answer of the two runs. Other harnesses saw answers change with batch size (padding side,
-attention masks): ``answers_identical`` must be True. `mage-harness bench eval` prints it.
+`bench_eval` scores the same data several times through the real lmms-eval path
+(`harness.eval.evaluate`; with more than one worker, `harness.eval_parallel.launch`): once
+per batch size on one worker, then at the largest batch size on each other worker count. Each
+run reports samples per second of loading and generation (the evaluation record's costs:
+lmms-eval's own data loading and scoring are not counted; with several workers, the slowest
+rank's time) and the end-to-end wall time, and every answer is compared with the first run.
+Other harnesses saw answers change with batch size (padding side, attention masks):
+``answers_identical`` must be True. `mage-harness bench eval` prints the table.
 """
 
 from __future__ import annotations
@@ -13,7 +15,7 @@ from __future__ import annotations
 import json
 import tempfile
 import time
-from collections.abc import Iterable
+from collections.abc import Iterable, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -28,56 +30,95 @@ def run_answers(out_dir: Path) -> dict[tuple[str, int], str]:
     return answers
 
 
-def compare_answers(batch_1: dict, batch_n: dict, show: int = 5) -> dict[str, Any]:
+def compare_answers(reference: dict, other: dict, show: int = 5) -> dict[str, Any]:
     """Which (task, doc_id) answers differ between two runs (a missing one differs too)."""
-    keys = sorted(set(batch_1) | set(batch_n))
-    differ = [k for k in keys if batch_1.get(k) != batch_n.get(k)]
+    keys = sorted(set(reference) | set(other))
+    differ = [k for k in keys if reference.get(k) != other.get(k)]
     return {
         "answers_identical": not differ,
         "n_compared": len(keys),
         "n_different": len(differ),
         "examples": [
-            {"task": t, "doc_id": d, "batch_1": batch_1.get((t, d)), "batch_n": batch_n.get((t, d))}
+            {
+                "task": t,
+                "doc_id": d,
+                "reference": reference.get((t, d)),
+                "this_run": other.get((t, d)),
+            }
             for t, d in differ[:show]
         ],
     }
+
+
+def plan_runs(batch_sizes: Sequence[int], workers: Sequence[int]) -> list[tuple[int, int]]:
+    """(batch size, workers): every batch size on one worker, then the largest batch size on
+    each other worker count."""
+    runs = [(b, 1) for b in batch_sizes]
+    runs += [(max(batch_sizes), w) for w in workers if w != 1]
+    return runs
 
 
 def bench_eval(
     model: Any,
     data_dir: str | Path,
     tasks: str | Iterable[str] = ("mme", "mmbench", "seedbench"),
-    batch_size: int = 8,
+    batch_sizes: Sequence[int] = (1, 8),
+    workers: Sequence[int] = (1,),
     limit: int | None = None,
     max_new_tokens_cap: int | None = None,
-) -> dict[str, Any]:
-    """Samples/s at batch 1 and at ``batch_size`` on the same data; answers must agree.
+    loader_workers: int = 1,
+    threads: int | None = None,
+) -> list[dict[str, Any]]:
+    """One row per run (see `plan_runs`); the first run is the reference for speedups and
+    answers. ``model``: an in-memory model, or a checkpoint folder (needed for workers > 1)."""
+    from harness.eval import evaluate, parse_tasks
+    from harness.eval_parallel import launch
 
-    Returns a flat dict (one table row): tasks, batch_size, limit, samples, per run
-    ``batch_{1,n}_samples_per_s`` (model time), ``batch_{1,n}_wall_s`` (end to end),
-    ``speedup``, ``answers_identical``, ``n_different`` and a few differing ``examples``.
-    """
-    from harness.eval import evaluate
-    from harness.lmms_model import MageLMM
-
-    report: dict[str, Any] = {"batch_size": batch_size, "limit": limit}
-    answers = {}
+    tasks = parse_tasks(tasks)
+    if any(w > 1 for w in workers) and not isinstance(model, (str, Path)):
+        raise ValueError("bench_eval: more than one worker needs a checkpoint folder")
+    rows: list[dict[str, Any]] = []
+    reference: dict | None = None
     with tempfile.TemporaryDirectory(prefix="mage-bench-eval-") as tmp:
-        for label, size in (("batch_1", 1), ("batch_n", batch_size)):
-            lmm = MageLMM.wrap(model, batch_size=size, max_new_tokens_cap=max_new_tokens_cap)
-            out_dir = Path(tmp) / label
-            began = time.perf_counter()
-            result = evaluate(
-                lmm, tasks=tasks, data_dir=data_dir, out_dir=out_dir, batch_size=size, limit=limit
+        for i, (batch_size, n_workers) in enumerate(plan_runs(batch_sizes, workers)):
+            out_dir = Path(tmp) / f"run{i}"
+            settings = dict(
+                model_or_checkpoint=str(model) if isinstance(model, Path) else model,
+                tasks=tasks,
+                data_dir=str(data_dir),
+                out_dir=str(out_dir),
+                batch_size=batch_size,
+                limit=limit,
+                max_new_tokens_cap=max_new_tokens_cap,
+                loader_workers=loader_workers,
             )
+            began = time.perf_counter()
+            if n_workers > 1:
+                record = launch(n_workers, settings, threads=threads)["record"]
+            else:
+                record = evaluate(**settings).record
             wall = time.perf_counter() - began
-            model_s = lmm.timings["generate_s"]
-            report["tasks"] = ",".join(t["task"] for t in result.record["tasks"].values())
-            report["samples"] = lmm.timings["generate_n"]
-            report[f"{label}_samples_per_s"] = report["samples"] / model_s if model_s else None
-            report[f"{label}_wall_s"] = round(wall, 3)
-            answers[label] = run_answers(out_dir)
-    one, many = report["batch_1_samples_per_s"], report["batch_n_samples_per_s"]
-    report["speedup"] = many / one if one and many else None
-    report.update(compare_answers(answers["batch_1"], answers["batch_n"]))
-    return report
+            rows.append(_row(record, batch_size, n_workers, wall))
+            answers = run_answers(out_dir)
+            reference = answers if reference is None else reference
+            rows[-1].update(compare_answers(reference, answers))
+    first = rows[0]["samples_per_s"]
+    for row in rows:
+        row["speedup"] = row["samples_per_s"] / first if first and row["samples_per_s"] else None
+    return rows
+
+
+def _row(record: dict, batch_size: int, workers: int, wall: float) -> dict[str, Any]:
+    costs = record["costs"]["benchmarks"]
+    samples = sum(part["samples"] for part in costs.values())
+    seconds = sum(part["wall_s"] for part in costs.values())
+    model_s = sum(part["model_s"] for part in costs.values())
+    return {
+        "tasks": ",".join(t["task"] for t in record["tasks"].values()),
+        "batch_size": batch_size,
+        "workers": workers,
+        "samples": samples,
+        "samples_per_s": samples / seconds if seconds else None,
+        "model_samples_per_s": samples / model_s if model_s else None,
+        "wall_s": round(wall, 3),
+    }

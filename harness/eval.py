@@ -22,11 +22,9 @@ from __future__ import annotations
 
 import argparse
 import functools
-import hashlib
 import json
 import os
 import time
-from collections import Counter
 from collections.abc import Iterable
 from dataclasses import dataclass
 from importlib.metadata import version
@@ -35,27 +33,15 @@ from typing import Any
 
 import pandas as pd
 
-from harness import eval_tables
+from harness import eval_parallel, eval_tables
+from harness.benchmarks import OFFICIAL, BenchmarkDataError, check_folder, content_hash
+from harness.eval_batches import TASK_YAMLS
 from mage.io import atomic_write, atomic_write_json, atomic_write_text
 
 BENCHMARKS = ("mme", "mmbench", "seedbench")
 ALIASES = {"seed": "seedbench", "seed-bench": "seedbench", "mmb": "mmbench"}
-HUB_IDS = {
-    "mme": "lmms-lab-encoder/MME",
-    "mmbench": "lmms-lab-encoder/MMBench",
-    "seedbench": "lmms-lab-encoder/SEED-Bench",
-}
-SPLITS = {"mme": "test", "mmbench": "dev", "seedbench": "test"}
-REQUIRED_COLUMNS = {  # official columns that lmms-eval's task code reads
-    "mme": tuple("question_id image question answer category".split()),
-    "mmbench": tuple(
-        "index question hint A B C D answer category image source L2-category split".split()
-    ),
-    "seedbench": tuple(
-        "image question choice_a choice_b choice_c choice_d answer data_type question_id "
-        "question_type_id".split()
-    ),
-}
+HUB_IDS = {bench: official.dataset_id for bench, official in OFFICIAL.items()}
+SPLITS = {bench: official.split for bench, official in OFFICIAL.items()}
 
 
 class EvalError(RuntimeError):
@@ -89,72 +75,66 @@ def parse_tasks(tasks: str | Iterable[str]) -> tuple[str, ...]:
     return tuple(out)
 
 
-def mmbench_choice() -> tuple[str, str]:
-    """(task name, answer extraction): GPT matching when an API key is set, else static."""
+# MMBench scoring method -> (lmms-eval task, answer extraction)
+MMBENCH_SCORING = {
+    "gpt": ("mmbench_en_dev", "openai"),
+    "static": ("mmbench_en_dev_static", "static"),
+}
+
+
+def mmbench_scoring_from_env() -> str:
+    """``gpt`` (GPT answer matching) when this process has an OpenAI/Azure key, else ``static``.
+
+    A sweep decides this once in its driver (workers may not see the driver's environment)."""
     api_type = os.environ.get("API_TYPE", "openai")
     key = os.environ.get("AZURE_API_KEY" if api_type == "azure" else "OPENAI_API_KEY")
-    return ("mmbench_en_dev", "openai") if key else ("mmbench_en_dev_static", "static")
+    return "gpt" if key else "static"
 
 
-def task_names(benchmarks: Iterable[str]) -> dict[str, str]:
-    return {b: mmbench_choice()[0] if b == "mmbench" else b for b in benchmarks}
+def mmbench_choice(scoring: str | None = None) -> tuple[str, str]:
+    """(task name, answer extraction) of an MMBench scoring method (default: the environment's)."""
+    scoring = scoring or mmbench_scoring_from_env()
+    if scoring not in MMBENCH_SCORING:
+        raise EvalError(
+            f"unknown MMBench scoring {scoring!r}; choose one of {list(MMBENCH_SCORING)}"
+        )
+    if scoring == "gpt" and mmbench_scoring_from_env() != "gpt":
+        raise EvalError(
+            "MMBench scoring 'gpt' (GPT answer matching) needs OPENAI_API_KEY (or AZURE_API_KEY "
+            "with API_TYPE=azure) in this process; set it, or score with 'static'"
+        )
+    return MMBENCH_SCORING[scoring]
 
 
-def check_local_data(data_dir: str | Path, benchmarks: Iterable[str], limit: int | None) -> dict:
-    """Validate ``data_dir/<benchmark>`` folders; return {benchmark: record}."""
-    import datasets
+def task_names(benchmarks: Iterable[str], mmbench_scoring: str | None = None) -> dict[str, str]:
+    return {b: mmbench_choice(mmbench_scoring)[0] if b == "mmbench" else b for b in benchmarks}
 
+
+def check_local_data(
+    data_dir: str | Path, benchmarks: Iterable[str], limit: int | None, hash_content: bool = True
+) -> dict:
+    """Validate ``data_dir/<benchmark>`` folders (`harness.benchmarks.check_folder`: schema,
+    and every row there unless ``limit``); return {benchmark: record} with content hashes."""
     data_dir = Path(data_dir).resolve()
     if not data_dir.is_dir():
         raise EvalError(f"data folder not found: {data_dir} (expected mme/, mmbench/, seedbench/)")
+    benchmarks = list(benchmarks)
     records = {}
-    for bench in benchmarks:
-        folder = data_dir / bench
-        if not (folder / "dataset_dict.json").is_file():
-            raise EvalError(
-                f"{folder}: no DatasetDict here (dataset_dict.json missing); write it with "
-                f"datasets.load_dataset({HUB_IDS[bench]!r}).save_to_disk(...) or "
-                "mage.world.generate.generate_world"
-            )
-        dataset = datasets.load_from_disk(str(folder))
-        split = SPLITS[bench]
-        if split not in dataset:
-            raise EvalError(f"{folder}: split {split!r} missing (has {sorted(dataset)})")
-        missing = [c for c in REQUIRED_COLUMNS[bench] if c not in dataset[split].column_names]
-        if missing:
-            raise EvalError(f"{folder}: split {split!r} lacks official columns {missing}")
-        if bench == "mme" and limit is not None:
-            counts = Counter(dataset[split]["question_id"][:limit])
-            broken = sorted(q for q, n in counts.items() if n != 2)
-            if broken:
-                raise EvalError(
-                    f"limit={limit} splits MME question pairs ({broken[:3]}...): lmms-eval scores "
-                    "both questions of an image together; choose a limit that keeps pairs"
-                )
-        records[bench] = {
-            "local_path": str(folder),
-            "split": split,
-            "rows": dataset[split].num_rows,
-            "content_sha256": content_hash(folder),
-            "official_id": HUB_IDS[bench],
-        }
-    return records
+    for bench in sorted(benchmarks, key=lambda b: (data_dir / b).is_dir()):  # missing first
+        try:
+            records[bench] = check_folder(data_dir, bench, limit)
+        except BenchmarkDataError as err:
+            raise EvalError(str(err)) from None
+        if hash_content:
+            records[bench]["content_sha256"] = content_hash(data_dir / bench)
+    return {bench: records[bench] for bench in benchmarks}
 
 
-def content_hash(folder: Path) -> str:
-    """sha256 over the data files (not state.json, whose fingerprint may vary)."""
-    digest = hashlib.sha256()
-    for path in sorted(p for p in folder.rglob("*") if p.is_file() and p.name != "state.json"):
-        digest.update(str(path.relative_to(folder)).encode())
-        with open(path, "rb") as fh:
-            for block in iter(lambda: fh.read(1 << 20), b""):
-                digest.update(block)
-    return digest.hexdigest()
-
-
-def task_specs(benchmarks: Iterable[str], data_dir: str | Path | None) -> list[str | dict]:
+def task_specs(
+    benchmarks: Iterable[str], data_dir: str | Path | None, mmbench_scoring: str | None = None
+) -> list[str | dict]:
     """Task arguments for simple_evaluate: names, or load_from_disk overrides of them."""
-    names = task_names(benchmarks)
+    names = task_names(benchmarks, mmbench_scoring)
     if data_dir is None:
         return list(names.values())
     root = Path(data_dir).resolve()
@@ -189,25 +169,27 @@ def _hub_records(benchmarks: Iterable[str], results: dict, names: dict[str, str]
 # ---- the evaluation ---------------------------------------------------------------------
 @functools.cache
 def task_manager() -> Any:
-    """lmms-eval's task index, built once per process (indexing its YAMLs takes seconds).
+    """lmms-eval's task index of the MME, MMBench and SEED-Bench task folders, built once
+    per process (all ~2,000 tasks take seconds to index, in every evaluating process).
 
     ``model_name="mage"`` selects each task's default prompts, as ``--model mage`` does."""
+    import lmms_eval.tasks
     from lmms_eval.tasks import TaskManager
 
-    return TaskManager("WARNING", model_name="mage")
+    root = Path(lmms_eval.tasks.__file__).parent
+    folders = sorted({str(root / Path(path).parent) for path in TASK_YAMLS.values()})
+    return TaskManager("WARNING", model_name="mage", include_path=folders, include_defaults=False)
 
 
-def _as_lmm(model_or_checkpoint: Any, batch_size: int, max_new_tokens_cap: int | None):
+def _as_lmm(model_or_checkpoint: Any, **settings: Any):
     from harness.lmms_model import MageLMM
 
     if isinstance(model_or_checkpoint, MageLMM):
         return model_or_checkpoint
-    source = (
-        {"checkpoint": str(model_or_checkpoint)}
-        if isinstance(model_or_checkpoint, (str, Path))
-        else {"model": model_or_checkpoint}
-    )
-    return MageLMM(**source, batch_size=batch_size, max_new_tokens_cap=max_new_tokens_cap)
+    if isinstance(model_or_checkpoint, (str, Path)):
+        return MageLMM(checkpoint=str(model_or_checkpoint), **settings)
+    settings.pop("device", None)
+    return MageLMM(model=model_or_checkpoint, **settings)
 
 
 def evaluate(
@@ -218,38 +200,71 @@ def evaluate(
     batch_size: int = 8,
     limit: int | None = None,
     max_new_tokens_cap: int | None = None,
+    loader_workers: int = 1,
+    budgets: str = "harness",
+    device: str | None = None,
+    mmbench_scoring: str | None = None,
 ) -> EvalResult:
     """Score a model (a MageModel, a checkpoint folder, or a `MageLMM`) with lmms-eval.
+
+    Data parallel: inside an initialised ``torch.distributed`` process group (gloo on CPU,
+    NCCL on GPU; ``RANK`` / ``WORLD_SIZE`` as the launcher sets them), every rank calls this
+    with the same arguments and its own full copy of the model (on its own device). lmms-eval
+    gives each rank a shard of the documents and gathers the results on rank 0, which alone
+    writes ``out_dir``; every rank returns the same `EvalResult` (after rank 0 wrote it).
+    Scores and per-sample answers do not depend on the number of ranks.
+
+    ``loader_workers`` processes decode and preprocess images ahead of generation;
+    ``budgets`` picks the token budgets (`harness.eval_batches`); ``device`` places a model
+    loaded from a checkpoint. ``mmbench_scoring``: ``gpt`` or ``static`` (`MMBENCH_SCORING`);
+    default: decided here, once, from this process's environment (`mmbench_scoring_from_env`),
+    and recorded.
 
     Raises EvalError when the data cannot be read, lmms-eval fails, or a task yields no
     scores; `eval_tables.EvalConsistencyError` when derived rows disagree with lmms-eval.
     """
+    try:
+        rank, world = eval_parallel.process_group()
+    except eval_parallel.ProcessGroupError as err:
+        raise EvalError(str(err)) from None
     benchmarks = parse_tasks(tasks)
-    names = task_names(benchmarks)
+    scoring = (mmbench_scoring or mmbench_scoring_from_env()) if "mmbench" in benchmarks else None
+    names = task_names(benchmarks, scoring)
+    extraction = mmbench_choice(scoring)[1] if scoring else None
     out_dir = Path(out_dir)
     if data_dir is not None:
-        data_records = check_local_data(data_dir, benchmarks, limit)
+        data_records = check_local_data(data_dir, benchmarks, limit, hash_content=rank == 0)
     else:
         from huggingface_hub import get_token
 
         if not get_token():
             raise EvalError(_hub_hint("no Hugging Face token is configured"))
-    lm = _as_lmm(model_or_checkpoint, batch_size, max_new_tokens_cap)
+    lm = _as_lmm(
+        model_or_checkpoint,
+        batch_size=batch_size,
+        max_new_tokens_cap=max_new_tokens_cap,
+        loader_workers=loader_workers,
+        budgets=budgets,
+        device=device,
+    )
 
     from lmms_eval.evaluator import simple_evaluate
 
+    lm.reset_timings()
     cli_args = argparse.Namespace(output_path=str(out_dir / "lmms_eval"), process_with_media=False)
     began = time.time()
     try:
         results = simple_evaluate(
             model=lm,
-            tasks=task_specs(benchmarks, data_dir),
+            tasks=task_specs(benchmarks, data_dir, scoring),
             limit=limit,
             log_samples=True,
             bootstrap_iters=0,
             cli_args=cli_args,
             verbosity="WARNING",
             task_manager=task_manager(),
+            # as lmms-eval's own command line decides: torchrun collectives inside a group
+            distributed_executor_backend="torchrun" if world > 1 else "accelerate",
         )
     except Exception as err:
         hint = "" if data_dir is not None else "; " + _hub_hint("the datasets could not be loaded")
@@ -258,23 +273,59 @@ def evaluate(
         raise EvalError(
             f"lmms-eval failed on {list(names.values())}: {type(err).__name__}: {err}{hint}"
         ) from err
+    timings = eval_parallel.gather_to_all(lm.timings)
+    wall_s = time.time() - began
+    outcome: Any = None
+    if rank == 0:
+        try:
+            local = data_records if data_dir is not None else None
+            details = out_dir / "lmms_eval" / "submissions"
+            outcome = _finish(results, names, local, details, extraction)
+            record = build_record(
+                results, names, outcome.samples, outcome.datasets, lm, limit, wall_s, scoring
+            )
+            record["costs"] = eval_parallel.eval_costs(timings, names, lm.device, wall_s)
+            scores = pd.concat(
+                [outcome.scores, eval_parallel.cost_rows(record["costs"])], ignore_index=True
+            )
+            write_outputs(out_dir, results, outcome.samples, scores, outcome.items, record)
+            outcome = EvalResult(scores, outcome.items, record)
+        except (EvalError, eval_tables.EvalConsistencyError) as err:
+            outcome = f"{type(err).__name__}: {err}"
+            if world == 1:
+                raise
+    outcome = eval_parallel.broadcast(outcome)
+    if isinstance(outcome, str):
+        raise EvalError(f"rank 0 could not score the evaluation: {outcome}")
+    return outcome
+
+
+@dataclass
+class _Scored:
+    scores: pd.DataFrame
+    items: pd.DataFrame
+    samples: dict
+    datasets: dict
+
+
+def _finish(
+    results: dict | None,
+    names: dict,
+    data_records: dict | None,
+    details_dir: Path,
+    extraction: str | None,
+):
+    """Rank 0: lmms-eval's results -> tables (checked against the headlines). ``details_dir``
+    is where lmms-eval's MMBench aggregation wrote its category accuracies."""
     if not results or not results.get("results"):
         raise EvalError(f"lmms-eval returned no results for {list(names.values())}")
-    wall_s = time.time() - began
     samples = results.pop("samples", {})
-
     for bench, task in names.items():
         if task not in results["results"] or not samples.get(task):
             raise EvalError(f"lmms-eval produced no scored samples for {task} ({bench})")
-    scores, item_frame = eval_tables.derive_tables(
-        results, samples, names, mmbench_choice()[1], out_dir / "lmms_eval" / "submissions"
-    )
-
-    if data_dir is None:
-        data_records = _hub_records(benchmarks, results, names)
-    record = build_record(results, names, samples, data_records, lm, limit, wall_s)
-    write_outputs(out_dir, results, samples, scores, item_frame, record)
-    return EvalResult(scores=scores, items=item_frame, record=record)
+    scores, items = eval_tables.derive_tables(results, samples, names, extraction, details_dir)
+    datasets = data_records if data_records is not None else _hub_records(names, results, names)
+    return _Scored(scores, items, samples, datasets)
 
 
 def _hub_hint(cause: str) -> str:
@@ -294,6 +345,7 @@ def build_record(
     lm: Any,
     limit: int | None,
     wall_s: float,
+    mmbench_scoring: str | None = None,
 ) -> dict[str, Any]:
     """What each number means: versions, tasks, data, MME/MMBench/SEED settings."""
     configs = results.get("configs", {})
@@ -325,7 +377,11 @@ def build_record(
             "seedbench": "fraction 0-1",
         },
     }
-    record.update(eval_tables.benchmark_notes(results, samples, names, mmbench_choice()[1]))
+    scoring = (mmbench_scoring or mmbench_scoring_from_env()) if "mmbench" in names else None
+    if scoring:
+        record["mmbench_scoring"] = scoring  # gpt (GPT answer matching) or static
+    extraction = mmbench_choice(scoring)[1] if scoring else None
+    record.update(eval_tables.benchmark_notes(results, samples, names, extraction))
     return record
 
 

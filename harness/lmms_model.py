@@ -13,14 +13,22 @@ On local data the command line needs task YAMLs under ``--include_path``:
 `write_local_task_yamls` writes ones that include the built-in tasks and swap only the data
 (``--tasks mage_local_mme,mage_local_mmbench_en_dev_static,mage_local_seedbench``).
 
-lmms-eval hands the model every request of a type at once; batching is done here: requests
-are sorted by prompt length (and grouped by their token budget), generated in batches of
-``batch_size`` and returned in the original order. The context lmms-eval builds has no
-``<image>`` token: the MAGE model inserts its own and applies its own conversation template.
+lmms-eval hands the model every request of a type at once; batching is done here
+(`harness.eval_batches`): requests are ordered by lmms-eval's ``Collator`` (per task, longest
+prompt first), images are decoded, converted (`mage.images`) and preprocessed by loader
+workers, each row carries its own token budget and stop strings, and answers come back in
+request order. The context lmms-eval builds has no ``<image>`` token: the MAGE model inserts
+its own and applies its own conversation template.
+
+Data parallel: lmms-eval shards documents by the model's ``rank`` / ``world_size`` and
+gathers results on rank 0 (`harness.eval.evaluate` inside a process group; ``torchrun
+--nproc_per_node N -m lmms_eval --model mage ...`` from the shell). ``timings`` holds each
+task's samples, model time and wall time on this rank.
 """
 
 from __future__ import annotations
 
+import os
 import time
 from collections.abc import Iterable, Sequence
 from contextlib import contextmanager
@@ -32,8 +40,21 @@ from lmms_eval.api.instance import Instance
 from lmms_eval.api.model import lmms
 from tqdm import tqdm
 
+from harness.eval_batches import (
+    TASK_MAX_NEW_TOKENS,
+    TASK_YAMLS,
+    BatchSource,
+    Row,
+    budget,
+    doc_image,
+    loader,
+    plan_batches,
+    stop_strings,
+)
+from mage.images import parse_color
+
 MODEL_ID = "mage"
-DEFAULT_MAX_NEW_TOKENS = 32  # used when a task's generation_kwargs give none (SEED)
+DEFAULT_MAX_NEW_TOKENS = 32  # when neither the harness nor the task gives a budget
 
 
 def manifest():
@@ -43,6 +64,16 @@ def manifest():
     from lmms_eval.models.registry_v2 import ModelManifest
 
     return ModelManifest(model_id=MODEL_ID, simple_class_path=f"{__name__}.MageLMM")
+
+
+def _non_negative_int(name: str, value: Any) -> int:
+    try:
+        number = int(value)
+    except (TypeError, ValueError):
+        number = -1
+    if number < 0:
+        raise ValueError(f"MageLMM: {name} must be an integer >= 0, got {value!r}")
+    return number
 
 
 def _positive_int(name: str, value: Any) -> int:
@@ -75,10 +106,17 @@ class MageLMM(lmms):
     Args:
         checkpoint: a folder written by ``MageModel.save_pretrained`` (the command-line path).
         batch_size: questions per ``model.generate`` / ``model.loglikelihood`` call.
-        device: optional torch device to move a loaded checkpoint to.
-        default_max_new_tokens: token budget when a task sets none (SEED sets none).
-        max_new_tokens_cap: optional upper bound on every task's budget (MMBench asks for
-            1024); ``None`` keeps the tasks' own settings. Recorded with the scores.
+        device: torch device for a loaded checkpoint; ``cuda`` under torchrun means
+            ``cuda:LOCAL_RANK``.
+        budgets: ``harness`` (per-task defaults, `harness.eval_batches.TASK_MAX_NEW_TOKENS`)
+            or ``task`` (each task's own ``max_new_tokens``).
+        default_max_new_tokens: token budget when neither gives one.
+        max_new_tokens_cap: optional upper bound on every budget. Recorded with the scores.
+        loader_workers: processes that decode and preprocess images ahead of generation.
+        background: colour transparent pixels are composited on (``white``, ``R,G,B``).
+
+    Data parallel: under a process group (or ``torchrun``), lmms-eval gives each rank its
+    shard of the documents (``rank``, ``world_size``) and gathers results on rank 0.
     """
 
     def __init__(
@@ -86,8 +124,11 @@ class MageLMM(lmms):
         checkpoint: str | None = None,
         batch_size: int | str = 1,
         device: str | None = None,
+        budgets: str = "harness",
         default_max_new_tokens: int | str = DEFAULT_MAX_NEW_TOKENS,
         max_new_tokens_cap: int | str | None = None,
+        loader_workers: int | str = 1,
+        background: Any = "white",
         max_batch_size: Any = None,  # passed by lmms-eval's CLI; batches are fixed-size here
         model: Any = None,
         **unknown: Any,
@@ -96,14 +137,18 @@ class MageLMM(lmms):
         if unknown:
             raise TypeError(
                 f"MageLMM: unknown model_args {sorted(unknown)}; known: checkpoint, batch_size, "
-                "device, default_max_new_tokens, max_new_tokens_cap"
+                "device, budgets, default_max_new_tokens, max_new_tokens_cap, loader_workers, "
+                "background"
             )
         if (checkpoint is None) == (model is None):
             raise ValueError(
                 "MageLMM needs exactly one of checkpoint=DIR (a MageModel.save_pretrained "
                 "folder) or an in-memory model (MageLMM.wrap(model))"
             )
+        if budgets not in ("harness", "task"):
+            raise ValueError(f"MageLMM: budgets must be 'harness' or 'task', got {budgets!r}")
         self.batch_size = _positive_int("batch_size", batch_size)
+        self.budgets = budgets
         self.default_max_new_tokens = _positive_int(
             "default_max_new_tokens", default_max_new_tokens
         )
@@ -112,9 +157,16 @@ class MageLMM(lmms):
             if max_new_tokens_cap in (None, "", "None")
             else _positive_int("max_new_tokens_cap", max_new_tokens_cap)
         )
+        self.loader_workers = _non_negative_int("loader_workers", loader_workers)
+        self.background = parse_color(background, what="MageLMM: background")
+        self._rank, self._world_size = process_rank()
         self.checkpoint = None if checkpoint is None else str(checkpoint)
         self.model = model if model is not None else self._load(self.checkpoint, device)
-        self.timings = {"generate_s": 0.0, "generate_n": 0, "loglikelihood_s": 0.0}
+        self.reset_timings()
+
+    def reset_timings(self) -> None:
+        """Start counting afresh (an evaluation's costs are its own)."""
+        self.timings: dict[str, Any] = {"generate_s": 0.0, "generate_n": 0, "tasks": {}}
 
     @classmethod
     def wrap(cls, model: Any, batch_size: int = 8, **kwargs: Any) -> MageLMM:
@@ -130,10 +182,18 @@ class MageLMM(lmms):
             )
         from mage.model import MageModel
 
+        if device == "cuda" and "LOCAL_RANK" in os.environ:  # one GPU per torchrun process
+            device = f"cuda:{int(os.environ['LOCAL_RANK'])}"
         model = MageModel.from_pretrained(checkpoint)
         if device:
             model = model.to(device)
         return model
+
+    @property
+    def device(self) -> torch.device:
+        """Where the model (and lmms-eval's rank-count tensors) live."""
+        device = getattr(self.model, "device", None)
+        return device if isinstance(device, torch.device) else torch.device("cpu")
 
     def clean(self) -> None:
         """Keep the model: lmms-eval's default drops every nn.Module attribute after
@@ -164,67 +224,100 @@ class MageLMM(lmms):
             "model_class": f"{type(self.model).__module__}.{type(self.model).__qualname__}",
             "config": to_dict() if callable(to_dict) else None,
             "batch_size": self.batch_size,
+            "budgets": self.budgets,
+            "task_max_new_tokens": dict(TASK_MAX_NEW_TOKENS) if self.budgets == "harness" else None,
             "default_max_new_tokens": self.default_max_new_tokens,
             "max_new_tokens_cap": self.max_new_tokens_cap,
+            "loader_workers": self.loader_workers,
+            "image_background": list(self.background),
+            "image_aspect": getattr(getattr(self.model, "vision", None), "image_aspect", None),
+            "world_size": self.world_size,
         }
 
     # ---- lmms-eval interface --------------------------------------------------------------
-    def _doc_and_image(self, doc_to_visual: Any, doc_id: int, task: str, split: str):
-        doc = self.task_dict[task][split][doc_id]
-        visuals = doc_to_visual(doc) if callable(doc_to_visual) else None
-        # SEED rows give a list of frames; MAGE takes one image per question.
-        return doc, (visuals[0] if visuals else None)
+    def _is_mage(self) -> bool:
+        from mage.model import MageModel
 
-    def _budget(self, gen_kwargs: dict) -> int:
-        budget = gen_kwargs.get("max_new_tokens") or self.default_max_new_tokens
-        budget = int(budget)
-        if self.max_new_tokens_cap is not None:
-            budget = min(budget, self.max_new_tokens_cap)
-        return budget
+        return isinstance(self.model, MageModel)
+
+    def _prompt_length(self) -> Any:
+        """Token count of a prompt for sorting (characters for models without a tokenizer)."""
+        if not self._is_mage():
+            return len
+        from mage.generation import prompt_ids
+
+        return lambda context: len(prompt_ids(self.model, context, True))
+
+    def _rows(self, requests: list[Instance]) -> list[Row]:
+        rows = []
+        for i, req in enumerate(requests):
+            context, gen_kwargs, doc_to_visual, doc_id, task, split = req.args
+            gen_kwargs = gen_kwargs or {}
+            value = budget(
+                task, gen_kwargs, self.budgets, self.default_max_new_tokens, self.max_new_tokens_cap
+            )
+            stops = stop_strings(gen_kwargs)
+            rows.append(Row(i, context, value, stops, doc_to_visual, doc_id, task, split))
+        return rows
 
     def generate_until(self, requests: list[Instance]) -> list[str]:
-        """Greedy answers, batched by token budget and prompt length, in request order."""
-        order = sorted(
-            range(len(requests)),
-            key=lambda i: (self._budget(requests[i].args[1] or {}), -len(requests[i].args[0])),
+        """Greedy answers in request order; see `harness.eval_batches` for the batching."""
+        from mage.generation import preprocess_image
+
+        collator, batches = plan_batches(
+            self._rows(requests), self.batch_size, self._prompt_length()
         )
-        answers: list[str | None] = [None] * len(requests)
-        progress = tqdm(total=len(requests), desc="mage generate_until", disable=None)
-        start = 0
-        while start < len(order):
-            budget = self._budget(requests[order[start]].args[1] or {})
-            batch = [order[start]]
-            while (
-                len(batch) < self.batch_size
-                and start + len(batch) < len(order)
-                and self._budget(requests[order[start + len(batch)]].args[1] or {}) == budget
-            ):
-                batch.append(order[start + len(batch)])
-            start += len(batch)
-            questions, images = [], []
-            for i in batch:
-                context, _gen_kwargs, doc_to_visual, doc_id, task, split = requests[i].args
-                images.append(self._doc_and_image(doc_to_visual, doc_id, task, split)[1])
-                questions.append(context)
+        prepare = (lambda image: preprocess_image(self.model, image)) if self._is_mage() else None
+        source = BatchSource(batches, self.task_dict, prepare, self.background)
+        outputs: list[str] = []
+        progress = tqdm(
+            total=len(requests),
+            desc="mage generate_until",
+            disable=None if self.rank == 0 else True,
+        )
+        seen: set[tuple[str, int]] = set()
+        waited = time.perf_counter()
+        for batch in loader(source, self.loader_workers):
             began = time.perf_counter()
+            rows = batches[batch.index]
             with self._inference():
-                outputs = self.model.generate(images, questions, max_new_tokens=budget)
-            self.timings["generate_s"] += time.perf_counter() - began
-            self.timings["generate_n"] += len(batch)
-            if len(outputs) != len(batch):
+                answers = self.model.generate(
+                    batch.images,
+                    [r.context for r in rows],
+                    max_new_tokens=[r.budget for r in rows],
+                    stop=[r.stops for r in rows],
+                )
+            if len(answers) != len(rows):
                 raise RuntimeError(
-                    f"MageLMM: model.generate returned {len(outputs)} answers for "
-                    f"{len(batch)} questions"
+                    f"MageLMM: model.generate returned {len(answers)} answers for "
+                    f"{len(rows)} questions"
                 )
-            for i, text in zip(batch, outputs):
-                gen_kwargs = requests[i].args[1] or {}
-                answers[i] = truncate_at_stops(text, gen_kwargs.get("until"))
-                self.cache_hook.add_partial(
-                    "generate_until", (requests[i].args[0], gen_kwargs), answers[i]
-                )
-            progress.update(len(batch))
+            done = time.perf_counter()
+            self._time(rows, seen, generate_s=done - began, wall_s=done - waited)
+            waited = done
+            for row, text in zip(rows, answers):
+                answer = truncate_at_stops(text, row.stops)
+                outputs.append(answer)
+                gen_kwargs = requests[row.index].args[1] or {}
+                self.cache_hook.add_partial("generate_until", (row.context, gen_kwargs), answer)
+            progress.update(len(rows))
         progress.close()
-        return answers  # type: ignore[return-value]
+        return collator.get_original(outputs)
+
+    def _time(self, rows: list[Row], seen: set, generate_s: float, wall_s: float) -> None:
+        """Per-task model and wall time; samples counted once per (task, doc) so that
+        lmms-eval's padding copies (equal shards across ranks) are not counted."""
+        task = self.timings["tasks"].setdefault(
+            rows[0].task, {"samples": 0, "rows": 0, "generate_s": 0.0, "wall_s": 0.0}
+        )
+        fresh = {(r.task, r.doc_id) for r in rows} - seen
+        seen |= fresh
+        task["samples"] += len(fresh)
+        task["rows"] += len(rows)
+        task["generate_s"] += generate_s
+        task["wall_s"] += wall_s
+        self.timings["generate_s"] += generate_s
+        self.timings["generate_n"] += len(rows)
 
     def loglikelihood(self, requests: list[Instance]) -> list[tuple[float, bool]]:
         """(loss, is_greedy) per request; the loss is the summed NLL of the continuation.
@@ -238,15 +331,13 @@ class MageLMM(lmms):
             images, contexts, continuations = [], [], []
             for req in chunk:
                 context, target, doc_to_visual, doc_id, task, split = req.args
-                doc, image = self._doc_and_image(doc_to_visual, doc_id, task, split)
-                continuation = target if isinstance(target, str) else target(doc)
-                images.append(image)
+                row = Row(start, context, 0, [], doc_to_visual, doc_id, task, split)
+                doc = self.task_dict[task][split][doc_id]
+                images.append(doc_image(self.task_dict, row, self.background))
                 contexts.append(context)
-                continuations.append(continuation)
-            began = time.perf_counter()
+                continuations.append(target if isinstance(target, str) else target(doc))
             with self._inference():
                 losses = self.model.loglikelihood(images, contexts, continuations)
-            self.timings["loglikelihood_s"] += time.perf_counter() - began
             results.extend((float(loss), False) for loss in losses)
         return results
 
@@ -257,15 +348,17 @@ class MageLMM(lmms):
         )
 
 
+def process_rank() -> tuple[int, int]:
+    """(rank, world size): the process group's if one is initialised, else the launcher's
+    ``RANK`` / ``WORLD_SIZE`` (torchrun sets them before lmms-eval builds the group)."""
+    import torch.distributed as dist
+
+    if dist.is_available() and dist.is_initialized():
+        return dist.get_rank(), dist.get_world_size()
+    return int(os.environ.get("RANK", 0)), int(os.environ.get("WORLD_SIZE", 1))
+
+
 # ---- the lmms-eval command line on local data --------------------------------------------
-TASK_YAMLS = {  # built-in task files, relative to the lmms_eval.tasks package
-    "mme": "mme/mme.yaml",
-    "mmbench_en_dev": "mmbench/mmbench_en_dev.yaml",
-    "mmbench_en_dev_static": "mmbench/mmbench_en_dev_static.yaml",
-    "seedbench": "seedbench/seedbench.yaml",
-}
-
-
 def write_local_task_yamls(
     data_dir: str | Path,
     include_dir: str | Path,

@@ -12,6 +12,7 @@ with the SEB stride that divides its patch grid). ``values`` is a grid; ``choice
 
 from __future__ import annotations
 
+import math
 import re
 from pathlib import Path
 from typing import Any, Literal
@@ -101,20 +102,80 @@ class ObjectiveSpec(_Strict):
 
 
 class EarlyStoppingSpec(_Strict):
-    """ASHA on the training loss the trial reports as it trains (``train_loss``).
+    """ASHA on a training metric of one stage, as trials report it while they train.
 
-    ``grace_period`` and ``max_t`` count optimiser steps over both stages together."""
+    The default, stage 2's cross-entropy, compares variants on the same footing whatever
+    their MSE weight (the MSE term would rank high-lambda variants low for that term alone).
+    ``grace_period`` and ``max_t`` count that stage's optimizer steps; a trial that reaches
+    ``max_t`` is scored, not stopped."""
 
-    metric: Literal["train_loss"] = "train_loss"
+    metric: Literal[
+        "stage2/ce_loss", "stage2/loss", "stage1/ce_loss", "stage1/loss", "stage1/mse_loss"
+    ] = "stage2/ce_loss"
     mode: Literal["min", "max"] = "min"
     grace_period: int = Field(1, ge=1)
     reduction_factor: float = Field(2.0, gt=1)
-    max_t: int | None = Field(None, ge=1, description="default: stage1.steps + stage2.steps")
+    max_t: int | None = Field(None, ge=1, description="default: that stage's steps")
 
 
 class ResourcesSpec(_Strict):
+    """What one trial runs on.
+
+    ``{cpu, gpu}``: one worker, the trial's own process (a laptop, the CPU smoke sweep).
+    ``{workers: N, gpus_per_worker, cpus_per_worker}``: every stage (and the evaluation) runs
+    on a Ray Train worker group of N processes (FSDP2 across them; nccl on GPUs, gloo on
+    CPUs), while the trial itself, the driver, holds ``driver_cpus`` and no GPU. Unless
+    ``max_concurrent_trials`` says otherwise, as many trials run at once as the cluster's GPUs
+    (CPUs, without GPUs) have room for worker groups."""
+
     cpu: float = Field(1.0, gt=0)
     gpu: float = Field(0.0, ge=0)
+    workers: int | None = Field(None, ge=1, description="Ray Train workers per stage")
+    cpus_per_worker: float = Field(1.0, gt=0)
+    gpus_per_worker: float = Field(0.0, ge=0)
+    driver_cpus: float = Field(1.0, gt=0, description="CPUs the trial's driver process holds")
+    gpu_memory_gb: float = Field(
+        80.0,
+        gt=0,
+        description="memory of one GPU: a trial whose stages are estimated not to fit "
+        "(mage.train.memory) is refused before Ray starts",
+    )
+
+    @model_validator(mode="after")
+    def _one_kind(self) -> ResourcesSpec:
+        defaults = {"cpus_per_worker": 1.0, "gpus_per_worker": 0.0, "driver_cpus": 1.0}
+        # gpu_memory_gb applies to both kinds
+        group = sorted(k for k, v in defaults.items() if getattr(self, k) != v)
+        if self.workers is None and group:
+            raise ValueError(f"{group} need `workers: N` (a worker group per stage)")
+        if self.workers is not None and (self.cpu, self.gpu) != (1.0, 0.0):
+            raise ValueError(
+                "give `cpu`/`gpu` (one in-process worker) or `workers` with `cpus_per_worker`/"
+                "`gpus_per_worker` (a worker group), not both"
+            )
+        return self
+
+    @property
+    def in_process(self) -> bool:
+        return self.workers is None
+
+    def trial_resources(self) -> dict[str, float]:
+        """What the Tune trial itself reserves (a driver holds no GPU: the workers do)."""
+        if self.in_process:
+            return {"cpu": self.cpu, "gpu": self.gpu}
+        return {"cpu": self.driver_cpus, "gpu": 0.0}
+
+    @property
+    def gpus_per_trial_worker(self) -> tuple[int, float]:
+        """(workers a stage is sharded over, GPUs each holds)."""
+        return (1, self.gpu) if self.in_process else (self.workers, self.gpus_per_worker)
+
+    def group_size(self) -> dict[str, float]:
+        """CPUs and GPUs one trial occupies at once."""
+        if self.in_process:
+            return {"CPU": self.cpu, "GPU": self.gpu}
+        n = self.workers
+        return {"CPU": self.driver_cpus + n * self.cpus_per_worker, "GPU": n * self.gpus_per_worker}
 
 
 class BaselineSpec(_Strict):
@@ -156,7 +217,7 @@ class SweepSpec(_Strict):
     assets_dir: str | None = Field(None, description="prepared assets; default $MAGE_ASSETS_DIR")
     axes: dict[str, AxisSpec] = Field(default_factory=dict)
     search: Literal["grid", "optuna", "random"] = "grid"
-    search_seed: int = 0
+    search_seed: int = Field(0, ge=0)
     optuna_storage: str | None = Field(
         None, description="SQLAlchemy URL of the Optuna study; default sqlite in the sweep folder"
     )
@@ -167,6 +228,11 @@ class SweepSpec(_Strict):
     resources: ResourcesSpec | Literal["whole_node"] = Field(default_factory=ResourcesSpec)
     max_concurrent_trials: int | None = Field(None, ge=1)
     max_failures: int = Field(1, ge=0, description="Tune retries of a crashed trial process")
+    retry_failed: bool = Field(
+        False,
+        description="after each session's trials, run the failed ones once more from their "
+        "stage caches and checkpoints (as `resume --retry-failed` does)",
+    )
     baselines: list[BaselineSpec] = Field(default_factory=list)
     tasks: list[Literal["mme", "mmbench", "seedbench", "tools"]] = Field(
         default_factory=lambda: ["mme", "mmbench", "seedbench"], min_length=1
@@ -175,6 +241,12 @@ class SweepSpec(_Strict):
     eval_limit: int | None = Field(None, ge=1, description="items per benchmark (quick runs)")
     eval_max_new_tokens: int | None = Field(
         None, ge=1, description="cap on generated tokens per answer (MMBench asks for 1024)"
+    )
+    mmbench_scoring: Literal["gpt", "static"] | None = Field(
+        None,
+        description="MMBench answer matching: gpt (mmbench_en_dev, a GPT judge; needs "
+        "OPENAI_API_KEY) or static (mmbench_en_dev_static); default: gpt if the driver has a "
+        "key when the sweep starts, else static. Decided once, kept by every resume",
     )
     storage_path: str | None = Field(
         None, description="Tune's storage (local folder or cloud URI); default SWEEP_DIR/tune"
@@ -194,6 +266,8 @@ class SweepSpec(_Strict):
             raise ValueError("a number of seeds must be >= 1")
         if isinstance(value, list) and (not value or len(set(value)) != len(value)):
             raise ValueError("an explicit seed list must be non-empty without repeats")
+        if isinstance(value, list) and any(seed < 0 for seed in value):
+            raise ValueError(f"seeds must be >= 0, got {[s for s in value if s < 0]}")
         return value
 
     @model_validator(mode="after")
@@ -232,6 +306,14 @@ class SweepSpec(_Strict):
         if dupes:
             raise ValueError(f"baselines: duplicate name(s) {dupes}")
         return self
+
+    @property
+    def trial_count(self) -> int:
+        """Trials this spec implies (variants x seeds), counted without building a config."""
+        variants = self.num_samples or 0
+        if self.search == "grid":
+            variants = math.prod(len(axis.values) for axis in self.axes.values())
+        return (variants + len(self.baselines)) * len(self.seed_list)
 
     @property
     def seed_list(self) -> list[int]:
@@ -293,4 +375,6 @@ def load_spec(path: str | Path) -> SweepSpec:
         data = yaml.safe_load(path.read_text())
     except yaml.YAMLError as err:
         raise SpecError(f"{path}: not valid YAML ({err})") from None
+    except UnicodeDecodeError as err:
+        raise SpecError(f"{path}: not UTF-8 text ({err.reason} at byte {err.start})") from None
     return parse_spec(data, str(path))

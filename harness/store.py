@@ -13,10 +13,17 @@ Layout (schema: docs/architecture.md, "Results store")::
 How it is written: each trial's directory is written by whoever finishes the trial (the trial
 process itself, or the driver for a trial Tune stopped early or whose process died) through
 `mage.io.atomic_path`, so it is either absent or whole; a trial that is already stored is never
-written again. The top-level tables are a merge of the trial directories, rewritten atomically
+written again (a failed trial run again is first moved to ``retried/``, `harness.retry`). The top-level tables are a merge of the trial directories, rewritten atomically
 (`consolidate`) by the driver each time a trial finishes and at the end, and again by
 ``mage-harness resume``/``status``; they can always be rebuilt from ``trials/``, so a driver
 killed mid-write loses nothing. Readers use the top-level files (`reports.load`).
+
+Checked before work (`check_store`, by ``status``, ``resume`` and ``report``): the tables
+and the manifest must be readable and the records whole; ``resume`` also needs every trial
+in the tables to have its record, so that it never rewrites a table from fewer trials than
+it holds (`consolidate` refuses that too). `rebuild_store` (``mage-harness store rebuild``)
+rewrites the tables (and a damaged manifest) from ``trials/``; the checks live in
+`harness.store_check`.
 """
 
 from __future__ import annotations
@@ -37,6 +44,14 @@ from mage.io import atomic_path, atomic_write, atomic_write_json
 from mage.scores import ITEM_COLUMNS, SCORE_COLUMNS
 
 STATUSES = ("ok", "failed", "stopped")
+DAMAGED_DIRNAME = "damaged"  # where `rebuild_store(drop_missing=True)` moves unreadable trials
+
+
+class DamagedStoreError(ValueError):
+    """A results store file is unreadable or inconsistent; the message names the file, what is
+    wrong with it and how to repair it."""
+
+
 CURVE_COLUMNS = ["stage", "step", "metric", "value"]
 TABLES = ("results", "trials", "items", "curves")
 
@@ -82,7 +97,19 @@ def stored_trial(sweep_dir: str | Path, trial_id: str) -> TrialRecord | None:
     path = trial_dir(sweep_dir, trial_id) / "record.json"
     if not path.exists():
         return None
-    return TrialRecord.from_dict(json.loads(path.read_text()))
+    return read_record(path)
+
+
+def read_record(path: str | Path) -> TrialRecord:
+    """One ``record.json``; `DamagedStoreError` naming it if it cannot be read."""
+    path = Path(path)
+    try:
+        data = json.loads(path.read_text())
+        if not isinstance(data, dict):
+            raise ValueError(f"expected a JSON object, got {type(data).__name__}")
+        return TrialRecord.from_dict(data)
+    except (OSError, ValueError, TypeError) as err:  # JSONDecodeError, UnicodeDecodeError too
+        raise DamagedStoreError(f"{path}: not a readable trial record ({err})") from None
 
 
 def _frame(data: pd.DataFrame | list | None, columns: list[str], what: str) -> pd.DataFrame:
@@ -147,9 +174,12 @@ class RunningCurves:
 
 
 def load_records(sweep_dir: str | Path) -> list[TrialRecord]:
+    return [read_record(p) for p in record_paths(sweep_dir)]
+
+
+def record_paths(sweep_dir: str | Path) -> list[Path]:
     root = Path(sweep_dir) / "trials"
-    paths = sorted(root.glob("*/record.json")) if root.exists() else []
-    return [TrialRecord.from_dict(json.loads(p.read_text())) for p in paths]
+    return sorted(root.glob("*/record.json")) if root.exists() else []
 
 
 def _ids(record: TrialRecord) -> dict[str, Any]:
@@ -221,12 +251,29 @@ def build_tables(
     return out
 
 
+RETRIED = "retried"  # SWEEP_DIR/retried/<trial_id>/attempt-<n>/: earlier attempts (harness.retry)
+
+
 def consolidate(
-    sweep_dir: str | Path, sweep: str, swept_fields: list[str]
+    sweep_dir: str | Path, sweep: str, swept_fields: list[str], allow_fewer: bool = False
 ) -> dict[str, pd.DataFrame]:
-    """Rewrite the top-level tables and the manifest's trial sections from ``trials/``."""
+    """Rewrite the top-level tables and the manifest's trial sections from ``trials/``.
+
+    Refuses (`DamagedStoreError`) to drop a trial the current ``trials.parquet`` holds but
+    ``trials/`` has no record of, unless ``allow_fewer``."""
     sweep_dir = Path(sweep_dir)
     tables = build_tables(sweep_dir, sweep, swept_fields)
+    if not allow_fewer:
+        retrying = {p.name for p in (sweep_dir / RETRIED).glob("*")}  # moved aside to run again
+        recorded = set(tables["trials"]["trial_id"])
+        dropped = sorted(table_trial_ids(sweep_dir) - recorded - retrying)
+        if dropped:
+            raise DamagedStoreError(
+                f"{sweep_dir / 'trials.parquet'} holds {len(dropped)} trial(s) that trials/ has "
+                f"no record of (e.g. {dropped[0]}); the tables were not rewritten from fewer "
+                f"trials: restore trials/, or `mage-harness store rebuild {sweep_dir} "
+                "--drop-missing` to keep only the recorded ones"
+            )
     for name, frame in tables.items():
         atomic_write(sweep_dir / f"{name}.parquet", lambda p, f=frame: f.to_parquet(p, index=False))
     records = load_records(sweep_dir)
@@ -270,9 +317,42 @@ def read_table(sweep_dir: str | Path, name: str) -> pd.DataFrame:
     return pd.read_parquet(path)
 
 
+def table_trial_ids(sweep_dir: str | Path) -> set[str]:
+    """Trial ids in ``trials.parquet`` (empty if it is absent or unreadable)."""
+    path = Path(sweep_dir) / "trials.parquet"
+    try:
+        return set(pd.read_parquet(path, columns=["trial_id"])["trial_id"].astype(str))
+    except Exception:  # absent or damaged: nothing to protect that could be read
+        return set()
+
+
 def read_manifest(sweep_dir: str | Path) -> dict[str, Any]:
+    """``manifest.json`` ({} if absent); `DamagedStoreError` naming it if unreadable."""
     path = Path(sweep_dir) / "manifest.json"
-    return json.loads(path.read_text()) if path.exists() else {}
+    if not path.exists():
+        return {}
+    try:
+        data = json.loads(path.read_text())
+    except (OSError, ValueError) as err:  # JSONDecodeError, UnicodeDecodeError
+        raise DamagedStoreError(
+            f"{path}: not readable JSON ({err}); `mage-harness store rebuild "
+            f"{Path(sweep_dir)}` rewrites it from spec.yaml and trials/"
+        ) from None
+    if not isinstance(data, dict):
+        raise DamagedStoreError(f"{path}: expected a JSON object, got {type(data).__name__}")
+    return data
+
+
+def read_spec(sweep_dir: str | Path) -> Any:
+    """The parsed ``spec.yaml`` of a sweep folder; `DamagedStoreError` if unreadable."""
+    path = Path(sweep_dir) / "spec.yaml"
+    try:
+        return yaml.safe_load(path.read_text())
+    except (OSError, ValueError, yaml.YAMLError) as err:
+        raise DamagedStoreError(
+            f"{path}: not readable YAML ({type(err).__name__}); it is the sweep's spec: "
+            "restore it from the spec file the sweep was started with"
+        ) from None
 
 
 def update_manifest(sweep_dir: str | Path, **sections: Any) -> dict[str, Any]:

@@ -1,7 +1,8 @@
 """Run a sweep with Ray Tune (grid, random, or Optuna TPE), resume it, record its provenance.
 
-`run_sweep(spec, out_dir)` validates and plans the spec (nothing starts on a bad spec), writes
-``spec.yaml`` and ``manifest.json``, starts Ray, and runs one Tune experiment per phase:
+`run_sweep(spec, out_dir)` validates and plans the spec (nothing starts on a bad spec), starts
+or connects to Ray, writes ``spec.yaml`` and ``manifest.json``, and runs one Tune experiment
+per phase:
 
 - ``grid`` / ``random``: one grid over (variant, seed); random variants are drawn up front
   with ``search_seed``, so the plan is known, shown by ``--dry-run`` and stable on resume.
@@ -18,27 +19,24 @@ whose process died. A trial resumed by Tune continues from its last checkpoint (
 Resume: ``resume_sweep(dir)`` restores each phase with ``Tuner.restore(..., resume_errored=
 True)`` (or starts it again if the driver died before Tune saved its state). A trial first
 looks itself up in the results store and, if it is there, reports the stored result without
-training, so no finished trial runs twice and nothing stored is lost.
+training, so no finished trial runs twice and nothing stored is lost. ``retry_failed`` (``resume
+--retry-failed`` or the spec's field) then runs the failed trials again in an experiment of
+their own (`harness.retry`). The MMBench scoring method is decided here, once per sweep
+(`_mmbench_scoring`), and reaches the trials in the plan's spec.
 
-Ray on one machine (the default): an embedded single-node Ray started with
-``ray.init(address="local")``, no dashboard, worker logs kept out of the terminal, bound to
-127.0.0.1 only (``RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER=0``). Token authentication (on by default
-in Ray 2.60) stays on: unless you set ``RAY_AUTH_MODE``, ``RAY_AUTH_TOKEN`` or
-``RAY_AUTH_TOKEN_PATH`` yourself, the driver makes a random token for this session and passes
-it to the Ray processes it starts through the ``RAY_AUTH_TOKEN`` environment variable; nothing
-is written to ``~/.ray``, other local users cannot attach to the cluster, and it ends with
-the driver. ``ray status`` from another shell therefore does not see it: use ``mage-harness
-status SWEEP_DIR``. An existing cluster: ``--ray-address ADDR`` or ``RAY_ADDRESS``, with the
-cluster's token in ``RAY_AUTH_TOKEN`` / ``~/.ray/auth_token``; SWEEP_DIR must then be on a
-filesystem every node sees, and ``storage_path`` in the spec may be a cloud URI for Tune's
-own state.
+Ray (`harness.ray_cluster`): by default an embedded single-node Ray bound to 127.0.0.1 with
+a per-session token; ``ray status`` from another shell therefore does not see it: use
+``mage-harness status SWEEP_DIR``. An existing cluster: ``--ray-address ADDR`` or
+``RAY_ADDRESS``, with the cluster's token in ``RAY_AUTH_TOKEN`` / ``~/.ray/auth_token``,
+reached within a deadline; SWEEP_DIR must then be on a filesystem every node sees, and
+``storage_path`` in the spec may be a cloud URI for Tune's own state. The driver connects
+before it writes anything into SWEEP_DIR.
 """
 
 from __future__ import annotations
 
-import logging
+import json
 import os
-import secrets
 import sys
 import time
 from datetime import UTC, datetime
@@ -48,54 +46,22 @@ from typing import Any
 import yaml
 
 from harness import store
+from harness.experiment import build_tuner, check_memory  # noqa: F401  (check_memory: the CLI's)
 from harness.plan import SweepPlan, plan_sweep
 from harness.progress import SweepProgress, SweepSummary, summarize
+from harness.ray_cluster import start_ray
 from harness.spec import SpecError, SweepSpec, load_spec, parse_spec
-from harness.trial import TrialFn, planned_steps
-from harness.tune_trial import StoreCallback, tune_trainable
-from mage.config import get_dotted
+from harness.store_check import check_store
+from harness.trial import TrialFn
+from harness.tune_trial import StoreCallback
 from mage.io import atomic_write_text
 
 PHASES = {"grid": ["main"], "random": ["main"], "optuna": ["baselines", "search"]}
 
 
 # --------------------------------------------------------------------------------------
-# Ray
+# Phases (each a Tune experiment: harness.experiment)
 # --------------------------------------------------------------------------------------
-
-
-def _embedded_ray_env() -> None:
-    """Loopback only, token auth with a per-session token (see the module docstring)."""
-    os.environ["RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER"] = "0"
-    if "ray._private.ray_constants" in sys.modules:  # read at import: set it if ray is in
-        sys.modules["ray._private.ray_constants"].ENABLE_RAY_CLUSTER = False
-    if not any(k in os.environ for k in ("RAY_AUTH_MODE", "RAY_AUTH_TOKEN", "RAY_AUTH_TOKEN_PATH")):
-        os.environ["RAY_AUTH_TOKEN"] = secrets.token_hex(32)
-
-
-def start_ray(address: str | None = None) -> bool:
-    """Connect to ``address`` / $RAY_ADDRESS, or start the embedded Ray. True if started here."""
-    import ray
-
-    if ray.is_initialized():
-        return False  # the caller's Ray (a notebook, a test fixture)
-    address = address or os.environ.get("RAY_ADDRESS")
-    quiet = {"log_to_driver": False, "logging_level": logging.ERROR}
-    if address:
-        ray.init(address=address, **quiet)
-    else:
-        _embedded_ray_env()
-        ray.init(address="local", include_dashboard=False, **quiet)
-    return True
-
-
-# --------------------------------------------------------------------------------------
-# Tune experiments
-# --------------------------------------------------------------------------------------
-
-
-def _trial_dirname(trial) -> str:
-    return trial.trial_id
 
 
 def _phases(plan: SweepPlan) -> list[str]:
@@ -107,138 +73,31 @@ def _phase_trials(plan: SweepPlan, phase: str) -> int:
     return n * len(plan.seeds)
 
 
-def experiment_path(plan: SweepPlan, sweep_dir: Path, phase: str) -> str:
-    base = plan.spec.storage_path or str(sweep_dir / "tune")
-    return f"{base.rstrip('/')}/{plan.spec.name}-{phase}"
-
-
-def _resources(spec: SweepSpec):
-    import ray
-    from ray import tune
-
-    if spec.resources != "whole_node":
-        return {"cpu": spec.resources.cpu, "gpu": spec.resources.gpu}
-    nodes = [n["Resources"] for n in ray.nodes() if n.get("Alive")]
-    cpu = min(n.get("CPU", 0) for n in nodes)
-    gpu = min(n.get("GPU", 0) for n in nodes)
-    return tune.PlacementGroupFactory([{"CPU": cpu, "GPU": gpu}], strategy="STRICT_PACK")
-
-
-def optuna_space(plan: SweepPlan) -> dict[str, Any]:
-    """The spec's axes as Optuna distributions (bundles become categorical labels)."""
-    from optuna.distributions import (
-        CategoricalDistribution,
-        FloatDistribution,
-        IntDistribution,
-    )
-
-    data, space = plan.base.to_dict(), {}
-    for name, axis in plan.spec.axes.items():
-        if name in plan.bundles:
-            space[name] = CategoricalDistribution(list(plan.bundles[name]))
-        elif axis.options is not None:
-            space[name] = CategoricalDistribution(axis.options)
-        elif isinstance(get_dotted(data, name), int) and not isinstance(
-            get_dotted(data, name), bool
-        ):
-            step = int(axis.step or 1)
-            space[name] = IntDistribution(int(axis.low), int(axis.high), log=axis.log, step=step)
-        else:
-            space[name] = FloatDistribution(axis.low, axis.high, log=axis.log, step=axis.step)
-    return space
-
-
-def _search_alg(plan: SweepPlan, sweep_dir: Path):
-    import optuna
-    from ray.tune.search import Repeater
-    from ray.tune.search.optuna import OptunaSearch
-
-    spec = plan.spec
-    url = spec.optuna_storage or f"sqlite:///{sweep_dir / 'optuna.db'}"
-    searcher = OptunaSearch(
-        space=optuna_space(plan),
-        metric="objective",
-        mode=spec.primary.mode,
-        sampler=optuna.samplers.TPESampler(seed=spec.search_seed),
-        study_name=spec.name,
-        storage=optuna.storages.RDBStorage(url),
-    )
-    return Repeater(searcher, repeat=len(plan.seeds), set_index=True)
-
-
-def _tuner(plan: SweepPlan, sweep_dir: Path, phase: str, trial_fn: TrialFn, callbacks: list):
-    from ray import tune
-    from ray.tune.schedulers import ASHAScheduler
-
-    spec = plan.spec
-    trainable = tune.with_parameters(
-        tune_trainable, sweep_dir=str(sweep_dir), plan=plan, trial_fn=trial_fn
-    )
-    trainable = tune.with_resources(trainable, _resources(spec))
-    path = experiment_path(plan, sweep_dir, phase)
-    if tune.Tuner.can_restore(path):
-        tuner = tune.Tuner.restore(path, trainable=trainable, resume_errored=True)
-        # Tune restores the RunConfig it pickled; give it this session's callbacks.
-        tuner._local_tuner.get_run_config().callbacks = callbacks
-        return tuner
-    scheduler = None
-    if spec.early_stopping:
-        es = spec.early_stopping
-        scheduler = ASHAScheduler(
-            time_attr="global_step",
-            metric=es.metric,
-            mode=es.mode,
-            max_t=es.max_t or planned_steps(plan.base),
-            grace_period=es.grace_period,
-            reduction_factor=es.reduction_factor,
-        )
-    if phase == "search":
-        param_space, search_alg = None, _search_alg(plan, sweep_dir)
-        num_samples = spec.num_samples * len(plan.seeds)
-    else:
-        names = [v.name for v in plan.variants]
-        param_space = {"variant": tune.grid_search(names), "seed": tune.grid_search(plan.seeds)}
-        search_alg, num_samples = None, 1
-    return tune.Tuner(
-        trainable,
-        param_space=param_space,
-        tune_config=tune.TuneConfig(
-            search_alg=search_alg,
-            scheduler=scheduler,
-            num_samples=num_samples,
-            max_concurrent_trials=spec.max_concurrent_trials,
-            trial_dirname_creator=_trial_dirname,
-            reuse_actors=True,  # a fresh process per trial re-imports torch (~5 s each)
-        ),
-        run_config=tune.RunConfig(
-            name=path.rsplit("/", 1)[1],
-            storage_path=path.rsplit("/", 1)[0],
-            failure_config=tune.FailureConfig(max_failures=spec.max_failures),
-            checkpoint_config=tune.CheckpointConfig(num_to_keep=1),
-            callbacks=callbacks,
-            verbose=0,
-        ),
-    )
-
-
 # --------------------------------------------------------------------------------------
 # Entry points
 # --------------------------------------------------------------------------------------
 
 
+def _check_spec(sweep_dir: Path, spec: SweepSpec) -> None:
+    """Refuse a folder that holds another sweep (reads only)."""
+    path = sweep_dir / "spec.yaml"
+    # compared after parsing: a field added to the schema since (with its default) is no change
+    if (
+        path.exists()
+        and parse_spec(store.read_spec(sweep_dir), str(path)).to_dict() != spec.to_dict()
+    ):
+        raise SpecError(
+            f"{sweep_dir} holds another sweep (its spec.yaml differs from this spec); "
+            "choose another --out folder, or `mage-harness resume` it"
+        )
+
+
 def _write_spec(sweep_dir: Path, spec: SweepSpec) -> None:
     """Keep the spec beside the results; refuse a folder that holds another sweep."""
-    path = sweep_dir / "spec.yaml"
-    if path.exists():
-        stored = yaml.safe_load(path.read_text())
-        if stored != spec.to_dict():
-            raise SpecError(
-                f"{sweep_dir} holds another sweep (its spec.yaml differs from this spec); "
-                "choose another --out folder, or `mage-harness resume` it"
-            )
-        return
-    sweep_dir.mkdir(parents=True, exist_ok=True)
-    atomic_write_text(path, yaml.safe_dump(spec.to_dict(), sort_keys=False))
+    _check_spec(sweep_dir, spec)
+    if not (sweep_dir / "spec.yaml").exists():
+        sweep_dir.mkdir(parents=True, exist_ok=True)
+        atomic_write_text(sweep_dir / "spec.yaml", yaml.safe_dump(spec.to_dict(), sort_keys=False))
 
 
 def _check_plan(sweep_dir: Path, plan: SweepPlan) -> None:
@@ -288,8 +147,9 @@ def run_sweep(
     if not isinstance(spec, SweepSpec):
         spec = load_spec(spec)
     plan = plan_sweep(spec, presets)  # a bad spec fails here, before Ray starts
+    check_memory(plan)
     sweep_dir = Path(out_dir or Path("sweeps") / spec.name).resolve()
-    _write_spec(sweep_dir, spec)
+    _check_spec(sweep_dir, spec)  # spec.yaml is written once connected (in _drive)
     _check_plan(sweep_dir, plan)
     return _drive(plan, sweep_dir, ray_address, progress, trial_fn, report, "sweep")
 
@@ -301,51 +161,104 @@ def resume_sweep(
     trial_fn: TrialFn | None = None,
     presets: dict[str, Any] | None = None,
     report: bool = True,
+    retry_failed: bool = False,
 ) -> SweepSummary:
-    """Finish a sweep after a crash or kill: restore Tune's state; skip what is stored."""
+    """Finish a sweep after a crash or kill: restore Tune's state; skip what is stored.
+
+    ``retry_failed`` (or the spec's ``retry_failed``): then run the failed trials again from
+    their stage caches and checkpoints (`harness.retry`)."""
     sweep_dir = Path(sweep_dir).resolve()
     if not (sweep_dir / "spec.yaml").is_file():
         raise SpecError(f"{sweep_dir}: not a sweep folder (no spec.yaml); start it with sweep")
+    check_store(sweep_dir, "resume")  # a damaged store is refused before any work
     spec = parse_spec(yaml.safe_load((sweep_dir / "spec.yaml").read_text()), str(sweep_dir))
     plan = plan_sweep(spec, presets)
     _check_plan(sweep_dir, plan)
-    return _drive(plan, sweep_dir, ray_address, progress, trial_fn, report, "resume")
+    kind = "resume --retry-failed" if retry_failed else "resume"
+    return _drive(plan, sweep_dir, ray_address, progress, trial_fn, report, kind, retry_failed)
 
 
-def _prepare_shared_inputs(plan: SweepPlan) -> None:
-    """Generate the synthetic world and prepare its assets once, in the driver, with every
-    local core; trials (one CPU each) then find them cached instead of one trial building them
-    on a single thread while the others wait on its lock."""
-    if plan.spec.world is None:
-        return
+def _prepare_shared_inputs(plan: SweepPlan, sweep_dir: Path) -> None:
+    """Prepare what trials share, once, in the driver, with every local core: the synthetic
+    world and its assets, and every training source's parsed record table (so no trial parses
+    a large JSON, and none builds on one thread what the others wait for under its lock)."""
     import torch
 
-    from harness.trial import needs_assets, prepare_data
+    from harness.trial import prepare_data, records_dir
+    from mage.config import ConfigError
+    from mage.records import DataError
+    from mage.world.source import needs_assets
 
     configs = [plan.base] + [v.config for v in plan.variants]
-    config = next((c for c in configs if needs_assets(c)), plan.base)
+    if plan.spec.world is not None:  # one config that needs the assets goes first
+        configs.sort(key=lambda c: not needs_assets(c))
     threads = torch.get_num_threads()
     torch.set_num_threads(os.cpu_count() or 1)
     started = time.time()
-    print("preparing the synthetic world and its assets (once; cached) ...", file=sys.stderr)
+    what = "the synthetic world, its assets and" if plan.spec.world else "the"
+    print(f"preparing {what} training data (once; cached) ...", file=sys.stderr)
     try:
-        prepare_data(plan.spec, config)
-        print(f"world and assets ready ({time.time() - started:.0f} s)", file=sys.stderr)
+        seen = set()
+        for config in configs:
+            data = [config.data_dir, config.assets_dir, needs_assets(config)]
+            data += [
+                [d.model_dump() for d in getattr(config, s).data] for s in ("stage1", "stage2")
+            ]
+            key = json.dumps(data, default=str)
+            if key not in seen:
+                seen.add(key)
+                try:
+                    prepare_data(plan.spec, config, records_dir(sweep_dir))
+                except (DataError, ConfigError, FileNotFoundError) as err:
+                    # that variant's trials fail with this cause; the sweep goes on
+                    print(f"  {config.name}: {err}", file=sys.stderr)
+        print(f"training data ready ({time.time() - started:.0f} s)", file=sys.stderr)
     finally:
         torch.set_num_threads(threads)
 
 
-def _drive(plan, sweep_dir, ray_address, progress, trial_fn, report, kind) -> SweepSummary:
+def _mmbench_scoring(plan: SweepPlan, manifest: dict) -> SweepPlan:
+    """Decide the MMBench scoring method once, for every trial and every later session: the
+    spec's, else the one the sweep started with, else the driver's environment (a GPT judge
+    if it has an API key). The trials get it through the plan's spec."""
+    from harness.eval import EvalError, mmbench_choice, mmbench_scoring_from_env
+
+    spec = plan.spec
+    if "mmbench" not in spec.tasks:
+        return plan
+    scoring = spec.mmbench_scoring or manifest.get("mmbench_scoring") or mmbench_scoring_from_env()
+    try:
+        mmbench_choice(scoring)  # a GPT judge needs its key here (and in the workers)
+    except EvalError as err:
+        raise SpecError(
+            f"mmbench_scoring: this sweep scores MMBench with {scoring!r}: {err}"
+        ) from None
+    plan.spec = spec.model_copy(update={"mmbench_scoring": scoring})
+    return plan
+
+
+def _drive(
+    plan, sweep_dir, ray_address, progress, trial_fn, report, kind, retry_failed=False
+) -> SweepSummary:
     import ray
 
+    from harness.retry import prepare_retries
     from harness.trial import run_trial
 
-    _prepare_shared_inputs(plan)
+    spec = plan.spec  # as the user wrote it: what spec.yaml keeps
+    plan = _mmbench_scoring(plan, store.read_manifest(sweep_dir))
+    started_ray = start_ray(ray_address)  # first: an unreachable cluster fails before any write
+    try:
+        _write_spec(sweep_dir, spec)
+        _prepare_shared_inputs(plan, sweep_dir)
+    except BaseException:
+        if started_ray:
+            ray.shutdown()
+        raise
+    started = time.time()
     manifest = store.read_manifest(sweep_dir)
     sessions = manifest.get("sessions", [])
     sessions.append({"kind": kind, "started_at": _now(), "wall_s": 0.0})
-    started = time.time()
-    started_ray = start_ray(ray_address)
     mode = (
         "embedded"
         if started_ray and not (ray_address or os.environ.get("RAY_ADDRESS"))
@@ -358,6 +271,7 @@ def _drive(plan, sweep_dir, ray_address, progress, trial_fn, report, kind) -> Sw
         spec=plan.spec.to_dict(),
         plan=_plan_manifest(plan),
         sessions=sessions,
+        mmbench_scoring=plan.spec.mmbench_scoring,
         **store.provenance(),
     )
     handler = StoreCallback(sweep_dir, plan)
@@ -374,7 +288,19 @@ def _drive(plan, sweep_dir, ray_address, progress, trial_fn, report, kind) -> Sw
                     sweep_dir,
                 ),
             ]
-            _tuner(plan, sweep_dir, phase, trial_fn or run_trial, callbacks).fit()
+            build_tuner(plan, sweep_dir, phase, trial_fn or run_trial, callbacks).fit()
+        # trials moved aside for a retry that did not finish, and with retry_failed the
+        # failed ones: run again in an experiment of their own
+        retry = prepare_retries(sweep_dir, plan, retry_failed or plan.spec.retry_failed)
+        if retry:
+            phase = f"retry{len(sessions)}"
+            callbacks = [
+                handler,
+                SweepProgress(
+                    f"{plan.spec.name}:{phase}", len(retry), plan.spec.primary.mode, progress
+                ),
+            ]
+            build_tuner(plan, sweep_dir, phase, trial_fn or run_trial, callbacks, retry).fit()
     finally:
         sessions[-1].update(wall_s=time.time() - started, ended_at=_now())
         handler.consolidate()

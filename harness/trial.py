@@ -3,12 +3,11 @@
 `run_trial` is the real work. Its inputs are prepared once and shared: the synthetic world
 (``mage.world.generate.ensure_world``, keyed by size and seed) and its pretrained assets
 (``mage.world.assets.prepare_assets``), each under a file lock. Stage outputs live in a
-content-addressed cache, ``SWEEP_DIR/stages/<hash>/``: the stage-1 hash covers the fields that
-shape stage 1 (vision, ian, llm, the stage-1 loss terms, stage1, seed, blind, max_length and the
-data's fingerprint); the stage-2 hash covers the stage-1 hash, stage2 and the whole loss. So
-a re-run skips finished stages, trials that share a stage-1 setting train it once (the second
-waits on the lock and reuses it), and evaluation is cached beside the stage-2 model. Every
-stage folder holds the config that shaped it (``config.yaml``).
+content-addressed cache, ``SWEEP_DIR/stages/<hash>/``, keyed by the config fields, the data's
+content and the code version that shape each stage (`harness.stage_cache`). So a re-run
+skips finished stages, trials that share a stage-1 setting train it once (the second waits on
+the lock and reuses it), and evaluation is cached beside the stage-2 model. Every stage folder
+holds the config that shaped it (``config.yaml``).
 
 `execute_trial` wraps any trial function: it pins the torch threads to the trial's CPUs, times
 it, and turns an exception (NaN loss, out of memory, a bad data path, anything) into a
@@ -19,7 +18,6 @@ report to Tune.
 
 from __future__ import annotations
 
-import hashlib
 import json
 import sys
 import time
@@ -31,12 +29,17 @@ from typing import Any
 
 import pandas as pd
 
+from harness.eval_job import EvalJob
+from harness.fingerprint import stage_data_keys
 from harness.spec import SweepSpec
-from harness.store import CURVE_COLUMNS, TrialRecord, write_trial
-from mage.config import DataSource, MageConfig
-from mage.io import atomic_write, atomic_write_json
+from harness.stage_cache import content_hash, eval_settings, is_done, stage_hash
+from harness.store import TrialRecord, write_trial
+from harness.train_worker import StageJob, WorkerGroup
+from mage.config import MageConfig
+from mage.io import atomic_write_json
 
 Reporter = Callable[[str, int, dict], None]
+NOT_CURVES = ("step", "global_step", "total_steps")  # bookkeeping, not curve metrics
 
 
 @dataclass
@@ -51,8 +54,10 @@ class TrialContext:
     seed: int
     config: MageConfig
     swept: dict[str, Any] = field(default_factory=dict)
-    cpus: float = 1.0
+    cpus: float = 1.0  # what the trial process holds (the driver, for a worker group)
     gpus: float = 0.0
+    group: WorkerGroup | None = None  # each stage on a Ray Train worker group; None: in-process
+    usage: dict[str, float] = field(default_factory=lambda: {"cpu_s": 0.0, "gpu_s": 0.0})
     progress: dict[str, Any] | None = None  # from the last Tune checkpoint, if resumed
     on_report: Reporter | None = None  # (stage, step, metrics) -> forwards to Tune
     on_progress: Callable[[dict], None] | None = None  # saves a Tune checkpoint
@@ -61,7 +66,7 @@ class TrialContext:
     def report(self, stage: str, step: int, metrics: dict) -> None:
         """Record a training curve point and forward it (Tune, early stopping)."""
         for name, value in metrics.items():
-            if isinstance(value, int | float) and name != "step":
+            if isinstance(value, int | float) and name not in NOT_CURVES:
                 self.curves.append({"stage": stage, "step": step, "metric": name, "value": value})
         if self.on_report is not None:
             self.on_report(stage, step, metrics)
@@ -85,7 +90,9 @@ TrialFn = Callable[[TrialContext], TrialOutcome]
 
 
 def planned_steps(config: MageConfig) -> int:
-    return config.stage1.steps + config.stage2.steps
+    """Steps both stages will take when known up front (``steps``; an ``epochs`` stage counts
+    its ``steps`` cap, or 0: its length follows from the data)."""
+    return (config.stage1.steps or 0) + (config.stage2.steps or 0)
 
 
 def describe_error(err: BaseException) -> str:
@@ -143,8 +150,8 @@ def execute_trial(ctx: TrialContext, trial_fn: TrialFn) -> TrialRecord:
         swept=ctx.swept,
         config=ctx.config.to_dict(),
         wall_s=wall,
-        cpu_hours=wall * ctx.cpus / 3600,
-        gpu_hours=wall * ctx.gpus / 3600,
+        cpu_hours=(wall * ctx.cpus + ctx.usage["cpu_s"]) / 3600,
+        gpu_hours=(wall * ctx.gpus + ctx.usage["gpu_s"]) / 3600,
         steps=steps,
         planned_steps=planned_steps(ctx.config),
         objectives={} if error else objective_values(ctx.spec, outcome.scores),
@@ -165,97 +172,48 @@ def execute_trial(ctx: TrialContext, trial_fn: TrialFn) -> TrialRecord:
 # --------------------------------------------------------------------------------------
 
 
-def _hash(data: Any) -> str:
-    return hashlib.sha1(json.dumps(data, sort_keys=True, default=str).encode()).hexdigest()[:16]
-
-
-def stage_hash(config: MageConfig, stage: str, data_key: str) -> str:
-    """Content address of a stage's output: the config fields that shape that stage."""
-    c = config.to_dict()
-    loss1 = {k: v for k, v in c["loss"].items() if k != "mse_in_stage2"}
-    keys = ("vision", "ian", "llm", "stage1", "seed", "blind", "max_length")
-    stage1 = _hash({"data": data_key, "loss": loss1, **{k: c[k] for k in keys}})
-    if stage == "stage1":
-        return stage1
-    return _hash({"stage1": stage1, "stage2": c["stage2"], "loss": c["loss"]})
-
-
 @dataclass
 class TrialData:
     config: MageConfig  # with data_dir / assets_dir filled in
     eval_dir: str | None  # benchmark folders (mme/, mmbench/, seedbench/)
     tools_json: str | None  # tool-calling eval records
-    fingerprint: str  # identifies the training data in the stage hashes
+    fingerprint: dict[str, str]  # per stage, its training data's content (stage hashes)
     record: dict[str, Any] = field(default_factory=dict)  # what the training data is
 
 
-def _world_dir(spec: SweepSpec) -> Path:
-    from mage.world.generate import default_world_dir
-
-    world = spec.world
-    return Path(world.dir) if world.dir else default_world_dir() / f"{world.size}-seed{world.seed}"
-
-
-def needs_assets(config: MageConfig) -> bool:
-    from mage import registry
-
-    enc = registry.ENCODERS.get(config.vision.encoder)
-    llm = registry.LLMS.get(config.llm.name)
-    parts = [enc.pretrained, enc.model_config] if enc else []
-    parts += [llm.name_or_path] if llm else []
-    return any(p and "{assets}" in p for p in parts)
-
-
-def assets_dir_for(spec: SweepSpec, config: MageConfig) -> Path:
-    """Explicit setting, else $MAGE_ASSETS_DIR, else a cache folder keyed by the world."""
-    import os
-
-    from mage.registry import default_assets_dir
-    from mage.world.assets import assets_cache_name
-
-    explicit = spec.assets_dir or config.assets_dir or os.environ.get("MAGE_ASSETS_DIR")
-    if explicit or spec.world is None:
-        return Path(explicit or default_assets_dir())
-    return Path(default_assets_dir()) / assets_cache_name(spec.world.asset_recipe, spec.world.seed)
-
-
-def prepare_data(spec: SweepSpec, config: MageConfig) -> TrialData:
-    """Ensure the world and assets exist (shared, locked) and point the config at them."""
-    from filelock import FileLock
-
+def prepare_data(
+    spec: SweepSpec, config: MageConfig, records_dir: str | Path | None = None
+) -> TrialData:
+    """The trial's data: the synthetic world (generated and prepared once, shared) or the
+    real data the spec names; the config comes back pointed at it. Its record tables are
+    parsed (once, cached in ``records_dir``) to fingerprint it."""
     if spec.world is None:
         data_dir = config.data_dir
         eval_dir = spec.eval_data_dir or data_dir
         tools = str(Path(eval_dir) / "tools_eval.json") if eval_dir else None
-        key = _hash({"data": data_dir, "eval": eval_dir})
-        return TrialData(config, eval_dir, tools, key, {"data_dir": data_dir})
-    from mage.world.generate import ensure_world
+        keys = stage_data_keys(config, records_dir=records_dir)
+        return TrialData(config, eval_dir, tools, keys, {"data_dir": data_dir, "data_keys": keys})
+    from mage.world.source import prepare_world_source
 
-    root = _world_dir(spec)
-    root.parent.mkdir(parents=True, exist_ok=True)
-    with FileLock(str(root) + ".lock"):
-        world = ensure_world(root, spec.world.seed, spec.world.size)
-    update: dict[str, Any] = {"data_dir": str(world.root)}
-    for stage, name in (("stage1", "stage1.json"), ("stage2", "stage2.json")):
-        if not getattr(config, stage).data:
-            source = DataSource(path="{data}/" + name, image_root="{data}")
-            update[stage] = getattr(config, stage).model_copy(update={"data": [source]})
-    if needs_assets(config):
-        from mage.world.assets import prepare_assets
+    world = spec.world
+    source = prepare_world_source(
+        config,
+        world.size,
+        world.seed,
+        recipe=world.asset_recipe,
+        world_folder=world.dir,
+        assets_folder=spec.assets_dir,
+        eval_folder=spec.eval_data_dir,
+    )
+    keys = stage_data_keys(source.config, source.fingerprint, records_dir)
+    record = {**source.record, "data_keys": keys}
+    return TrialData(source.config, source.eval_dir, source.tools_json, keys, record)
 
-        assets = assets_dir_for(spec, config)
-        assets.parent.mkdir(parents=True, exist_ok=True)
-        with FileLock(str(assets) + ".lock"):
-            prepare_assets(world, assets, spec.world.asset_recipe, progress=False)
-        update["assets_dir"] = str(assets)
-    eval_dir = spec.eval_data_dir or str(world.root / "bench")
-    tools = str(world.root / "tools_eval.json")
-    fingerprint = world.info()["content_hash"]
-    if "assets_dir" in update:  # stages trained on other assets are not reused
-        manifest = json.loads((Path(update["assets_dir"]) / "assets.json").read_text())
-        fingerprint = _hash({"world": fingerprint, "assets": manifest["key"]})
-    info = {"world": world.info(), "assets_dir": update.get("assets_dir")}
-    return TrialData(config.model_copy(update=update), eval_dir, tools, fingerprint, info)
+
+def records_dir(sweep_dir: Path) -> Path:
+    """Where a sweep keeps its parsed record tables: in the sweep folder, which every node of
+    a cluster sees, so each data source is parsed once per sweep."""
+    return Path(sweep_dir) / "records"
 
 
 def _with_training_data(record: dict[str, Any], data: TrialData) -> dict[str, Any]:
@@ -263,70 +221,109 @@ def _with_training_data(record: dict[str, Any], data: TrialData) -> dict[str, An
     return {**record, "datasets": datasets}
 
 
-def _device(ctx: TrialContext) -> str | None:
-    """The trial's GPU when Tune gave it one, else the CPU (the default)."""
-    import torch
+def _stage_job(ctx: TrialContext, cfg: MageConfig, stage: str, folder: Path) -> StageJob:
+    return StageJob(
+        config=cfg.to_dict(),
+        stage=stage,
+        folder=str(folder),
+        records_dir=str(records_dir(ctx.sweep_dir)),
+        trial_key=ctx.trial_id,
+        live_curves=(str(ctx.sweep_dir), ctx.trial_id),
+        threads=max(1, int(ctx.cpus)),
+    )
 
-    return "cuda" if ctx.gpus > 0 and torch.cuda.is_available() else None
+
+def _run_stage(ctx: TrialContext, job: StageJob) -> None:
+    """Train a stage, on the trial's worker group or in its own process."""
+    import time
+
+    from harness.train_worker import run_stage, run_stage_on_workers
+
+    started = time.perf_counter()
+    if ctx.group is None:
+
+        def on_step(stage: str, step: int, metrics: dict) -> None:
+            ctx.report(stage, step, {**metrics, "global_step": job.step_offset + step})
+
+        run_stage(job, on_step=on_step)
+        return
+    job.live_curves = (str(ctx.sweep_dir), ctx.trial_id)
+    run_stage_on_workers(job, ctx.group, tune_session=ctx.on_report is not None)
+    wall = time.perf_counter() - started
+    ctx.usage["cpu_s"] += wall * ctx.group.workers * ctx.group.cpus_per_worker
+    ctx.usage["gpu_s"] += wall * ctx.group.workers * ctx.group.gpus_per_worker
 
 
-def _done(folder: Path) -> bool:
-    return (folder / "done.json").is_file()
+def _stage(
+    ctx: TrialContext,
+    cfg: MageConfig,
+    stage: str,
+    folder: Path,
+    after: Path | None = None,
+    then_eval: EvalJob | None = None,
+) -> bool:
+    """Train a stage unless its folder is done (under the stage's lock, shared by trials);
+    ``after``: the stage folder it starts from (stage 2: stage 1's), trained first if needed.
+    ``then_eval``: on a worker group, the same workers score the stage right after it. True
+    when the stage was trained here (and ``then_eval`` ran)."""
+    from dataclasses import asdict
 
-
-def _stage(ctx: TrialContext, cfg: MageConfig, stage: str, folder: Path, init: Callable):
-    """Load a finished stage's model, or train it (under the stage's lock) and cache it."""
     from filelock import FileLock
-
-    from mage.model import MageModel
-    from mage.train import train_stage
 
     folder.parent.mkdir(parents=True, exist_ok=True)
     with FileLock(str(folder) + ".lock"):
-        if _done(folder):
-            return MageModel.from_pretrained(folder / "model", device=_device(ctx))
-        model, start = init(), len(ctx.curves)
+        if is_done(folder):
+            return False
+        job = _stage_job(ctx, cfg, stage, folder)
+        if after is not None:
+            _stage(ctx, cfg, "stage1", after)
+            ctx.save_progress({"done": ["stage1"], "stage1": after.name})
+            # stage 2 starts from stage 1's export; its steps follow stage 1's on Tune's axis
+            job.init_from, job.step_offset = str(after / "model"), _steps_done(after)
+        if then_eval is not None and ctx.group is not None:
+            job.extra["then_eval"] = asdict(then_eval)
         cfg.save(folder / "config.yaml")
-        summary = train_stage(model, cfg, stage, folder, lambda s, m: ctx.report(stage, s, m))
-        model.save_pretrained(folder / "model")
-        curves = pd.DataFrame(ctx.curves[start:], columns=CURVE_COLUMNS)
-        atomic_write(folder / "curves.parquet", lambda p: curves.to_parquet(p, index=False))
-        atomic_write_json(folder / "done.json", {"stage": stage, "summary": summary})
-    return model
+        _run_stage(ctx, job)
+        if not is_done(folder):
+            raise RuntimeError(f"{stage} ended without marking {folder} done")
+        return True
 
 
-def _evaluate(ctx: TrialContext, model, data: TrialData, out: Path) -> None:
-    """lmms-eval benchmarks (and the tool-calling score) into ``out``."""
-    from harness.eval import evaluate
+def _steps_done(folder: Path) -> int:
+    summary = json.loads((folder / "done.json").read_text())["summary"]
+    return int(summary.get("step", 0))
 
+
+def _eval_job(ctx: TrialContext, checkpoint: Path, data: TrialData, out: Path) -> EvalJob:
     spec = ctx.spec
-    bench = [t for t in spec.tasks if t != "tools"]
-    scores, items, record = [], [], {}
-    if bench:
-        result = evaluate(
-            model,
-            tasks=bench,
-            data_dir=data.eval_dir,
-            out_dir=out / "lmms_eval",
-            batch_size=spec.eval_batch_size,
-            limit=spec.eval_limit,
-            max_new_tokens_cap=spec.eval_max_new_tokens,
-        )
-        scores, items, record = [result.scores], [result.items], result.record
-    if "tools" in spec.tasks:
-        from mage.tools.metrics import evaluate_tools
+    return EvalJob(
+        checkpoint=str(checkpoint),
+        out=str(out),
+        tasks=list(spec.tasks),
+        data_dir=data.eval_dir,
+        tools_json=data.tools_json,
+        batch_size=spec.eval_batch_size,
+        limit=spec.eval_limit,
+        max_new_tokens=spec.eval_max_new_tokens,
+        mmbench_scoring=spec.mmbench_scoring,
+        threads=max(1, int(ctx.cpus)),
+    )
 
-        tool_json = Path(data.tools_json or "")
-        if not tool_json.is_file():
-            raise FileNotFoundError(
-                f"tasks include 'tools' but the tool eval file {tool_json} does not exist"
-            )
-        tool_scores, tool_items = evaluate_tools(model, tool_json, batch_size=spec.eval_batch_size)
-        scores.append(tool_scores), items.append(tool_items)
-    for name, parts in (("scores", scores), ("items", items)):
-        frame = pd.concat(parts, ignore_index=True)
-        atomic_write(out / f"{name}.parquet", lambda p, f=frame: f.to_parquet(p, index=False))
-    atomic_write_json(out / "record.json", record)
+
+def _evaluate(ctx: TrialContext, job: EvalJob) -> None:
+    """Score the stage-2 checkpoint, on the trial's worker group or in-process."""
+    import time
+
+    from harness.eval_job import run_eval, run_eval_on_workers
+
+    if ctx.group is None:
+        run_eval(job)
+        return
+    started = time.perf_counter()
+    run_eval_on_workers(job, ctx.group)
+    wall = time.perf_counter() - started
+    ctx.usage["cpu_s"] += wall * ctx.group.workers * ctx.group.cpus_per_worker
+    ctx.usage["gpu_s"] += wall * ctx.group.workers * ctx.group.gpus_per_worker
 
 
 def run_trial(ctx: TrialContext) -> TrialOutcome:
@@ -334,38 +331,22 @@ def run_trial(ctx: TrialContext) -> TrialOutcome:
     import torch
     from filelock import FileLock
 
-    from mage.model import MageModel
-    from mage.train import seed_build
-
     torch.set_num_threads(max(1, int(ctx.cpus)))
-    data = prepare_data(ctx.spec, ctx.config)
+    data = prepare_data(ctx.spec, ctx.config, records_dir(ctx.sweep_dir))
     cfg, stages = data.config, ctx.sweep_dir / "stages"
     s1 = stages / stage_hash(cfg, "stage1", data.fingerprint)
     s2 = stages / stage_hash(cfg, "stage2", data.fingerprint)
-    settings = {
-        "tasks": ctx.spec.tasks,
-        "batch": ctx.spec.eval_batch_size,
-        "limit": ctx.spec.eval_limit,
-        "max_new_tokens": ctx.spec.eval_max_new_tokens,
-        "data": data.eval_dir,
-    }
-    ev = s2 / f"eval-{_hash(settings)}"
+    settings = eval_settings(ctx.spec, data.eval_dir, data.tools_json)
+    ev = s2 / f"eval-{content_hash(settings)}"
     stages.mkdir(parents=True, exist_ok=True)
     with FileLock(str(ev) + ".lock"):
-        if not _done(ev):
-
-            def stage1():
-                seed_build(cfg.seed)
-                model = _stage(
-                    ctx, cfg, "stage1", s1, lambda: MageModel.build(cfg, device=_device(ctx))
-                )
-                ctx.save_progress({"done": ["stage1"], "stage1": s1.name})
-                return model
-
-            model = _stage(ctx, cfg, "stage2", s2, stage1)
-            ctx.save_progress({"done": ["stage1", "stage2"], "stage1": s1.name, "stage2": s2.name})
+        if not is_done(ev):
             ev.mkdir(parents=True, exist_ok=True)
-            _evaluate(ctx, model, data, ev)
+            job = _eval_job(ctx, s2 / "model", data, ev)
+            scored = _stage(ctx, cfg, "stage2", s2, after=s1, then_eval=job)
+            ctx.save_progress({"done": ["stage1", "stage2"], "stage1": s1.name, "stage2": s2.name})
+            if not (scored and ctx.group is not None):  # else the stage's workers scored it
+                _evaluate(ctx, job)
             atomic_write_json(ev / "done.json", settings)
     curves = [pd.read_parquet(folder / "curves.parquet") for folder in (s1, s2)]
     ctx.curves = pd.concat(curves, ignore_index=True).to_dict("records")
@@ -385,6 +366,6 @@ def run_trial(ctx: TrialContext) -> TrialOutcome:
     return TrialOutcome(
         scores=scores.reset_index(drop=True),
         items=pd.read_parquet(ev / "items.parquet"),
-        steps=planned_steps(cfg),
+        steps=_steps_done(s1) + _steps_done(s2),
         eval_record=_with_training_data(json.loads((ev / "record.json").read_text()), data),
     )

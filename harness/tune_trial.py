@@ -21,14 +21,19 @@ from ray.tune import Callback
 
 from harness import store
 from harness.plan import SweepPlan, Variant
+from harness.retry import retry_variant
 from harness.spec import SweepSpec
-from harness.trial import TrialContext, TrialFn, execute_trial, planned_steps
+from harness.train_worker import STAGE_METRICS_UNSET, WorkerGroup, tune_result
+from harness.trial import NOT_CURVES, TrialContext, TrialFn, execute_trial, planned_steps
 
 REPORTS_PER_TRIAL = 50  # intermediate Tune reports per trial (early stopping, live progress)
 
 
 def identify(plan: SweepPlan, config: dict[str, Any]) -> tuple[Variant, int]:
-    """The variant and seed of a Tune trial config (grid: by name; Optuna: sampled values)."""
+    """The variant and seed of a Tune trial config (grid: by name; Optuna: sampled values;
+    a failed trial run again: its stored record, `harness.retry`)."""
+    if "retry" in config:
+        return retry_variant(plan, config["retry"])
     if "variant" in config:
         by_name = {v.name: v for v in plan.variants}
         return by_name[config["variant"]], int(config["seed"])
@@ -37,16 +42,29 @@ def identify(plan: SweepPlan, config: dict[str, Any]) -> tuple[Variant, int]:
     return variant, plan.seeds[int(config.get("__trial_index__", 0))]
 
 
+def worker_group(spec: SweepSpec) -> WorkerGroup | None:
+    """The Ray Train worker group each stage of a trial runs on; None: the trial's process."""
+    res = spec.resources
+    if res == "whole_node" or res.in_process:
+        return None
+    return WorkerGroup(res.workers, res.cpus_per_worker, res.gpus_per_worker, spec.max_failures)
+
+
 def _final(record: store.TrialRecord, spec: SweepSpec) -> dict[str, Any]:
+    """A trial's last result: its objective when it was scored (a failed trial has none,
+    and the searcher is told it failed: `harness.experiment.MageOptunaSearch`)."""
     value = record.objectives.get(spec.primary.key)
-    return {
+    final = {
         "trial_key": record.trial_id,
         "trial_status": record.status,
         "trial_final": 1,
         "global_step": record.steps,
         "train_loss": math.nan,
-        "objective": math.nan if value is None else float(value),
+        **STAGE_METRICS_UNSET,
     }
+    ok = value is not None and math.isfinite(value)
+    final["objective"] = float(value) if ok else math.nan  # NaN: failed (see above)
+    return final
 
 
 def tune_trainable(config: dict[str, Any], *, sweep_dir: str, plan: SweepPlan, trial_fn: TrialFn):
@@ -60,22 +78,25 @@ def tune_trainable(config: dict[str, Any], *, sweep_dir: str, plan: SweepPlan, t
         tune.report(_final(stored, plan.spec))
         return
     trial_config = plan.trial_config(variant, seed)
-    stage1_steps, every = (
-        trial_config.stage1.steps,
-        max(1, planned_steps(trial_config) // REPORTS_PER_TRIAL),
-    )
-    state = {"global_step": 0, "train_loss": math.nan}
+    stage1_steps = trial_config.stage1.steps or 0
+    every = max(1, planned_steps(trial_config) // REPORTS_PER_TRIAL)
+    last = {"result": tune_result(trial_id, 0, {})}
     live = store.RunningCurves(sweep_dir, trial_id)
     live.remove()  # points of an attempt that was interrupted
 
     def metrics() -> dict[str, Any]:
-        return {"trial_key": trial_id, "trial_final": 0, "objective": math.nan, **state}
+        return last["result"]
 
     def on_report(stage: str, step: int, values: dict) -> None:
-        state["global_step"] = step + (stage1_steps if stage == "stage2" else 0)
-        state["train_loss"] = float(values.get("loss", math.nan))
-        live.append(stage, step, values)
-        if state["global_step"] % every == 0:
+        """In-process trials: every step's metrics (a worker group reports by itself)."""
+        global_step = int(
+            values.get("global_step", step + (stage1_steps if stage == "stage2" else 0))
+        )
+        last["result"] = tune_result(
+            trial_id, global_step, {**values, "stage": stage, "step": step}
+        )
+        live.append(stage, step, {k: v for k, v in values.items() if k not in NOT_CURVES})
+        if global_step % every == 0:
             tune.report(metrics())
 
     def on_progress(progress: dict) -> None:
@@ -99,6 +120,7 @@ def tune_trainable(config: dict[str, Any], *, sweep_dir: str, plan: SweepPlan, t
         swept=plan.swept_values(trial_config),
         cpus=assigned.get("CPU", 1.0),
         gpus=assigned.get("GPU", 0.0),
+        group=worker_group(plan.spec),
         progress=progress,
         on_report=on_report,
         on_progress=on_progress,
@@ -106,6 +128,11 @@ def tune_trainable(config: dict[str, Any], *, sweep_dir: str, plan: SweepPlan, t
     record = execute_trial(ctx, trial_fn)
     live.remove()
     tune.report(_final(record, plan.spec))
+
+
+def _stage_metric(key: str) -> bool:
+    stage, _, name = key.partition("/")
+    return stage in ("stage1", "stage2") and name in ("loss", "ce_loss", "mse_loss")
 
 
 class StoreCallback(Callback):
@@ -132,7 +159,8 @@ class StoreCallback(Callback):
         last = trial.last_result or {}
         config = self.plan.trial_config(variant, seed)
         res = self.plan.spec.resources
-        cpu, gpu = (0.0, 0.0) if res == "whole_node" else (res.cpu, res.gpu)
+        size = {"CPU": 0.0, "GPU": 0.0} if res == "whole_node" else res.group_size()
+        cpu, gpu = size["CPU"], size["GPU"]
         wall = float(last.get("time_total_s") or 0.0)
         cause = None
         if error:
@@ -156,6 +184,12 @@ class StoreCallback(Callback):
             steps=int(last.get("global_step") or 0),
             planned_steps=planned_steps(config),
             stopped_early=not error,
+            # a stopped trial keeps the training metrics it was last compared on
+            objectives={
+                f"train/{k}/all": float(v)
+                for k, v in last.items()
+                if _stage_metric(k) and math.isfinite(v)
+            },
         )
         store.write_trial(self.sweep_dir, record, curves=live.read())
         live.remove()

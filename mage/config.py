@@ -100,7 +100,14 @@ class LLMConfig(_Section):
     random_init: bool = Field(
         False, description="build from the architecture only (meta-device counts, GPU benches)"
     )
-    dtype: Literal["float32", "bfloat16", "float16"] = "float32"
+    dtype: Literal["float32", "bfloat16", "float16"] = Field(
+        "float32",
+        description="compute dtype in training (weights the optimizer updates stay float32) and "
+        "the dtype a checkpoint is evaluated in",
+    )
+    attn_implementation: Literal["sdpa", "flash_attention_2", "eager"] = Field(
+        "sdpa", description="attention kernel (flash_attention_2 needs the flash-attn package)"
+    )
     lora: LoraConfig = Field(default_factory=LoraConfig)
 
 
@@ -134,9 +141,46 @@ class StageConfig(_Section):
 
     trainable: list[Literal["ian", "llm", "vision"]] = Field(default_factory=lambda: ["ian"])
     data: list[DataSource] = Field(default_factory=list)
-    steps: int = Field(100, ge=0)
-    batch_size: int = Field(8, ge=1)
-    grad_accum: int = Field(1, ge=1)
+    epochs: float | None = Field(
+        None,
+        gt=0,
+        description="stage length in passes over the data: each record once per epoch, in a "
+        "permutation drawn from (seed, stage, epoch); a source's weight repeats it per epoch",
+    )
+    steps: int | None = Field(
+        100,
+        ge=0,
+        description="optimizer steps: without epochs, batches drawn with replacement by source "
+        "weight; with epochs, a cap on the epoch length (quick runs)",
+    )
+    batch_size: int = Field(
+        8, ge=1, description="samples per forward pass on one worker (the micro-batch)"
+    )
+    grad_accum: int = Field(
+        1,
+        ge=1,
+        description="global batch = batch_size * grad_accum samples per optimizer step, whatever "
+        "the number of workers: N workers take 1/N of it each, in micro-batches of batch_size",
+    )
+    group_by: Literal["none", "length", "modality_length"] = Field(
+        "none",
+        description="epoch order: LLaVA-style megabatches of one global batch sorted by length "
+        "(and of one modality: image or text-only); none = plain permutation",
+    )
+    loader_workers: int = Field(
+        2, ge=0, description="DataLoader worker processes per rank (0 = load in the loop)"
+    )
+    activation_checkpointing: bool = Field(
+        False, description="recompute each LLM decoder layer's activations in the backward pass"
+    )
+    reshard_after_forward: bool | None = Field(
+        None,
+        description="FSDP: free gathered weights after forward (ZeRO-3); None = stage 1 no "
+        "(ZeRO-2-like, only the IAN trains), stage 2 yes",
+    )
+    keep_optimizer: bool = Field(
+        False, description="keep the last checkpoint (optimizer state) once the stage is done"
+    )
     lr: float = Field(1e-3, gt=0)
     llm_lr: float | None = Field(
         None, gt=0, description="learning rate of the LLM's trainable weights; None = lr"
@@ -146,6 +190,17 @@ class StageConfig(_Section):
     max_grad_norm: float | None = Field(1.0, gt=0)
     on_bad_image: Literal["error", "skip"] = "error"
     checkpoint_every: int = Field(0, ge=0, description="steps between checkpoints; 0 = end only")
+
+    @model_validator(mode="after")
+    def _has_length(self) -> StageConfig:
+        if self.epochs is None and self.steps is None:
+            raise ValueError("give the stage a length: `epochs` (passes over the data) or `steps`")
+        return self
+
+    @property
+    def global_batch_size(self) -> int:
+        """Samples per optimizer step, the same for any number of workers."""
+        return self.batch_size * self.grad_accum
 
 
 class MageConfig(_Section):

@@ -86,8 +86,9 @@ class SemanticBlock(nn.Module):
             nn.Linear(dim, hidden), nn.GELU(), nn.Dropout(dropout), nn.Linear(hidden, dim)
         )
         if gate == "tanh":
-            self.attn_gate = nn.Parameter(torch.zeros(()))
-            self.ffn_gate = nn.Parameter(torch.zeros(()))
+            # shape [1], not a scalar: FSDP2 shards parameters along dim 0
+            self.attn_gate = nn.Parameter(torch.zeros(1))
+            self.ffn_gate = nn.Parameter(torch.zeros(1))
         elif gate == "zero_init":
             self.attn_gate = self.ffn_gate = None
             for proj in (self.attn.out_proj, self.ffn[-1]):

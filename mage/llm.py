@@ -15,7 +15,7 @@ from transformers import AutoConfig, AutoModelForCausalLM, AutoTokenizer, PreTra
 from mage.config import MageConfig
 from mage.registry import LLMSpec
 
-_DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}
+DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}
 
 
 def load_tokenizer(spec: LLMSpec):
@@ -41,14 +41,14 @@ def load_llm(cfg: MageConfig, device: str | torch.device | None = None):
     The tokenizer may then be None if it is not available offline.
     """
     spec = cfg.llm_spec()
-    dtype = _DTYPES[cfg.llm.dtype]
+    dtype = DTYPES[cfg.llm.dtype]
     random_init = cfg.llm.random_init or spec.name_or_path.startswith("builtin:")
     if random_init:
         tokenizer = _try_tokenizer(spec)
-        model = _from_architecture(spec, tokenizer, dtype, device)
+        model = _from_architecture(spec, tokenizer, dtype, device, attn_implementation(cfg))
     else:
         tokenizer = load_tokenizer(spec)
-        kwargs = {"dtype": dtype}
+        kwargs = {"dtype": dtype, "attn_implementation": attn_implementation(cfg)}
         if spec.gguf_file:
             kwargs["gguf_file"] = spec.gguf_file
         model = AutoModelForCausalLM.from_pretrained(spec.name_or_path, **kwargs)
@@ -66,7 +66,21 @@ def _try_tokenizer(spec: LLMSpec):
         return None  # e.g. vicuna at real shapes on a machine without the Hub
 
 
-def _from_architecture(spec: LLMSpec, tokenizer, dtype, device) -> PreTrainedModel:
+def attn_implementation(cfg: MageConfig) -> str:
+    """``llm.attn_implementation``, refused early when its kernel is not installed."""
+    name = cfg.llm.attn_implementation
+    if name == "flash_attention_2":
+        from transformers.utils import is_flash_attn_2_available
+
+        if not is_flash_attn_2_available():
+            raise ValueError(
+                "llm.attn_implementation=flash_attention_2 needs the flash-attn package and a "
+                "CUDA GPU; install it (pip install flash-attn) or use 'sdpa'"
+            )
+    return name
+
+
+def _from_architecture(spec: LLMSpec, tokenizer, dtype, device, attn="sdpa") -> PreTrainedModel:
     if spec.arch is None:
         config = AutoConfig.from_pretrained(spec.name_or_path)
     else:
@@ -79,22 +93,5 @@ def _from_architecture(spec: LLMSpec, tokenizer, dtype, device) -> PreTrainedMod
         config.bos_token_id = tokenizer.bos_token_id
         config.eos_token_id = tokenizer.eos_token_id
     with torch.device(device or "cpu"):
-        model = AutoModelForCausalLM.from_config(config, dtype=dtype)
+        model = AutoModelForCausalLM.from_config(config, dtype=dtype, attn_implementation=attn)
     return model
-
-
-def save_llm_architecture(model: PreTrainedModel, tokenizer, directory) -> None:
-    """Save what `load_llm_architecture` needs to rebuild the model without its source."""
-    model.config.save_pretrained(directory)
-    if tokenizer is not None:
-        tokenizer.save_pretrained(directory)
-
-
-def load_llm_architecture(directory, dtype=torch.float32):
-    config = AutoConfig.from_pretrained(directory)
-    try:
-        tokenizer = AutoTokenizer.from_pretrained(directory)
-    except (OSError, ValueError):
-        tokenizer = None
-    model = AutoModelForCausalLM.from_config(config, dtype=dtype)
-    return model, tokenizer

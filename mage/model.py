@@ -12,40 +12,36 @@ the reported formula) or averaged (``"mean"``).
 
 from __future__ import annotations
 
-import inspect
-import json
 from dataclasses import dataclass
 from pathlib import Path
 
 import torch
 import torch.nn.functional as F
-from safetensors.torch import load_model, save_model
 from torch import nn
-from transformers import LlamaForCausalLM
 
+from mage import generation
 from mage.config import MageConfig
-from mage.data import IGNORE_INDEX, IMAGE_TOKEN_ID, encode_text, pad_left
+from mage.data import IGNORE_INDEX, IMAGE_TOKEN_ID
 from mage.ian import build_projector
-from mage.io import atomic_path, atomic_write_json
-from mage.llm import load_llm, load_llm_architecture, save_llm_architecture
+from mage.llm import load_llm
 from mage.registry import EncoderSpec
-from mage.template import IMAGE_TOKEN, get_template
+from mage.template import get_template
 from mage.vision import build_vision_tower
-
-# transformers renamed `past_key_values` to `cache` during 5.x; use whichever this one has.
-_CACHE_ARG = (
-    "cache"
-    if "cache" in inspect.signature(LlamaForCausalLM.forward).parameters
-    else "past_key_values"
-)
 
 
 @dataclass
 class MageOutput:
+    """Per-batch means (``loss``, ``ce_loss``, ``mse_loss``) and the sums and counts behind
+    them, which the training loop adds up over a whole global batch before dividing."""
+
     loss: torch.Tensor | None
     ce_loss: torch.Tensor | None
     mse_loss: torch.Tensor | None
     logits: torch.Tensor
+    ce_sum: torch.Tensor | None = None  # summed token cross-entropy
+    ce_tokens: torch.Tensor | None = None  # target tokens it sums over
+    mse_sum: torch.Tensor | None = None  # summed per-sample MSE
+    mse_count: torch.Tensor | None = None  # captioned samples it sums over
 
 
 class MageModel(nn.Module):
@@ -89,7 +85,6 @@ class MageModel(nn.Module):
                 vision.grid_size,
                 num_patches=vision.num_patches,
             )
-        projector.to(dtype=next(llm.parameters()).dtype)
         template = template or config.llm_spec().template
         return cls(config, vision, projector, llm, tokenizer, spec, template)
 
@@ -138,7 +133,7 @@ class MageModel(nn.Module):
     # ---- forward -------------------------------------------------------------------------
     def encode_images(self, pixel_values: torch.Tensor) -> torch.Tensor:
         """[B, 3, H, W] -> image tokens [B, num_image_tokens, hidden]."""
-        features = self.vision(pixel_values)
+        features = self.vision(pixel_values.to(self.vision.dtype))
         tokens = self.projector(features.to(next(self.projector.parameters()).dtype))
         # Blind control: zero tokens, kept in the graph so a stage that trains only the IAN runs.
         return tokens * 0.0 if self.config.blind else tokens
@@ -173,23 +168,31 @@ class MageModel(nn.Module):
     ) -> MageOutput:
         image_tokens = self.encode_images(pixel_values) if pixel_values is not None else None
         logits = self._run_llm(self.embed(input_ids, image_tokens), attention_mask).logits
-        ce = mse = None
+        out = MageOutput(None, None, None, logits)
         if labels is not None:
-            ce = F.cross_entropy(
+            targets = labels[:, 1:].flatten()
+            out.ce_sum = F.cross_entropy(
                 logits[:, :-1].flatten(0, 1).float(),
-                labels[:, 1:].flatten(),
+                targets,
                 ignore_index=IGNORE_INDEX,
+                reduction="sum",
             )
+            out.ce_tokens = (targets != IGNORE_INDEX).sum()
+            out.ce_loss = out.ce_sum / out.ce_tokens.clamp(min=1)
         weight = self.config.loss.mse_weight if mse_weight is None else mse_weight
         if image_tokens is not None and caption_ids is not None:
-            mse = self.mse_loss(image_tokens, caption_ids, caption_mask)
-        loss = ce
-        if ce is not None and mse is not None and weight > 0:
-            loss = ce + weight * mse
-        return MageOutput(loss, ce, mse, logits)
+            terms = self.mse_terms(image_tokens, caption_ids, caption_mask)
+            if terms is not None:
+                out.mse_sum, out.mse_count = terms
+                out.mse_loss = out.mse_sum / out.mse_count
+        out.loss = out.ce_loss
+        if out.ce_loss is not None and out.mse_loss is not None and weight > 0:
+            out.loss = out.ce_loss + weight * out.mse_loss
+        return out
 
-    def mse_loss(self, image_tokens, caption_ids, caption_mask) -> torch.Tensor | None:
-        """MSE between mean-pooled image tokens and the detached caption representation."""
+    def mse_terms(self, image_tokens, caption_ids, caption_mask):
+        """``(sum over captioned samples of the MSE between mean-pooled image tokens and the
+        detached caption representation, number of those samples)``; None without captions."""
         valid = caption_mask.sum(1) > 0
         if not valid.any():
             return None
@@ -207,115 +210,47 @@ class MageModel(nn.Module):
         pooled = image_tokens[valid].mean(1)
         sq = (pooled.float() - target.float()) ** 2
         per_sample = sq.sum(-1) if self.config.loss.mse_reduction == "sum" else sq.mean(-1)
-        return per_sample.mean()
+        return per_sample.sum(), valid.sum()
 
-    # ---- inference -----------------------------------------------------------------------
-    def _prompt_ids(self, question: str, has_image: bool) -> list[int]:
-        text = f"{IMAGE_TOKEN}\n{question}" if has_image else question
-        ids = encode_text(self.template.prompt(text), self.tokenizer, self.num_image_tokens)
-        bos = self.tokenizer.bos_token_id
-        return ([bos] if bos is not None else []) + ids
+    def mse_loss(self, image_tokens, caption_ids, caption_mask) -> torch.Tensor | None:
+        """The batch mean of `mse_terms`."""
+        terms = self.mse_terms(image_tokens, caption_ids, caption_mask)
+        return None if terms is None else terms[0] / terms[1]
 
-    def _image_tokens(self, images) -> torch.Tensor | None:
-        present = [im for im in images if im is not None]
-        if not present:
-            return None
-        pixels = self.vision.preprocess(present).to(self.device)
-        return self.encode_images(pixels)
-
+    # ---- inference (mage.generation) ---------------------------------------------------
     @property
     def device(self) -> torch.device:
         return next(self.projector.parameters()).device
 
-    @torch.no_grad()
-    def generate(self, images: list, questions: list[str], max_new_tokens: int = 32) -> list[str]:
-        """Greedy answers, batched with left padding; identical to one-at-a-time generation."""
-        if len(images) != len(questions):
-            raise ValueError("generate needs one image (or None) per question")
-        seqs = [self._prompt_ids(q, im is not None) for q, im in zip(questions, images)]
-        ids, mask = pad_left(seqs, self.tokenizer.pad_token_id)
-        ids, mask = ids.to(self.device), mask.to(self.device)
-        embeds = self.embed(ids, self._image_tokens(images))
-        eos = self.tokenizer.eos_token_id
-        out = self._run_llm(embeds, mask, use_cache=True)
-        positions = mask.sum(-1, keepdim=True) - 1
-        finished = torch.zeros(len(seqs), dtype=torch.bool, device=self.device)
-        new_tokens = []
-        for _ in range(max_new_tokens):
-            next_ids = out.logits[:, -1].argmax(-1)
-            next_ids = torch.where(finished, torch.full_like(next_ids, eos), next_ids)
-            new_tokens.append(next_ids)
-            finished |= next_ids == eos
-            if bool(finished.all()):
-                break
-            mask = torch.cat([mask, torch.ones_like(mask[:, :1])], dim=1)
-            positions = positions + 1
-            out = self.llm(
-                inputs_embeds=self.llm.get_input_embeddings()(next_ids).unsqueeze(1),
-                attention_mask=mask,
-                position_ids=positions,
-                **{_CACHE_ARG: getattr(out, _CACHE_ARG)},
-                use_cache=True,
-            )
-        tokens = torch.stack(new_tokens, 1).tolist() if new_tokens else [[] for _ in seqs]
-        answers = []
-        for row in tokens:
-            row = row[: row.index(eos)] if eos in row else row
-            answers.append(self.tokenizer.decode(row, skip_special_tokens=True).strip())
-        return answers
+    def generate(
+        self,
+        images: list,
+        questions: list[str],
+        max_new_tokens: int | list[int] = 32,
+        stop: list[str] | list[list[str] | None] | None = None,
+    ) -> list[str]:
+        """Greedy answers, batched with left padding and a KV cache; a row stops at EOS, its
+        budget or a stop string and leaves the batch. Same answers as batch size 1.
+        ``images``: PIL (any mode), None, or `mage.generation.preprocess_image` tensors."""
+        return generation.generate(self, images, questions, max_new_tokens, stop)
 
-    @torch.no_grad()
     def loglikelihood(
         self, images: list, contexts: list[str], continuations: list[str]
     ) -> list[float]:
         """Summed negative log-likelihood of each continuation (a loss: lower is likelier)."""
-        losses = []
-        for image, context, continuation in zip(images, contexts, continuations):
-            prompt = self._prompt_ids(context, image is not None)
-            target = self.tokenizer(continuation, add_special_tokens=False)["input_ids"]
-            ids = torch.tensor([prompt + target], device=self.device)
-            mask = torch.ones_like(ids)
-            logits = self._run_llm(self.embed(ids, self._image_tokens([image])), mask).logits
-            logp = logits[0, len(prompt) - 1 : -1].float().log_softmax(-1)
-            losses.append(
-                -float(logp.gather(1, torch.tensor(target, device=ids.device)[:, None]).sum())
-            )
-        return losses
+        return generation.loglikelihood(self, images, contexts, continuations)
 
-    # ---- persistence ---------------------------------------------------------------------
-    def save_pretrained(self, directory: str | Path) -> None:
-        """config.json + encoder spec + LLM architecture/tokenizer + model.safetensors."""
-        with atomic_path(directory) as tmp:
-            tmp.mkdir()
-            self.config.save(tmp / "config.json")
-            spec = dict(self.encoder_spec.__dict__, pretrained=None)
-            if spec["model_config"] and Path(spec["model_config"]).is_file():
-                (tmp / "open_clip_config.json").write_text(Path(spec["model_config"]).read_text())
-                spec["model_config"] = "open_clip_config.json"
-            atomic_write_json(tmp / "encoder_spec.json", spec)
-            base = self.llm.get_base_model() if self.lora_active else self.llm
-            save_llm_architecture(base, self.tokenizer, tmp / "llm")
-            atomic_write_json(
-                tmp / "mage.json", {"lora_active": self.lora_active, "template": self.template.name}
-            )
-            save_model(self, str(tmp / "model.safetensors"))
+    # ---- persistence (format in mage/persist.py) ---------------------------------------
+    def save_pretrained(self, directory: str | Path, state_dict=None) -> None:
+        """Write a self-contained checkpoint folder; ``state_dict``: gathered full weights
+        (FSDP's rank 0) instead of the module's own."""
+        from mage.persist import save_checkpoint
+
+        save_checkpoint(self, directory, state_dict)
 
     @classmethod
     def from_pretrained(cls, directory: str | Path, device: str | None = None) -> MageModel:
-        directory = Path(directory)
-        if not (directory / "model.safetensors").is_file():
-            raise FileNotFoundError(f"{directory} is not a MAGE checkpoint (no model.safetensors)")
-        config = MageConfig.load(directory / "config.json")
-        spec = json.loads((directory / "encoder_spec.json").read_text())
-        if spec["model_config"] == "open_clip_config.json":
-            spec["model_config"] = str(directory / "open_clip_config.json")
-        spec = EncoderSpec(**spec)
-        meta = json.loads((directory / "mage.json").read_text())
-        vision = build_vision_tower(spec, frozen=config.vision.frozen)
-        llm, tokenizer = load_llm_architecture(directory / "llm")
-        model = cls._assemble(config, vision, llm, tokenizer, spec, template=meta["template"])
-        if meta["lora_active"]:
-            model.enable_lora()
-        load_model(model, str(directory / "model.safetensors"))
-        model.eval()
-        return model.to(device) if device else model
+        """Load a checkpoint folder in the variant's ``llm.dtype``, ready for evaluation."""
+        from mage.persist import load_checkpoint
+
+        return load_checkpoint(cls, directory, device)

@@ -4,7 +4,11 @@
 preset as their base and override fields by dotted path. The paper presets follow
 `docs/mage-model.md`: CLIP ViT-L/14-336 (576 patches) -> IAN with a stride-2 SEB
 (144 tokens) -> Vicuna v1.5; stage 1 at lr 1e-3 / global batch 256, stage 2 at lr 2e-5 /
-global batch 128, the LLaVA-1.5 recipe. Data paths use ``{data}`` (``data_dir``).
+global batch 128, one epoch each, the LLaVA-1.5 recipe (stage 2 grouped by modality and
+length; activation checkpointing in both stages so that every stage fits 80 GB GPUs at the
+memory estimate's bound, `mage-harness params mage-7b --memory`). Data paths use ``{data}``
+(``data_dir``).
+``mage-7b-tools`` adds MAGE's tool-calling data to stage 2 (see `TOOL_DATA`).
 """
 
 from __future__ import annotations
@@ -38,11 +42,14 @@ def _paper(llm: str, heads: int, name: str) -> MageConfig:
                     image_root="{data}/LLaVA-Pretrain/images",
                 )
             ],
-            steps=2180,
+            epochs=1,  # LCS-558K once: 2,180 steps of 256
+            steps=None,
             batch_size=32,
             grad_accum=8,
             lr=1e-3,
             warmup_ratio=0.03,
+            loader_workers=4,
+            activation_checkpointing=True,
         ),
         stage2=StageConfig(
             trainable=["ian", "llm"],
@@ -52,11 +59,16 @@ def _paper(llm: str, heads: int, name: str) -> MageConfig:
                     image_root="{data}/LLaVA-Instruct/images",
                 )
             ],
-            steps=5200,
+            epochs=1,  # LLaVA-665K once: 5,200 steps of 128
+            steps=None,
             batch_size=16,
             grad_accum=8,
             lr=2e-5,
             warmup_ratio=0.03,
+            loader_workers=4,
+            group_by="modality_length",
+            activation_checkpointing=True,
+            checkpoint_every=500,
         ),
     )
 
@@ -67,6 +79,31 @@ def mage_7b() -> MageConfig:
 
 def mage_13b() -> MageConfig:
     return _paper("vicuna-13b-v1.5", 40, "mage-13b")
+
+
+# MAGE's own tool-calling data is not public; `mage-harness data tools` writes this file from
+# LCS-558K's captions (mage.tools.data.convert_captions_to_tool_samples). Its image paths are
+# LCS-558K's, so it shares that image folder.
+TOOL_DATA = DataSource(
+    path="{data}/MAGE-Tools/lcs558k_tool_calls.json",
+    image_root="{data}/LLaVA-Pretrain/images",
+    weight=0.1,
+)
+
+
+def mage_7b_tools() -> MageConfig:
+    """mage-7b with stage 2 as the paper describes it: LLaVA-665K plus tool-calling samples.
+
+    One draw in ten is a tool call (a reconstruction: MAGE's mix ratio is not reported; the
+    weights are `stage2.data[*].weight`). Same steps as mage-7b, so 665K gets 0.9 epoch."""
+    cfg = mage_7b()
+    instruct = cfg.stage2.data[0].model_copy(update={"weight": 0.9})
+    return cfg.with_overrides(
+        {
+            "name": "mage-7b-tools",
+            "stage2.data": [instruct.model_dump(), TOOL_DATA.model_dump()],
+        }
+    )
 
 
 def llava15_7b() -> MageConfig:
@@ -97,6 +134,7 @@ def smollm2_test() -> MageConfig:
 
 PRESETS: dict[str, Callable[[], MageConfig]] = {
     "mage-7b": mage_7b,
+    "mage-7b-tools": mage_7b_tools,
     "mage-13b": mage_13b,
     "llava15-7b": llava15_7b,
     "tiny-test": tiny_test,

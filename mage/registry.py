@@ -42,6 +42,9 @@ class EncoderSpec:
     feature_layer: int = -2
     drop_cls: bool = True
     description: str = ""
+    # the open_clip tag whose architecture settings (QuickGELU, mean/std, resize mode) apply
+    # even when its weights are not loaded (``vision.pretrained: none`` or a local file)
+    arch_tag: str | None = None
 
 
 ENCODERS: dict[str, EncoderSpec] = {
@@ -192,6 +195,8 @@ def resolve_encoder(vision: Any, assets_dir: str | None = None) -> EncoderSpec:
         for key in ("pretrained", "feature_layer", "drop_cls", "image_size")
         if getattr(vision, key) is not None
     }
+    if "pretrained" in overrides and spec.backend == "open_clip" and spec.model_config is None:
+        overrides["arch_tag"] = spec.arch_tag or spec.pretrained
     spec = replace(spec, **overrides)
     return replace(
         spec,

@@ -1,10 +1,17 @@
 """Conversation templates: how a LLaVA-format conversation becomes the text the LLM sees.
 
 A conversation is LLaVA's list of turns, ``[{"from": "human", "value": "<image>\\nWhat..."},
-{"from": "gpt", "value": "..."}]``. `segments` turns it into ``(text, is_target)`` pieces;
-only assistant replies are targets (loss is computed on them, everything else is masked).
-The model's tokenizer appends its EOS after each reply. ``<image>`` marks where the image
-tokens go; `mage.data` expands it to the projector's number of tokens.
+{"from": "gpt", "value": "..."}]``. `Template.segments` renders it as ``(text, is_target)``
+pieces whose concatenation is the whole conversation text; only assistant replies (and the
+end-of-sequence token that closes each) are targets. For ``vicuna_v1`` that text is exactly
+LLaVA's ``conv_vicuna_v1.get_prompt()``:
+
+    SYSTEM USER: <image>\\nQ1 ASSISTANT: A1</s>USER: Q2 ASSISTANT: A2</s>
+
+`mage.data.encode_conversation` tokenises that text at once, as LLaVA does (tokenising the
+pieces one by one would put a stray "▁" before every reply and every later "USER:" with a
+SentencePiece tokenizer), and masks the labels outside the target pieces. ``<image>`` marks
+where the image tokens go; `mage.data` expands it to the projector's number of tokens.
 """
 
 from __future__ import annotations
@@ -20,10 +27,14 @@ class Template:
     system: str
     user: str
     assistant: str
-    sep: str = " "
+    sep: str = " "  # after the system prompt and between a user turn and the assistant label
+    turn_sep: str = ""  # after the end-of-sequence that closes a reply, before the next turn
 
-    def segments(self, conversations: list[dict]) -> list[tuple[str, bool]]:
-        """Split a conversation into (text, is_target) pieces; replies are the targets."""
+    def segments(self, conversations: list[dict], eos: str = "") -> list[tuple[str, bool]]:
+        """The conversation as (text, is_target) pieces; each reply ends with ``eos``.
+
+        ``"".join`` of the texts is the whole conversation; a reply piece is ``" " + reply +
+        eos`` (the space belongs to the reply's first token in every tokenizer here)."""
         pieces: list[tuple[str, bool]] = []
         prefix = f"{self.system}{self.sep}" if self.system else ""
         for turn in conversations:
@@ -33,8 +44,8 @@ class Template:
                 prefix += f"{self.user} {value}{self.sep}{self.assistant}"
             elif role in ("gpt", "assistant"):
                 pieces.append((prefix, False))
-                pieces.append((f" {value}", True))
-                prefix = self.sep
+                pieces.append((f" {value}{eos}", True))
+                prefix = self.turn_sep
             else:
                 raise ValueError(f"unknown conversation role {role!r} (expected human/gpt)")
         return pieces
@@ -49,6 +60,7 @@ class Template:
 TEMPLATES: dict[str, Template] = {
     t.name: t
     for t in [
+        # LLaVA's conv_vicuna_v1 (sep " ", sep2 "</s>", nothing between "</s>" and "USER:").
         Template(
             "vicuna_v1",
             "A chat between a curious user and an artificial intelligence assistant. "
@@ -56,8 +68,9 @@ TEMPLATES: dict[str, Template] = {
             "USER:",
             "ASSISTANT:",
         ),
-        # The synthetic world's word-level tokenizer knows these few words only.
-        Template("world", "", "USER:", "ASSISTANT:"),
+        # The synthetic world's word-level tokenizer knows these few words only; its LLM was
+        # pretrained with a space after each reply's end-of-sequence.
+        Template("world", "", "USER:", "ASSISTANT:", turn_sep=" "),
     ]
 }
 

@@ -18,6 +18,7 @@ from __future__ import annotations
 
 import copy
 import json
+import logging
 from pathlib import Path
 from typing import Any, ClassVar
 
@@ -27,6 +28,7 @@ import transformers
 from PIL import Image
 from torch import nn
 
+from mage.images import mean_color, prepare_image
 from mage.registry import ENCODERS, EncoderSpec
 
 _TRANSFORM_KEYS = ("size", "mean", "std", "resize_mode", "interpolation", "fill_color")
@@ -75,6 +77,7 @@ class VisionTower(nn.Module):
     """Common behaviour: freezing, input checks, the patch-grid attributes, preprocessing."""
 
     has_cls: bool = False
+    image_aspect: str = "pad"  # LLaVA-1.5's image_aspect_ratio: pad (mage.images.ASPECTS)
 
     def __init__(self, spec: EncoderSpec, image_size: int, grid_size: int, feature_dim: int):
         super().__init__()
@@ -83,6 +86,23 @@ class VisionTower(nn.Module):
         self.grid_size = grid_size
         self.feature_dim = feature_dim
         self.frozen = True
+
+    @property
+    def dtype(self) -> torch.dtype:
+        return next(self.parameters()).dtype
+
+    def describe(self) -> dict[str, Any]:
+        """What a saved tower records beside its weights (``tower.json``)."""
+        keys = ("id", "backend", "model_name", "pretrained", "arch_tag", "feature_layer",
+                "drop_cls", "image_size", "grid_size", "feature_dim")  # fmt: skip
+        return {"format": TOWER_FORMAT, **{k: getattr(self.spec, k) for k in keys},
+                "built": {"image_size": self.image_size, "grid_size": self.grid_size,
+                          "feature_dim": self.feature_dim}}  # fmt: skip
+
+    def save(self, directory: str | Path, state_dict: dict | None = None) -> None:
+        """Write the tower as built (architecture, preprocessing, weights) to ``directory``,
+        so `load_vision_tower` rebuilds it without its source (no tag, no Hub, no assets)."""
+        raise NotImplementedError
 
     @property
     def num_patches(self) -> int:
@@ -113,12 +133,14 @@ class VisionTower(nn.Module):
         raise NotImplementedError
 
     def preprocess(self, images: list[Image.Image]) -> torch.Tensor:
-        """PIL images -> [B, 3, image_size, image_size], resized and normalised for this tower."""
+        """PIL images of any mode -> [B, 3, image_size, image_size]: `mage.images.to_rgb`,
+        padded to a square in the tower's mean colour (``image_aspect``), resized, normalised."""
         images = list(images)
         bad = [i for i, im in enumerate(images) if not isinstance(im, Image.Image)]
         if not images or bad:
             raise ValueError(f"preprocess needs a non-empty list of PIL images (bad items: {bad})")
-        return self._preprocess([im.convert("RGB") for im in images])
+        fill = mean_color(next(t.mean for t in self._transform.transforms if hasattr(t, "mean")))
+        return self._preprocess([prepare_image(im, self.image_aspect, fill) for im in images])
 
     def _preprocess(self, images: list[Image.Image]) -> torch.Tensor:
         return torch.stack([self._transform(im) for im in images])
@@ -136,7 +158,13 @@ class VisionTower(nn.Module):
 class OpenClipTower(VisionTower):
     """open_clip visual towers: ViT (transformer blocks), timm trunks (SigLIP), ModifiedResNet."""
 
-    def __init__(self, spec: EncoderSpec, visual: nn.Module, preprocess_cfg: dict[str, Any]):
+    def __init__(
+        self,
+        spec: EncoderSpec,
+        visual: nn.Module,
+        preprocess_cfg: dict[str, Any],
+        model_cfg: dict[str, Any] | None = None,
+    ):
         has_cls = False
         if isinstance(visual, open_clip.timm_model.TimmModel):
             kind, trunk = "timm", visual.trunk
@@ -161,7 +189,21 @@ class OpenClipTower(VisionTower):
         self.visual = visual
         self.layer_index = spec.feature_layer if kind == "resnet" else self._block_index(blocks)
         pp = {k: v for k, v in preprocess_cfg.items() if k in _TRANSFORM_KEYS}
+        self.preprocess_cfg = dict(pp)
+        self.model_cfg = model_cfg  # the open_clip CLIP kwargs it was built from
         self._transform = open_clip.image_transform(pp.pop("size"), False, **pp)
+
+    def save(self, directory: str | Path, state_dict: dict | None = None) -> None:
+        from safetensors.torch import save_file
+
+        directory = Path(directory)
+        directory.mkdir(parents=True, exist_ok=True)
+        cfg = {**copy.deepcopy(self.model_cfg), "preprocess_cfg": self.preprocess_cfg}
+        (directory / "open_clip_config.json").write_text(json.dumps(cfg, indent=2))
+        state = _relative(state_dict, "visual.") or self.visual.state_dict()
+        weights = {k: v.detach().float().contiguous() for k, v in state.items()}
+        save_file(weights, str(directory / "vision.safetensors"))
+        (directory / "tower.json").write_text(json.dumps(self.describe(), indent=2))
 
     @classmethod
     def build(cls, spec: EncoderSpec, device: str | torch.device | None = None) -> OpenClipTower:
@@ -169,11 +211,12 @@ class OpenClipTower(VisionTower):
         cfg, checkpoint, pp = _open_clip_source(spec, meta)
         with torch.device("meta" if meta else "cpu"):
             if cfg is None:  # an open_clip registry name: its factory loads tags and files
-                model = _create_registry_model(spec, meta)
+                model, cfg = _create_registry_model(spec, meta)
                 pp = {**pp, **model.visual.preprocess_cfg}
             else:
-                custom = cfg.pop("custom_text", False)
-                model = (open_clip.CustomTextCLIP if custom else open_clip.CLIP)(**cfg)
+                kwargs = {k: v for k, v in cfg.items() if k != "custom_text"}
+                custom = cfg.get("custom_text", False)
+                model = (open_clip.CustomTextCLIP if custom else open_clip.CLIP)(**kwargs)
         if checkpoint:
             try:
                 open_clip.load_checkpoint(model, checkpoint, strict=True)
@@ -184,7 +227,7 @@ class OpenClipTower(VisionTower):
                 ) from err
         size = model.visual.image_size
         pp["size"] = size[0] if isinstance(size, (tuple, list)) else size
-        tower = cls(spec, model.visual, pp)
+        tower = cls(spec, model.visual, pp, cfg)
         return tower.to(device) if device is not None and not meta else tower
 
     def features(self, pixel_values: torch.Tensor) -> torch.Tensor:
@@ -252,26 +295,41 @@ def _open_clip_source(
     return cfg, checkpoint, pp
 
 
-def _create_registry_model(spec: EncoderSpec, meta: bool) -> nn.Module:
+def _create_registry_model(spec: EncoderSpec, meta: bool) -> tuple[nn.Module, dict[str, Any]]:
+    """An open_clip registry model, and the CLIP kwargs it was built with. The tag's
+    architecture settings (QuickGELU for OpenAI's CLIP, SigLIP's mean/std and resize mode)
+    apply even when its weights are not loaded (``arch_tag``)."""
     name = spec.model_name
     tag = spec.pretrained if _wants_weights(spec) else None
-    tag_cfg = open_clip.get_pretrained_cfg(name, tag) if tag else {}
+    arch_tag = tag or spec.arch_tag
+    tag_cfg = open_clip.get_pretrained_cfg(name, arch_tag) if arch_tag else {}
     base = open_clip.get_model_config(name)
     native = base["vision_cfg"].get("image_size") if base else None
     size = spec.image_size if spec.image_size not in (None, native) else None
-    kwargs = dict(force_quick_gelu=bool(tag_cfg.get("quick_gelu", False)), force_image_size=size)
+    quick_gelu = bool(tag_cfg.get("quick_gelu", False))
+    kwargs = dict(force_quick_gelu=quick_gelu, force_image_size=size)
     pp = {k: tag_cfg[k] for k in ("mean", "std", "interpolation", "resize_mode") if k in tag_cfg}
+    cfg = copy.deepcopy(base or {})
+    cfg["quick_gelu"] = quick_gelu or cfg.get("quick_gelu", False)
+    if size is not None:
+        cfg.setdefault("vision_cfg", {})["image_size"] = size
+    quiet = logging.getLogger().level
+    if tag is None:  # random init on purpose: open_clip's "no pretrained weights" is noise
+        logging.getLogger().setLevel(logging.ERROR)
     try:
-        return open_clip.create_model(
+        model = open_clip.create_model(
             name, pretrained=None if meta else tag, device="meta" if meta else "cpu",
             force_preprocess_cfg=pp, **kwargs,
         )  # fmt: skip
+        return model, cfg
     except Exception as err:
         raise VisionTowerError(
             f"vision encoder {spec.id!r}: open_clip could not build {name!r} with pretrained="
             f"{tag!r} ({err}). Without network, put the checkpoint file in vision.pretrained, or "
             f"set `vision.pretrained: {RANDOM_INIT}` for random init"
         ) from err
+    finally:
+        logging.getLogger().setLevel(quiet)
 
 
 class HFVisionTower(VisionTower):
@@ -300,7 +358,11 @@ class HFVisionTower(VisionTower):
     def build(cls, spec: EncoderSpec, device: str | torch.device | None = None) -> HFVisionTower:
         meta = str(device) == "meta"
         name = spec.model_name
-        local = name in LOCAL_HF_VISION_CFGS and (meta or name.startswith("builtin:"))
+        random_asked = spec.pretrained is not None and not _wants_weights(spec)
+        # the published architecture, offline: for counting (meta) and for random init
+        local = name in LOCAL_HF_VISION_CFGS and (
+            meta or random_asked or name.startswith("builtin:")
+        )
         if local:  # the architecture from its published dims: no download
             model_type, kwargs = LOCAL_HF_VISION_CFGS[name]
             config = transformers.AutoConfig.for_model(model_type, **kwargs)
@@ -331,6 +393,14 @@ class HFVisionTower(VisionTower):
         processor = _hf_processor(name, config, local or meta)
         tower = cls(spec, model.eval(), processor)
         return tower.to(device) if device is not None and not meta else tower
+
+    def save(self, directory: str | Path, state_dict: dict | None = None) -> None:
+        directory = Path(directory)
+        directory.mkdir(parents=True, exist_ok=True)
+        state = _relative(state_dict, "model.") or None
+        self.model.save_pretrained(directory / "hf", state_dict=state, safe_serialization=True)
+        self.processor.save_pretrained(directory / "hf")
+        (directory / "tower.json").write_text(json.dumps(self.describe(), indent=2))
 
     def features(self, pixel_values: torch.Tensor) -> torch.Tensor:
         index = self.layer_index + 1 if self.layer_index >= 0 else self.layer_index
@@ -371,7 +441,41 @@ def _hf_processor(name: str, config: Any, local: bool) -> Any:
     return transformers.CLIPImageProcessor(size={"shortest_edge": size}, crop_size=crop)
 
 
+def _relative(state: dict | None, prefix: str) -> dict:
+    """The entries of a tower-level state dict under ``prefix``, with the prefix removed."""
+    return {k[len(prefix) :]: v for k, v in (state or {}).items() if k.startswith(prefix)}
+
+
 BACKENDS: dict[str, type[VisionTower]] = {"open_clip": OpenClipTower, "hf": HFVisionTower}
+TOWER_FORMAT = 1
+
+
+def load_vision_tower(directory: str | Path, frozen: bool = True) -> VisionTower:
+    """Rebuild a tower that `VisionTower.save` wrote: the same architecture (activation
+    function included), preprocessing and weights, from the folder alone."""
+    from safetensors.torch import load_file
+
+    directory = Path(directory)
+    try:
+        info = json.loads((directory / "tower.json").read_text())
+    except (OSError, json.JSONDecodeError) as err:
+        raise VisionTowerError(f"{directory}: not a saved vision tower ({err})") from None
+    common = {k: info[k] for k in ("feature_layer", "drop_cls", "description") if k in info}
+    if info["backend"] == "hf":
+        local = str(directory / "hf")
+        spec = EncoderSpec(info["id"], "hf", local, local, image_size=info["image_size"], **common)
+        return build_vision_tower(spec, frozen=frozen)
+    config = str(directory / "open_clip_config.json")
+    spec = EncoderSpec(
+        info["id"], "open_clip", info["id"], None, model_config=config,
+        image_size=info["image_size"], **common,
+    )  # fmt: skip
+    tower = build_vision_tower(spec, frozen=frozen)
+    try:
+        tower.visual.load_state_dict(load_file(str(directory / "vision.safetensors")), strict=True)
+    except Exception as err:
+        raise VisionTowerError(f"{directory}: the saved tower weights do not load: {err}") from err
+    return tower
 
 
 def build_vision_tower(

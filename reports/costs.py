@@ -9,7 +9,7 @@ import math
 import pandas as pd
 
 from reports.summary import Summary
-from reports.table import Table
+from reports.table import MISSING, Table
 
 
 def cost_table(summary: Summary) -> Table:
@@ -27,9 +27,10 @@ def cost_table(summary: Summary) -> Table:
             for _, r in trials.iterrows()
         ]
     rows, disp = [], []
+    evals = _eval_costs(summary.data.results)
     for vid, label in zip(summary.variants.order(), summary.variants.table["label"]):
-        rows.append(_cost_row(trials[trials["variant_id"] == vid], vid, label))
-    rows.append(_cost_row(trials, "total", "Total"))
+        rows.append(_cost_row(trials[trials["variant_id"] == vid], vid, label, evals))
+    rows.append(_cost_row(trials, "total", "Total", evals))
     data = pd.DataFrame(rows)
     for r in rows:
         disp.append(
@@ -41,29 +42,29 @@ def cost_table(summary: Summary) -> Table:
                 f"{r['cpu_hours']:.3f}",
                 f"{r['gpu_hours']:.3f}",
                 f"{r['cpu_hours_saved']:.3f} / {r['gpu_hours_saved']:.3f}",
+                *(_eval_cells(r) if evals is not None else []),
             ]
         )
-    display = pd.DataFrame(
-        disp,
-        columns=[
-            "Variant",
-            "trials",
-            "ok/failed/stopped",
-            "wall h",
-            "CPU-h",
-            "GPU-h",
-            "saved CPU-h / GPU-h",
-        ],
-    )
+    columns = ["Variant", "trials", "ok/failed/stopped", "wall h", "CPU-h", "GPU-h"]
+    columns.append("saved CPU-h / GPU-h")
+    if evals is not None:  # stores from before evaluation costs were recorded have none
+        columns += ["eval device-h", "eval GPU-h", "eval samples/s (" + " / ".join(
+            EVAL_LABELS[b] for b in EVAL_BENCHMARKS) + ")"]  # fmt: skip
+    display = pd.DataFrame(disp, columns=columns)
     caption = (
         "Cost per variant and in total (hours summed over trials). Early-stopping savings are "
         "estimated as (steps of a full trial - steps run) x the stopped trial's own cost per step"
         + (f" (full trial = {full_steps:g} steps)." if not math.isnan(full_steps) else ".")
         + _sweep_savings(summary.data.manifest)
     )
-    return Table(
-        "cost", "Cost", caption, display, data, 1, frozenset({(len(disp) - 1, j) for j in range(7)})
-    )
+    if evals is not None:
+        caption += (
+            " Evaluation (lmms-eval benchmarks; part of each trial's hours): device-hours and "
+            "GPU-hours of image loading and generation summed over benchmarks, trials and "
+            "workers, and samples per second per benchmark (mean over trials)."
+        )
+    bold = frozenset({(len(disp) - 1, j) for j in range(len(columns))})
+    return Table("cost", "Cost", caption, display, data, 1, bold)
 
 
 def _sweep_savings(manifest: dict) -> str:
@@ -80,7 +81,41 @@ def _sweep_savings(manifest: dict) -> str:
     )
 
 
-def _cost_row(t: pd.DataFrame, vid: str, label: str) -> dict:
+EVAL_BENCHMARKS = ("mme", "mmbench", "seedbench")
+EVAL_LABELS = {"mme": "MME", "mmbench": "MMBench", "seedbench": "SEED"}
+
+
+def _eval_costs(results: pd.DataFrame) -> pd.DataFrame | None:
+    """Per trial: evaluation cost figures (benchmark ``eval`` rows, metric
+    ``<benchmark>/<figure>``, as harness.eval stores them), one column per metric."""
+    rows = results[results["benchmark"] == "eval"]
+    if rows.empty:
+        return None
+    wide = rows.pivot_table(index="trial_id", columns="metric", values="value", aggfunc="first")
+    return wide
+
+
+def _eval_cells(r: dict) -> list[str]:
+    rates = [r.get(f"{b}/samples_per_s", math.nan) for b in EVAL_BENCHMARKS]
+    rate_text = " / ".join(MISSING if math.isnan(v) else f"{v:.1f}" for v in rates)
+    return [f"{r['eval_device_hours']:.3f}", f"{r['eval_gpu_hours']:.3f}", rate_text]
+
+
+def _cost_row(t: pd.DataFrame, vid: str, label: str, evals: pd.DataFrame | None = None) -> dict:
+    row = _base_cost_row(t, vid, label)
+    if evals is not None:
+        part = evals[evals.index.isin(set(t["trial_id"]))]
+        for figure in ("device_hours", "gpu_hours"):
+            cols = [c for c in part.columns if c.endswith(f"/{figure}")]
+            row[f"eval_{figure}"] = float(part[cols].fillna(0).to_numpy().sum()) if cols else 0.0
+        for bench in EVAL_BENCHMARKS:
+            col = f"{bench}/samples_per_s"
+            values = part[col].dropna() if col in part.columns else pd.Series(dtype=float)
+            row[col] = float(values.mean()) if len(values) else math.nan
+    return row
+
+
+def _base_cost_row(t: pd.DataFrame, vid: str, label: str) -> dict:
     return {
         "variant_id": vid,
         "label": label,

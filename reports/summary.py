@@ -125,8 +125,8 @@ def summarize(data: SweepData) -> Summary:
         metric = next((m for m in h.metrics if (part["metric"] == m).any()), None)
         if metric is None:
             continue
-        if h.key == "seed_img" and _same_as(part, "seed_all", "seed_image"):
-            continue  # image-only benchmark: SEED-IMG would repeat SEED
+        if h.key == "seed_all" and _same_as(part, "seed_all", "seed_image"):
+            continue  # image-only benchmark: SEED-all would repeat SEED
         rows = part[part["metric"] == metric][["trial_id", "variant_id", "seed", "value"]].copy()
         rows["value"] = rows["value"] * h.scale
         rows["headline"] = h.key

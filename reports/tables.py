@@ -186,7 +186,7 @@ def _unpaired_note(summary: Summary) -> str:
         return ""
     return (
         f" {', '.join(labels)}: no McNemar p (the stored per-item correctness measures "
-        "something else: tools items hold round-trip fidelity; SEED items mix image and video)."
+        "something else: tools items hold round-trip fidelity)."
     )
 
 

@@ -7,10 +7,22 @@ world-llm) are session-scoped: built once, in seconds, and shared by every test 
 
 from __future__ import annotations
 
+import os
+import tempfile
+
 import pytest
 import torch
 
 torch.set_num_threads(1)
+# Parsed record tables (mage.records) go to a throwaway folder, not the user's cache.
+os.environ.setdefault("MAGE_RECORDS_DIR", tempfile.mkdtemp(prefix="mage-records-"))
+
+
+@pytest.fixture(scope="session", autouse=True)
+def fingerprint_cache(tmp_path_factory):
+    """Data fingerprints (`harness.fingerprint`) cached in a temporary folder, not the user's
+    cache; set before any test starts Ray, so its workers inherit it."""
+    os.environ["MAGE_CACHE_DIR"] = str(tmp_path_factory.mktemp("cache"))
 
 
 @pytest.fixture(scope="session")

@@ -185,7 +185,7 @@ class OracleModel:
             raise AssertionError(f"oracle: {len(found)} answers for {question!r}")
         return found.pop()
 
-    def generate(self, images, questions, max_new_tokens):
+    def generate(self, images, questions, max_new_tokens, stop=None):
         self.calls.append(len(questions))
         return [self.answer(i, q) for i, q in zip(images, questions)]
 
@@ -196,7 +196,7 @@ class OracleModel:
 class YesOrRandomLetterModel:
     """Always "Yes" to yes/no questions; a deterministic random letter to multiple choice."""
 
-    def generate(self, images, questions, max_new_tokens):
+    def generate(self, images, questions, max_new_tokens, stop=None):
         out = []
         for question in questions:
             if "option's letter" in question:
@@ -236,6 +236,11 @@ def test_parse_tasks_and_mmbench_choice(monkeypatch):
     assert mmbench_choice() == ("mmbench_en_dev_static", "static")
     monkeypatch.setenv("OPENAI_API_KEY", "sk-test")
     assert mmbench_choice() == ("mmbench_en_dev", "openai")
+    # a method chosen once (by a sweep's driver) is kept, whatever this process's environment
+    assert mmbench_choice("static") == ("mmbench_en_dev_static", "static")
+    monkeypatch.delenv("OPENAI_API_KEY")
+    with pytest.raises(EvalError, match="'gpt'.*needs OPENAI_API_KEY"):
+        mmbench_choice("gpt")  # never a silent fall-back to static matching
 
 
 def test_real_datasets_without_a_token_fail_naming_hf_token(monkeypatch, tmp_path):

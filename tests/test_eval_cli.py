@@ -16,8 +16,11 @@ import torch
 from test_eval_benchdata import bench_data_dir  # noqa: F401
 
 from harness.cli import main
+from mage.model import MageModel
+from mage.presets import tiny_test
 
 torch.set_num_threads(1)
+ROOT = Path(__file__).resolve().parents[1]
 
 
 def _run_cli(argv: list[str], capsys) -> tuple[int, str]:
@@ -36,6 +39,9 @@ def test_eval_command_fails_with_the_cause(tmp_path, capsys, bench_data_dir):  #
     shutil.copytree(bench_data_dir / "mme", partial / "mme")
     code, err = _run_cli(["eval", str(tmp_path), "--data", str(partial)], capsys)
     assert code != 0 and "mmbench" in err and "dataset_dict.json" in err
+    # a copy away from its world is checked against the official MME: refused, with counts
+    code, err = _run_cli(["eval", str(tmp_path), "--data", str(partial), "--tasks", "mme"], capsys)
+    assert code != 0 and "split 'test' has 24 rows, expected 2,374" in err and "limit" in err
 
     code, err = _run_cli(
         ["eval", str(tmp_path / "no-ckpt"), "--data", str(bench_data_dir), "--tasks", "mme"], capsys
@@ -57,27 +63,31 @@ def _pair_limit(data_dir: Path, at_least: int = 6) -> int:
 @pytest.fixture(scope="module")
 def checkpoint(tmp_path_factory) -> Path:
     """A real MageModel (tiny random preset) saved with save_pretrained."""
-    try:
-        from mage.model import MageModel
-        from mage.presets import tiny_test
-    except ModuleNotFoundError as err:  # the model is being written by the lead
-        pytest.skip(f"mage.model is not importable yet ({err.name}); needs a real checkpoint")
     torch.manual_seed(0)
     path = tmp_path_factory.mktemp("ckpt") / "tiny"
     MageModel.build(tiny_test()).save_pretrained(path)
     return path
 
 
-def test_lmms_eval_command_line_scores_a_checkpoint(checkpoint, bench_data_dir, tmp_path):  # noqa: F811
+def test_torchrun_lmms_eval_with_two_processes(checkpoint, bench_data_dir, tmp_path):  # noqa: F811
+    """``torchrun --nproc_per_node 2 -m lmms_eval --model mage``: lmms-eval shards the docs
+    over the two ranks (gloo) and rank 0 writes every sample."""
     from harness.lmms_model import write_local_task_yamls
 
     names = write_local_task_yamls(bench_data_dir, tmp_path / "tasks", ["mme"])
     out = tmp_path / "out"
-    exe = Path(sys.executable).with_name("lmms-eval")
     env = dict(os.environ, HF_DATASETS_OFFLINE="1", HF_HUB_OFFLINE="1", OMP_NUM_THREADS="1")
+    env["PYTHONPATH"] = os.pathsep.join(filter(None, [str(ROOT), env.get("PYTHONPATH")]))
+    limit = _pair_limit(bench_data_dir)
     cmd = [
-        str(exe),
-        "eval",
+        sys.executable,
+        "-m",
+        "torch.distributed.run",
+        "--standalone",
+        "--nproc_per_node",
+        "2",
+        "-m",
+        "lmms_eval",
         "--model",
         "mage",
         "--model_args",
@@ -87,14 +97,14 @@ def test_lmms_eval_command_line_scores_a_checkpoint(checkpoint, bench_data_dir, 
         "--tasks",
         names["mme"],
         "--limit",
-        str(_pair_limit(bench_data_dir)),
+        str(limit),
         "--batch_size",
         "2",
         "--output_path",
         str(out),
         "--log_samples",
     ]
-    proc = subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=300)
+    proc = subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=600)
     found = sorted(p for p in out.rglob("*_results.json") if "submissions" not in p.parts)
     assert found, (
         f"no results file; exit {proc.returncode}\n{proc.stdout[-2000:]}\n{proc.stderr[-3000:]}"
@@ -104,7 +114,10 @@ def test_lmms_eval_command_line_scores_a_checkpoint(checkpoint, bench_data_dir, 
     score = scored.get("mme_perception_score,none", scored.get("mme_cognition_score,none"))
     assert isinstance(score, float) and 0.0 <= score
     assert "mage" in results["config"]["model"]
-    assert sorted(out.rglob("*samples_*.jsonl")), "no per-sample log"
+    logs = sorted(out.rglob("*samples_*.jsonl"))
+    assert logs, "no per-sample log"
+    doc_ids = sorted(json.loads(line)["doc_id"] for line in logs[0].read_text().splitlines())
+    assert doc_ids == list(range(limit))  # both ranks' shards, gathered on rank 0
 
 
 def test_mage_harness_eval_scores_a_checkpoint(checkpoint, bench_data_dir, tmp_path, capsys):  # noqa: F811
@@ -133,7 +146,8 @@ def test_mage_harness_eval_scores_a_checkpoint(checkpoint, bench_data_dir, tmp_p
     assert code == 0, captured.err
     assert "mme_perception_score" in captured.out
     scores = pd.read_parquet(out / "scores.parquet")
-    assert set(scores.benchmark) == {"mme"} and (scores.category == "all").any()
+    assert set(scores.benchmark) == {"mme", "eval"} and (scores.category == "all").any()
+    assert scores.query("benchmark == 'eval' and metric == 'mme/samples_per_s'").value.item() > 0
     record = json.loads((out / "record.json").read_text())
     assert record["model"]["checkpoint"] == str(checkpoint)
     assert record["model"]["max_new_tokens_cap"] == 4

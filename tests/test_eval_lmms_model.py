@@ -3,6 +3,7 @@ settings are honoured, and ``--model mage`` resolves through the entry point."""
 
 from __future__ import annotations
 
+import numpy as np
 import pytest
 import torch
 from lmms_eval.api.instance import Instance
@@ -17,10 +18,10 @@ class RecordingModel:
     """Echoes each question (tagged with its image's width); records every batch it gets."""
 
     def __init__(self) -> None:
-        self.batches: list[tuple[list[str], int]] = []
+        self.batches: list[tuple[list[str], list[int], list]] = []
 
-    def generate(self, images, questions, max_new_tokens):
-        self.batches.append((list(questions), max_new_tokens))
+    def generate(self, images, questions, max_new_tokens, stop=None):
+        self.batches.append((list(questions), list(max_new_tokens), list(stop)))
         return [f"{q}|{im.size[0] if im else None}\n\nrest" for im, q in zip(images, questions)]
 
     def loglikelihood(self, images, contexts, continuations):
@@ -44,13 +45,27 @@ def _requests(gen_kwargs_list: list[dict]) -> list[Instance]:
     ]
 
 
-def test_generate_until_keeps_order_across_batches_and_budgets():
+def _task_requests(kwargs_by_task: dict[str, list[dict]]) -> list[Instance]:
+    requests, i = [], 0
+    for task, kwargs_list in kwargs_by_task.items():
+        for kw in kwargs_list:
+            context = "q" * (1 + (7 * i) % 5) + str(i)
+            args = (context, kw, lambda d: d["image"], i, task, "test")
+            meta = {"task": task, "doc_id": i, "repeats": 1}
+            requests.append(Instance("generate_until", args, idx=0, metadata=meta))
+            i += 1
+    return requests
+
+
+def test_generate_until_keeps_order_across_batches_tasks_and_budgets():
     model = RecordingModel()
-    lmm = MageLMM.wrap(model, batch_size=3, max_new_tokens_cap=100)
-    kwargs = [{"until": ["\n\n"], "max_new_tokens": 16}] * 5 + [{"until": ["ASSISTANT:"]}] * 3
-    kwargs += [{"max_new_tokens": 1024, "until": "\n\n", "image_aspect_ratio": "original"}] * 2
-    requests = _requests(kwargs)
-    lmm.task_dict = {"t": {"test": _docs(len(requests))}}
+    lmm = MageLMM.wrap(model, batch_size=3, max_new_tokens_cap=100, loader_workers=0)
+    mme = [{"until": ["\n\n"], "max_new_tokens": 16}] * 5
+    seed = [{"until": ["ASSISTANT:"], "image_aspect_ratio": "original"}] * 3
+    mmbench = [{"max_new_tokens": 1024, "until": "\n\n"}] * 2
+    requests = _task_requests({"mme": mme, "seedbench": seed, "mmbench_en_dev_static": mmbench})
+    docs = _docs(len(requests))
+    lmm.task_dict = {t: {"test": docs} for t in ("mme", "seedbench", "mmbench_en_dev_static")}
 
     answers = lmm.generate_until(requests)
 
@@ -59,16 +74,71 @@ def test_generate_until_keeps_order_across_batches_and_budgets():
         stop = "\n\n" in (until if isinstance(until, list) else [until])
         expected = f"{req.args[0]}|{10 + i}" + ("" if stop else "\n\nrest")
         assert answer == expected  # its own answer, its own first frame, truncated at until
-    sizes = [len(q) for q, _ in model.batches]
-    assert max(sizes) == 3 and sum(sizes) == len(requests) and len(model.batches) == 4
-    by_budget: dict[int, list[str]] = {}
-    for questions, budget in model.batches:
-        by_budget.setdefault(budget, []).extend(questions)
-    # the task's budget, the default (SEED gives none), the cap (MMBench asks for 1024)
-    assert {budget: len(qs) for budget, qs in by_budget.items()} == {16: 5, 32: 3, 100: 2}
-    for questions, _ in model.batches:  # sorted by length within a budget
+    # per task (lmms-eval's Collator grouping), longest prompt first, at most 3 per batch
+    assert [len(q) for q, _, _ in model.batches] == [3, 2, 3, 2]
+    for questions, _, _ in model.batches:
         assert [len(q) for q in questions] == sorted((len(q) for q in questions), reverse=True)
+    budgets = {q: b for qs, bs, _ in model.batches for q, b in zip(qs, bs)}
+    stops = {q: s for qs, _, ss in model.batches for q, s in zip(qs, ss)}
+    by_task = {req.args[4]: (budgets[req.args[0]], stops[req.args[0]]) for req in requests}
+    # harness budgets: MME 16 (the task's own), SEED 16 (the task gives none), MMBench 32
+    # (the task asks 1024); stop strings are passed per row
+    assert by_task == {
+        "mme": (16, ["\n\n"]),
+        "seedbench": (16, ["ASSISTANT:"]),
+        "mmbench_en_dev_static": (32, ["\n\n"]),
+    }
     assert lmm.timings["generate_n"] == len(requests)
+    assert {t: v["samples"] for t, v in lmm.timings["tasks"].items()} == {
+        "mme": 5,
+        "seedbench": 3,
+        "mmbench_en_dev_static": 2,
+    }
+
+
+def test_task_budgets_and_the_cap():
+    model = RecordingModel()
+    lmm = MageLMM.wrap(model, batch_size=8, budgets="task", max_new_tokens_cap=100)
+    requests = _task_requests(
+        {"mme": [{"max_new_tokens": 16}], "seedbench": [{}], "mage_local_mmbench_en_dev": [{}]}
+    )
+    requests[-1].args[1]["max_new_tokens"] = 1024
+    lmm.task_dict = {
+        t: {"test": _docs(3)} for t in ("mme", "seedbench", "mage_local_mmbench_en_dev")
+    }
+    lmm.generate_until(requests)
+    assert sorted(b for _, bs, _ in model.batches for b in bs) == [16, 32, 100]
+
+
+def test_images_reach_the_model_converted_from_any_mode():
+    """RGBA is composited on the background, 16-bit greyscale scaled (the tasks'
+    ``doc_to_visual`` would convert("RGB"): transparent -> black, 16-bit -> white)."""
+
+    class Seen(RecordingModel):
+        def generate(self, images, questions, max_new_tokens, stop=None):
+            self.images = images
+            return ["A"] * len(images)
+
+    rgba = Image.new("RGBA", (4, 2), (10, 20, 30, 0))
+    grey16 = Image.fromarray(np.full((2, 4), 30000, dtype=np.uint16))
+    docs = [{"image": rgba}, {"image": grey16}]
+    model = Seen()
+    lmm = MageLMM.wrap(model, batch_size=2, background="0,255,0")
+    lmm.task_dict = {"t": {"test": docs}}
+    to_visual = lambda doc: [doc["image"].convert("RGB")]  # noqa: E731 (as lmms-eval's MME)
+    requests = [
+        Instance(
+            "generate_until",
+            ("q", {}, to_visual, i, "t", "test"),
+            idx=0,
+            metadata={"task": "t", "doc_id": i, "repeats": 1},
+        )
+        for i in range(2)
+    ]
+    lmm.generate_until(requests)
+    seen = {im.getpixel((0, 0)) for im in model.images}
+    assert seen == {(0, 255, 0), (117, 117, 117)}  # 30000 / 257 = 116.7
+    assert {im.mode for im in model.images} == {"RGB"}
 
 
 def test_loglikelihood_returns_loss_pairs_and_multi_round_is_refused():
@@ -95,6 +165,12 @@ def test_constructor_errors_name_the_argument(tmp_path):
         MageLMM.wrap(RecordingModel(), batch_size=0)
     with pytest.raises(ValueError, match="exactly one"):
         MageLMM()
+    with pytest.raises(ValueError, match="background must be white, black or R,G,B"):
+        MageLMM.wrap(RecordingModel(), background="pink")
+    with pytest.raises(ValueError, match="budgets must be 'harness' or 'task'"):
+        MageLMM.wrap(RecordingModel(), budgets="long")
+    with pytest.raises(ValueError, match="loader_workers"):
+        MageLMM.wrap(RecordingModel(), loader_workers=-1)
     with pytest.raises(FileNotFoundError, match="checkpoint folder not found"):
         MageLMM(checkpoint=str(tmp_path / "missing"))
 
@@ -114,7 +190,7 @@ def test_entry_point_resolves_model_name_mage():
 
 def test_wrapped_model_survives_clean_and_keeps_its_training_flag():
     class Net(torch.nn.Module):
-        def generate(self, images, questions, max_new_tokens):
+        def generate(self, images, questions, max_new_tokens, stop=None):
             assert not self.training and not torch.is_grad_enabled()
             return ["Yes"] * len(questions)
 

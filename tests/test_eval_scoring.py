@@ -105,6 +105,7 @@ def test_oracle_scores_full_marks_and_writes_outputs(oracle_run, bench_data_dir)
     assert record["lmms_eval_version"] == "0.7.3"
     assert record["mmbench"]["circular"] is True and record["batch_size"] == 4
     assert record["tasks"]["mmbench"]["task"] == "mmbench_en_dev_static"
+    assert record["mmbench_scoring"] == "static"
     assert record["datasets"]["mme"]["local_path"] == str((bench_data_dir / "mme").resolve())
     for task, n in results["n-samples"].items():
         lines = (out / "samples" / f"{task}.jsonl").read_text().splitlines()
@@ -139,7 +140,7 @@ def test_derived_rows_that_disagree_with_lmms_eval_raise(yes_run):
 
 def test_a_failing_model_raises_instead_of_scoring_zero(bench_data_dir, tmp_path, offline):  # noqa: F811
     class Broken(YesOrRandomLetterModel):
-        def generate(self, images, questions, max_new_tokens):
+        def generate(self, images, questions, max_new_tokens, stop=None):
             raise RuntimeError("out of memory in generate")
 
     with pytest.raises(EvalError, match="out of memory in generate"):

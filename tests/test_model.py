@@ -65,7 +65,7 @@ def _one_batch(cfg, model, stage="stage1", with_captions=True):
         cfg.max_length,
         with_captions=with_captions,
     )
-    return collate([(r, ds.load_image(r)) for r in ds.records[:4]])
+    return collate([ds[i] for i in range(4)])
 
 
 def test_loss_is_ce_plus_weighted_mse(tiny):
@@ -135,7 +135,7 @@ def test_batched_generation_equals_one_at_a_time(tiny, tmp_path):
     cfg = cfg.with_overrides({"stage2.steps": 20, "stage2.lr": 3e-3})
     train_stage(model, cfg, "stage2", tmp_path / "s2")
     ds = build_dataset(cfg, "stage2")
-    images = [ds.load_image(r) for r in ds.records[:5]] + [None]
+    images = [ds.load_image(ds.record(i)) for i in range(5)] + [None]
     questions = [
         "What color is the square?",
         "What color is the square? Answer with one word.",
@@ -174,10 +174,12 @@ def test_missing_and_corrupt_images_name_the_record(tiny, tmp_path):
     bad = cfg.with_overrides({"stage1.data": [{"path": str(data)}]})
     ds = build_dataset(bad, "stage1")
     with pytest.raises(DataError, match=r"record 'r2'.*img2.png"):
-        ds.load_image(ds.records[2])
+        ds.load_image(ds.record(2))
     skipping = bad.with_overrides({"stage1.on_bad_image": "skip"})
     ds = build_dataset(skipping, "stage1")
-    assert ds.load_image(ds.records[2]) is None and len(ds.skipped) == 1
+    assert ds.load_image(ds.record(2)) is None
+    record, image, skipped = ds[2]
+    assert image is None and "img2.png" in skipped
 
 
 def test_stage2_with_lora_trains_adapters_and_ian_only_and_reloads(tiny, tmp_path):
@@ -223,7 +225,7 @@ def test_a_source_can_keep_only_some_kinds(tiny, tmp_path):
         {"stage1.data": [{"path": str(data)}, {"path": str(data), "kinds": ["mcq"]}]}
     )
     ds = build_dataset(mix, "stage1")
-    by_source = [[r.id for r in part] for part in ds.parts]
+    by_source = [ds.ids(part) for part in range(len(ds.tables))]
     assert by_source == [[f"r{i}" for i in range(6)], ["r0", "r3"]]
     none = cfg.with_overrides(
         {"stage1.data": [{"path": str(data)}, {"path": str(data), "kinds": ["tool"]}]}

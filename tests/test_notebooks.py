@@ -78,3 +78,17 @@ def test_reproduce_tables_notebook_on_the_committed_smoke_store(monkeypatch, tmp
     store = Path(shutil.copytree(SMOKE_STORE, tmp_path / "smoke_store"))
     nb = run_notebook("reproduce_tables.ipynb", store, monkeypatch)
     assert "match the stored report byte for byte" in _outputs(nb)
+
+
+@pytest.mark.parametrize("name", ["reproduce_tables.ipynb", "explore_sweep.ipynb"])
+def test_a_folder_without_a_store_stops_the_notebook(name, monkeypatch, tmp_path):
+    """A mistyped MAGE_SWEEP_DIR is an error naming the folder, never made-up numbers."""
+    from nbclient.exceptions import CellExecutionError
+
+    empty = tmp_path / "no_store_here"
+    empty.mkdir()
+    with pytest.raises(CellExecutionError) as info:
+        run_notebook(name, empty, monkeypatch)
+    message = str(info.value)
+    assert "FileNotFoundError" in message and f"No results store in {empty}" in message
+    assert "SYNTHETIC" not in message

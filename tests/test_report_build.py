@@ -101,7 +101,9 @@ def test_cli_report_command_replaces_a_report_in_place(store, tables_only, tmp_p
     assert (tables_only / "tables" / "main.tex").read_bytes() == before
     assert not list(tables_only.parent.glob(".report.*"))  # no temporary left behind
     assert "report written to" in capsys.readouterr().out
-    assert _cli(["report", str(tmp_path / "missing")]) == 1
+    from harness.cli import main
+
+    assert main(["report", str(tmp_path / "missing")]) == 2  # the CLI's error boundary
     assert "not a sweep folder" in capsys.readouterr().err
 
 

@@ -16,6 +16,7 @@ import pandas as pd
 import pytest
 from scipy import stats as sps
 
+from harness import store as hs
 from reports import importance as importance_mod
 from reports.headlines import MME_COGNITION, MME_PERCEPTION
 from reports.importance import param_importances
@@ -72,7 +73,7 @@ def test_main_table_values_are_seed_means_and_bounded_intervals(store, summary):
         ("mme_p", "mme_perception_score", "mme", 1.0),
         ("mme_c", "mme_cognition_score", "mme", 1.0),
         ("mmbench", "gpt_eval_score", "mmbench", 1.0),
-        ("seed", "seed_all", "seedbench", 100.0),
+        ("seed", "seed_image", "seedbench", 100.0),
         ("tools", "tool_name_accuracy", "tools", 100.0),
     ]:
         values = _ok_values(store, bench, metric)
@@ -85,7 +86,7 @@ def test_main_table_values_are_seed_means_and_bounded_intervals(store, summary):
             assert 0 <= low <= x.mean() <= high <= bounds[key]
             if key == "tools":  # items hold round-trip fidelity: seeds only, inside their range
                 assert x.min() <= low and high <= x.max()
-    # the failed and the stopped trial are not counted; SEED-IMG equals SEED here (image-only)
+    # the failed and the stopped trial are not counted; SEED-all equals SEED here (image-only)
     assert sorted(data[["mme_p_n"]].value_counts().index.get_level_values(0)) == [2, 3]
     assert [h.label for h in summary.headlines] == ["MME-P", "MME-C", "MMBench", "SEED", "Tools"]
     methods = summary.stats.set_index("headline")["interval"]
@@ -252,7 +253,6 @@ def test_store_without_optional_files_or_names(tmp_path):
 def test_store_written_by_harness_store_reads_the_same(tmp_path):
     """The sweep's own writer (harness.store: per-trial records, consolidate) gives a store
     that reports read exactly like the fixture's direct parquet files."""
-    hs = pytest.importorskip("harness.store")
     fixture = load_fixture_module()
     src = fixture.make_store(tmp_path / "src", n_seeds=1)
     frames = {n: pd.read_parquet(src / f"{n}.parquet") for n in ("results", "items", "curves")}

@@ -185,7 +185,7 @@ def test_optuna_space_types_and_trial_count():
     pytest.importorskip("optuna")
     from optuna.distributions import CategoricalDistribution, FloatDistribution, IntDistribution
 
-    from harness.sweep import optuna_space
+    from harness.experiment import optuna_space
 
     axes = {
         "ian.depth": {"low": 0, "high": 3},

@@ -9,6 +9,7 @@ import pandas as pd
 import pytest
 
 from harness import store
+from reports import load
 
 SWEPT = ["ian.depth", "vision.encoder"]
 
@@ -84,7 +85,6 @@ def test_tables_follow_the_schema(sweep):
 
 
 def test_reports_can_read_the_store(sweep):
-    load = pytest.importorskip("reports.load")
     store.update_manifest(sweep, spec={"name": "demo", "axes": {"ian.depth": {"values": [0, 1]}}})
     data = load.load_sweep(sweep)
     assert set(data.trials["status"]) == {"ok", "failed", "stopped"}

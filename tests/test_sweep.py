@@ -13,6 +13,7 @@ import textwrap
 import time
 from pathlib import Path
 
+import numpy as np
 import pandas as pd
 import pytest
 
@@ -30,6 +31,7 @@ from harness.trial import TrialOutcome  # noqa: E402
 cloudpickle.register_pickle_by_value(sys.modules[__name__])
 
 OBJECTIVE = {"benchmark": "mme", "metric": "mme_perception_score"}
+OBJECTIVE_KEY = "mme/mme_perception_score/all"
 
 
 @pytest.fixture(scope="module", autouse=True)
@@ -124,7 +126,7 @@ def test_asha_stops_worse_trials_and_the_store_says_so(tmp_path):
         overrides={"stage1.steps": 16},
         baselines=[],
         max_concurrent_trials=1,
-        early_stopping={"grace_period": 2, "reduction_factor": 2},
+        early_stopping={"grace_period": 2, "reduction_factor": 2, "metric": "stage1/loss"},
     )
     summary = run_sweep(spec, tmp_path, trial_fn=scripted_trial, progress=False, report=False)
     assert summary.counts["stopped"] >= 1 and summary.counts["failed"] == 0
@@ -229,3 +231,52 @@ def test_real_trial_end_to_end(tmp_path, capsys):
     assert cli_main([*argv, "--stages", "stage1", "--threads", "1"]) == 0
     printed = [line for line in capsys.readouterr().err.splitlines() if " loss " in line]
     assert printed[-1].endswith(f"loss {curve['value'].iloc[-1]:.4f}"), printed[-1]
+
+
+def two_stage_trial(ctx):
+    """Stage 1 then stage 2, each reporting a loss; stage 2's CE is worse with a larger MSE
+    weight (what early stopping should rank on); then a score."""
+    weight = ctx.config.loss.mse_weight
+    for step in range(1, ctx.config.stage1.steps + 1):
+        ctx.report("stage1", step, {"loss": 1.0 / step, "ce_loss": 1.0 / step})
+    for step in range(1, ctx.config.stage2.steps + 1):
+        ce = (1.0 + weight) / step
+        ctx.report("stage2", step, {"loss": ce, "ce_loss": ce})
+    row = {"benchmark": "mme", "metric": "mme_perception_score", "category": "all"}
+    return TrialOutcome(scores=pd.DataFrame([{**row, "value": 10.0 - weight, "n": 8}]), steps=8)
+
+
+def test_optuna_with_asha_scores_the_survivors_and_prunes_the_stopped(tmp_path):
+    import optuna
+
+    spec = engine_spec(
+        axes={"loss.mse_weight": {"low": 0.0, "high": 8.0}},
+        overrides={"stage1.steps": 4, "stage2.steps": 8},
+        baselines=[],
+        search="optuna",
+        num_samples=6,
+        max_concurrent_trials=1,
+        early_stopping={"grace_period": 2, "reduction_factor": 2},  # on stage-2 CE
+    )
+    summary = run_sweep(spec, tmp_path, trial_fn=two_stage_trial, progress=False, report=False)
+    trials = pd.read_parquet(tmp_path / "trials.parquet")
+    assert summary.counts["ok"] >= 1 and summary.counts["stopped"] >= 1, trials["status"].tolist()
+    assert summary.counts["failed"] == 0 and len(trials) == 6
+    records = {r.trial_id: r for r in store.load_records(tmp_path)}
+    for trial_id, status in zip(trials["trial_id"], trials["status"]):
+        objectives = records[trial_id].objectives
+        if status == "ok":  # ran to the end: scored
+            assert objectives[OBJECTIVE_KEY] == pytest.approx(
+                10.0 - records[trial_id].config["loss"]["mse_weight"]
+            )
+        else:  # stopped: its last stage-2 training value, and no score
+            assert objectives["train/stage2/ce_loss/all"] > 0 and OBJECTIVE_KEY not in objectives
+    study = optuna.load_study(study_name="engine", storage=f"sqlite:///{tmp_path / 'optuna.db'}")
+    complete = [t for t in study.trials if t.state == optuna.trial.TrialState.COMPLETE]
+    assert len(complete) == summary.counts["ok"] and all(np.isfinite(t.value) for t in complete)
+    pruned = [t for t in study.trials if t.state == optuna.trial.TrialState.PRUNED]
+    assert len(pruned) == summary.counts["stopped"]
+    for trial in pruned:  # its stage-2 CE curve up to where ASHA stopped it
+        assert trial.intermediate_values and all(
+            np.isfinite(list(trial.intermediate_values.values()))
+        )

@@ -8,6 +8,7 @@ import pytest
 import torch
 
 from harness.commands import chat
+from mage import model as model_module
 from mage.tools.parser import format_tool_call
 from mage.tools.scene_pixels import scene_from_image
 from mage.tools.scene_text import describe_scene
@@ -96,17 +97,20 @@ def test_replies_without_a_runnable_call(tmp_path, reply, error):
 
 
 def test_missing_inputs_fail_with_a_message(tmp_path, capsys):
-    args = parse(["chat", str(tmp_path / "ckpt"), "--image", str(tmp_path / "nope.png"), "hi"])
-    assert args.func(args) == 2
+    from harness.cli import main
+
+    out = ["--out", str(tmp_path / "out")]
+    assert (
+        main(["chat", str(tmp_path / "ckpt"), "--image", str(tmp_path / "nope.png"), "hi", *out])
+        == 2
+    )
     assert "nope.png: file not found" in capsys.readouterr().err
-    args = parse(["chat", str(tmp_path / "ckpt"), "hi"])
-    assert args.func(args) == 2
+    assert main(["chat", str(tmp_path / "ckpt"), "hi", *out]) == 2
     assert "is not a MAGE checkpoint" in capsys.readouterr().err
 
 
 def test_with_a_real_tiny_checkpoint(tmp_path, capsys):
     """Loads a saved random-init MAGE and generates for real (its reply is noise)."""
-    model_module = pytest.importorskip("mage.model")
     from mage.config import MageConfig
 
     torch.set_num_threads(1)

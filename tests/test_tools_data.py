@@ -12,6 +12,7 @@ import pytest
 
 from mage.tools.data import convert_captions_to_tool_samples, generate_world_tool_data
 from mage.tools.parser import parse_tool_calls
+from mage.world import vocab
 
 
 def digest(root: Path) -> dict[str, str]:
@@ -87,7 +88,6 @@ def test_deterministic_per_seed_and_per_sample(world_tools, tmp_path):
 
 
 def test_world_tokenizer_encodes_every_text_exactly(world_tools):
-    vocab = pytest.importorskip("mage.world.vocab")
     tokenizer = vocab.world_tokenizer()
     root, paths = world_tools
     records = json.loads(paths["train"].read_text()) + json.loads(paths["eval"].read_text())

@@ -15,6 +15,7 @@ from safetensors.torch import load_file
 from transformers import AutoModelForCausalLM, AutoTokenizer
 
 from harness.cli import main as cli_main
+from mage import vision
 from mage.config import VisionConfig
 from mage.registry import resolve_encoder
 from mage.world.assets import COMPONENTS, AssetsError, check_assets, prepare_assets
@@ -52,7 +53,6 @@ def test_world_llm_loads_with_auto_classes(test_assets):
 
 @pytest.mark.parametrize("encoder, dim", [("world-vit", 64), ("world-resnet", 128)])
 def test_registry_vision_tower_loads_the_encoders(test_assets, encoder, dim):
-    vision = pytest.importorskip("mage.vision")
     spec = resolve_encoder(VisionConfig(encoder=encoder), str(test_assets))
     tower = vision.build_vision_tower(spec)
     assert tower.grid_size == 8 and tower.feature_dim == dim

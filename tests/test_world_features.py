@@ -8,6 +8,7 @@ import pytest
 import torch
 from PIL import Image
 
+from mage import vision
 from mage.world.assets import AssetsError
 from mage.world.generate import generate_world
 
@@ -15,7 +16,6 @@ from mage.world.generate import generate_world
 def test_cached_features_match_the_tower_and_refuse_another_world(
     test_world, test_assets, tmp_path
 ):
-    vision = pytest.importorskip("mage.vision")
     from mage.world.features import cache_features, features_path, load_features
 
     path = cache_features(test_world, test_assets, "world-vit")

@@ -4,8 +4,9 @@ from __future__ import annotations
 
 import argparse
 import json
+from pathlib import Path
 
-from harness.commands.overrides import add_override_argument, parse_overrides
+from harness.commands.overrides import add_override_argument, parse_overrides, preset_config
 
 
 def register(sub: argparse._SubParsersAction) -> None:
@@ -30,26 +31,94 @@ def register(sub: argparse._SubParsersAction) -> None:
     train.add_argument("--seq-len", type=int)
     train.add_argument("--threads", type=int, default=1, help="CPU threads (torch)")
     train.add_argument("--json", action="store_true", help="print JSON instead of a table")
+    train.add_argument(
+        "--loader-workers",
+        type=int,
+        action="append",
+        help="instead: time the real training loop on the preset's data with this many "
+        "DataLoader workers (repeatable: --loader-workers 0 --loader-workers 2); world presets "
+        "need --set data_dir=WORLD --set assets_dir=ASSETS",
+    )
+    train.add_argument(
+        "--memory-workers",
+        type=int,
+        action="append",
+        help="instead: print the per-GPU memory estimate of both stages on this many GPUs "
+        "(repeatable; mage.train.memory)",
+    )
     add_override_argument(train)
     train.set_defaults(func=_bench_train)
 
-    ev = kinds.add_parser("eval", help="samples/s at batch 1 vs batch N, answers checked equal")
+    rec = kinds.add_parser(
+        "records",
+        help="resident memory of a stage over a generated LLaVA JSON of N records",
+        description="Generates N records (64 distinct images), builds the record table, trains "
+        "the tiny-test stage 1 over it and reports resident memory after the table is built, "
+        "at step 10 and at the last step, and the peak.",
+    )
+    rec.add_argument("--records", type=int, action="append", required=True, help="repeatable")
+    rec.add_argument("--steps", type=int, default=200)
+    rec.add_argument("--threads", type=int, default=1)
+    rec.add_argument("--json", action="store_true")
+    rec.set_defaults(func=_bench_records)
+
+    ev = kinds.add_parser(
+        "eval",
+        help="samples/s at several batch sizes and worker counts, answers checked equal",
+        description="Scores the same data once per --batch-size on one worker, then at the "
+        "largest batch size on each other --workers count; every answer is compared with "
+        "the first run (exit 1 if any differs).",
+    )
     ev.add_argument("checkpoint", help="a MAGE checkpoint folder")
     ev.add_argument("--data", required=True, help="folder with mme/, mmbench/, seedbench/")
     ev.add_argument("--tasks", default="mme")
-    ev.add_argument("--batch-size", type=int, default=8)
+    ev.add_argument("--batch-size", type=int, action="append", help="repeatable (default: 1 and 8)")
+    ev.add_argument("--workers", type=int, action="append", help="repeatable (default: 1)")
     ev.add_argument("--limit", type=int, default=64)
-    ev.add_argument("--threads", type=int, default=1)
+    ev.add_argument("--max-new-tokens-cap", type=int, default=None)
+    ev.add_argument("--loader-workers", type=int, default=1)
+    ev.add_argument("--threads", type=int, default=1, help="CPU threads (torch) per worker")
+    ev.add_argument("--json", action="store_true", help="print JSON instead of a table")
     ev.set_defaults(func=_bench_eval)
 
 
+def _positive(**values) -> None:
+    from mage.config import ConfigError
+
+    for name, value in values.items():
+        if value is not None and value < 1:
+            flag = "--" + name.replace("_", "-")
+            raise ConfigError(f"{flag} must be a positive integer, got {value}")
+
+
 def _bench_train(args) -> int:
+    _positive(
+        steps=args.steps, batch_size=args.batch_size, seq_len=args.seq_len, threads=args.threads
+    )
+    overrides = parse_overrides(args.overrides)
+    for projector in args.projector or [None]:  # every config is checked before any work
+        extra = dict(overrides, **({"ian.projector": projector} if projector else {}))
+        preset_config(args.preset).with_overrides(extra)
     import torch
 
     from harness.bench import bench_train
 
     torch.set_num_threads(args.threads)
-    overrides = parse_overrides(args.overrides)
+    if args.memory_workers:
+        from harness.commands.train import _print_memory
+        from mage.presets import get_preset
+
+        cfg = get_preset(args.preset).with_overrides(overrides)
+        _print_memory(cfg, args.memory_workers, args.seq_len)
+        return 0
+    if args.loader_workers:
+        from harness.bench import bench_loading
+
+        rows = bench_loading(
+            args.preset, args.loader_workers, args.stage, args.steps, overrides=overrides
+        )
+        _print_rows(rows, args.json)
+        return 0
     rows = []
     for projector in args.projector or [None]:
         extra = dict(overrides, **({"ian.projector": projector} if projector else {}))
@@ -67,17 +136,61 @@ def _bench_train(args) -> int:
     return 0
 
 
+def _bench_records(args) -> int:
+    """One process per size: each run's peak memory is its own."""
+    import subprocess
+    import sys
+
+    rows = []
+    for n in args.records:
+        code = (
+            "import json, torch; from harness.bench import bench_records; "
+            f"torch.set_num_threads({args.threads}); "
+            f"print(json.dumps(bench_records({n}, steps={args.steps})))"
+        )
+        out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True)
+        if out.returncode:
+            print(out.stderr[-2000:], file=sys.stderr)
+            return 1
+        rows.append(json.loads(out.stdout.strip().splitlines()[-1]))
+    _print_rows(rows, args.json)
+    return 0
+
+
 def _bench_eval(args) -> int:
+    import os
+
+    from harness.commands.eval import check_data
+    from harness.eval import parse_tasks
+    from mage.checkpoint_check import check_checkpoint
+
+    for size in args.batch_size or []:
+        _positive(batch_size=size)
+    for workers in args.workers or []:
+        _positive(workers=workers)
+    _positive(limit=args.limit, threads=args.threads)
+    check_data(args.data, parse_tasks(args.tasks), args.limit)
+    check_checkpoint(Path(args.checkpoint))
     import torch
 
     from harness.bench_eval import bench_eval
-    from mage.model import MageModel
 
     torch.set_num_threads(args.threads)
-    model = MageModel.from_pretrained(args.checkpoint)
-    result = bench_eval(model, args.data, args.tasks.split(","), args.batch_size, args.limit)
-    _print_rows([result], json_out=False)
-    return 0 if result.get("answers_identical", True) else 1
+    os.environ.setdefault("HF_DATASETS_OFFLINE", "1")
+    os.environ.setdefault("HF_HUB_OFFLINE", "1")
+    rows = bench_eval(
+        args.checkpoint,
+        args.data,
+        args.tasks.split(","),
+        batch_sizes=args.batch_size or [1, 8],
+        workers=args.workers or [1],
+        limit=args.limit,
+        max_new_tokens_cap=args.max_new_tokens_cap,
+        loader_workers=args.loader_workers,
+        threads=args.threads,
+    )
+    _print_rows(rows, args.json)
+    return 0 if all(row["answers_identical"] for row in rows) else 1
 
 
 def _print_rows(rows: list[dict], json_out: bool) -> None:

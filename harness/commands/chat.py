@@ -12,6 +12,7 @@ scene is read back from its pixels. Exit status 1 when a call is malformed or fa
 from __future__ import annotations
 
 import argparse
+import re
 import sys
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -61,38 +62,67 @@ def run_chat(
 
 
 def load_model(checkpoint: Path) -> Any:
-    """The MAGE checkpoint in eval mode (`MageModel.from_pretrained`)."""
-    if not (Path(checkpoint) / "model.safetensors").is_file():
-        raise FileNotFoundError(
-            f"{checkpoint} is not a MAGE checkpoint (no model.safetensors); pass the folder "
-            "written by MageModel.save_pretrained"
-        )
-    from mage.model import MageModel
+    """The MAGE checkpoint in eval mode, checked first (`mage.checkpoint_check`)."""
+    from mage.checkpoint_check import load_checkpoint_model
 
-    model = MageModel.from_pretrained(checkpoint)
+    model = load_checkpoint_model(checkpoint)
     model.eval()
     return model
 
 
-def _run(args: argparse.Namespace) -> int:
-    import torch
+ARTEFACT_NAME = re.compile(r"\d{2}_[\w.-]+\.\w+")  # what run_chat writes: 00_<tool>.<ext>
+
+
+def is_chat_dir(path: Path) -> bool:
+    """A folder `chat` wrote: it holds only artefacts named like run_chat's."""
+    return any(path.iterdir()) and all(ARTEFACT_NAME.fullmatch(p.name) for p in path.iterdir())
+
+
+def read_image(path: Path) -> Image.Image:
+    """``--image`` as RGB; a missing or non-image file is reported as the file's fault."""
+    from mage.tools.errors import ToolExecutionError
+
+    if not path.is_file():
+        raise ToolExecutionError(f"--image {path}: file not found")
+    try:
+        with Image.open(path) as image:
+            return image.convert("RGB")
+    except Exception as err:  # PIL raises many types for a damaged or foreign file
+        raise ToolExecutionError(f"--image {path}: not a readable image ({err})") from None
+
+
+def read_tools(path: Path | None) -> dict:
+    """``--tools`` through `load_tools`, with unreadable YAML reported as the file's fault."""
+    import yaml
 
     from mage.tools.errors import ToolExecutionError
     from mage.tools.registry import load_tools
 
-    torch.set_num_threads(args.threads)
-    image = None
-    if args.image is not None:
-        if not args.image.is_file():
-            print(f"--image {args.image}: file not found", file=sys.stderr)
-            return 2
-        image = Image.open(args.image).convert("RGB")
     try:
-        tools = load_tools(args.tools)
-        model = load_model(args.checkpoint)
-    except (ToolExecutionError, FileNotFoundError) as err:
-        print(f"chat: {err}", file=sys.stderr)
-        return 2
+        return load_tools(path)
+    except yaml.YAMLError as err:
+        problem = getattr(err, "problem", None) or type(err).__name__
+        raise ToolExecutionError(f"--tools {path}: not valid YAML ({problem})") from None
+    except UnicodeDecodeError as err:
+        raise ToolExecutionError(f"--tools {path}: not UTF-8 text ({err.reason})") from None
+    except IsADirectoryError:
+        raise ToolExecutionError(f"--tools {path}: is a folder, not a YAML file") from None
+
+
+def _run(args: argparse.Namespace) -> int:
+    from mage.io import check_output_dir
+    from mage.tools.errors import ToolExecutionError
+
+    for flag, value in (("--threads", args.threads), ("--max-new-tokens", args.max_new_tokens)):
+        if value < 1:
+            raise ToolExecutionError(f"{flag} must be a positive integer, got {value}")
+    check_output_dir(args.out, "a chat artefacts folder", is_chat_dir)
+    image = read_image(args.image) if args.image is not None else None
+    tools = read_tools(args.tools)
+    import torch
+
+    torch.set_num_threads(args.threads)
+    model = load_model(args.checkpoint)
     result = run_chat(model, args.instruction, image, args.out, tools, args.max_new_tokens)
     print(result.reply)
     for path in result.artefacts:

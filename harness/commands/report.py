@@ -1,14 +1,16 @@
 """`mage-harness report SWEEP_DIR [--out DIR] [--no-figures]`: build a sweep's report
 (tables with seed intervals, seed-level and paired tests, the effects, knob importance,
-figures) from its results store; `mage-harness compare SWEEP_DIR REFERENCE`: does a sweep
-reproduce a reference store's numbers (`make demo` ends with it). The work is in
-reports.build and reports.compare; this module only parses arguments."""
+figures) from its results store, checked first (`harness.store_check`);
+`mage-harness compare SWEEP_DIR REFERENCE`: does a sweep reproduce a reference store's
+numbers (`make demo` ends with it). The work is in reports.build and reports.compare; this
+module only parses arguments."""
 
 from __future__ import annotations
 
 import argparse
 import sys
 import time
+from pathlib import Path
 
 
 def register(subparsers: argparse._SubParsersAction) -> None:
@@ -54,15 +56,17 @@ def run_compare(args: argparse.Namespace) -> int:
 
 
 def run(args: argparse.Namespace) -> int:
-    from reports.build import ReportError, build_report
-    from reports.load import StoreError
+    from harness.store_check import check_store
+    from mage.io import check_output_dir
+    from reports.build import REPORT_DIRNAME, build_report
 
     started = time.perf_counter()
-    try:
-        out = build_report(args.sweep_dir, out_dir=args.out, figures=not args.no_figures)
-    except (StoreError, ReportError) as err:
-        print(f"report: {err}", file=sys.stderr)
-        return 1
+    check_store(args.sweep_dir, "report")
+    out = Path(args.out) if args.out is not None else Path(args.sweep_dir) / REPORT_DIRNAME
+    # build_report refuses a folder of other files; the whole folder is replaced, so never
+    # the current folder or one above it
+    check_output_dir(out, "a report folder", lambda p: (p / "index.md").is_file(), replaces=True)
+    out = build_report(args.sweep_dir, out_dir=out, figures=not args.no_figures)
     print(f"report written to {out} in {time.perf_counter() - started:.0f} s")
     print(f"  open {out / 'index.html'} (self-contained) or {out / 'index.md'}")
     return 0

@@ -31,7 +31,7 @@ from pathlib import Path
 import datasets
 import numpy as np
 
-from mage.io import atomic_path, atomic_write_json
+from mage.io import atomic_path, atomic_write_json, check_output_dir
 from mage.world import bench, samples
 from mage.world.progress import progress_bar
 from mage.world.scene import render_scene, sample_scene
@@ -128,13 +128,17 @@ def _png(image) -> bytes:
 def generate_world(
     out_dir: str | Path, seed: int, size: str = "demo", progress: bool = False
 ) -> WorldPaths:
-    """Write a world to ``out_dir`` (replacing it atomically) and return its paths."""
+    """Write a world to ``out_dir`` (replacing it atomically) and return its paths.
+
+    ``out_dir`` must be new, empty or a world (`mage.io.PathError` otherwise): a folder of
+    someone else's files is never replaced."""
     if size not in WORLD_SIZES:
         raise WorldError(f"unknown world size {size!r}; choose one of {sorted(WORLD_SIZES)}")
     if not isinstance(seed, int) or seed < 0:
         raise WorldError(f"seed must be a non-negative integer, got {seed!r}")
     spec = WORLD_SIZES[size]
     out_dir = Path(out_dir)
+    check_output_dir(out_dir, "a world folder", is_world_dir, replaces=True)
     with atomic_path(out_dir) as tmp, progress_bar(progress) as bar:
         paths = WorldPaths(tmp)
         scenes: dict[str, dict] = {}
@@ -233,6 +237,11 @@ def content_hash(root: str | Path, only: tuple[str, ...] | None = None) -> str:
         digest.update(path.relative_to(root).as_posix().encode() + b"\0")
         digest.update(hashlib.sha256(path.read_bytes()).digest())
     return digest.hexdigest()
+
+
+def is_world_dir(path: str | Path) -> bool:
+    """A folder `generate_world` wrote (it holds world.json)."""
+    return (Path(path) / "world.json").is_file()
 
 
 def read_world_info(root: str | Path) -> dict:

@@ -1,0 +1,178 @@
+"""How `harness.lmms_model.MageLMM` turns lmms-eval's requests into batches, and feeds them.
+
+- Token budgets (`budget`): each benchmark has a harness default, `TASK_MAX_NEW_TOKENS`, never
+  above the task's own ``max_new_tokens``; what each task's scoring reads decides it:
+
+  ======== ============= ==============================================================
+  task     task's own    what the official scoring reads, and the harness default
+  ======== ============= ==============================================================
+  MME      16            "yes"/"no", else the first 4 characters (``parse_pred_ans``):
+                         16 (the task's own)
+  MMBench  1024          the whole answer, for exactly one option letter or option text
+                         (``can_infer``); the prompt asks for the letter: 32
+  SEED     none          the first character of the stripped answer: 16
+  ======== ============= ==============================================================
+
+  ``budgets="task"`` uses the tasks' own settings instead (MMBench 1024; SEED none, so
+  ``default_max_new_tokens``); ``max_new_tokens_cap`` bounds either. The budget and stop
+  strings travel with each row: rows of one batch may differ.
+- Order (`plan_batches`): lmms-eval's own ``Collator``, grouped by task (so that the time of
+  each benchmark is measured apart) and sorted longest prompt first, as lmms-eval's models
+  do (less padding; a batch that does not fit fails first); answers return in request order.
+- Images (`BatchSource`): each row's doc is fetched from the task's dataset, its images are
+  converted with `mage.images.to_rgb` (on the doc, before the task's ``doc_to_visual`` picks
+  and ``convert("RGB")``s them, which would drop transparency and saturate 16-bit photos),
+  and, for a `MageModel`, preprocessed into the tower's input tensor. `loader` runs this in
+  DataLoader worker processes, so decoding overlaps generation.
+"""
+
+from __future__ import annotations
+
+import multiprocessing
+from collections.abc import Callable, Iterable
+from dataclasses import dataclass
+from typing import Any
+
+import torch
+from lmms_eval.utils import Collator
+from PIL import Image
+
+from mage.images import WHITE, to_rgb
+
+TASK_MAX_NEW_TOKENS = {"mme": 16, "mmbench": 32, "seedbench": 16}
+TASK_YAMLS = {  # built-in task files, relative to the lmms_eval.tasks package
+    "mme": "mme/mme.yaml",
+    "mmbench_en_dev": "mmbench/mmbench_en_dev.yaml",
+    "mmbench_en_dev_static": "mmbench/mmbench_en_dev_static.yaml",
+    "seedbench": "seedbench/seedbench.yaml",
+}
+
+LOCAL_PREFIX = "mage_local_"  # task YAMLs of harness.lmms_model.write_local_task_yamls
+
+
+def benchmark_of(task: str) -> str | None:
+    """``mme`` / ``mmbench`` / ``seedbench`` for an lmms-eval task name (local copies too)."""
+    name = task.removeprefix(LOCAL_PREFIX)
+    return next((b for b in TASK_MAX_NEW_TOKENS if name.startswith(b)), None)
+
+
+def budget(
+    task: str,
+    gen_kwargs: dict,
+    budgets: str,
+    default: int,
+    cap: int | None,
+) -> int:
+    """New-token budget of one request (see the module docstring)."""
+    own = gen_kwargs.get("max_new_tokens")
+    harness = TASK_MAX_NEW_TOKENS.get(benchmark_of(task) or "") if budgets == "harness" else None
+    if harness is not None:
+        value = min(int(own), harness) if own else harness
+    else:
+        value = int(own) if own else default
+    return min(value, cap) if cap is not None else value
+
+
+def stop_strings(gen_kwargs: dict) -> list[str]:
+    until = gen_kwargs.get("until")
+    return [until] if isinstance(until, str) else [s for s in until or [] if s]
+
+
+@dataclass
+class Row:
+    """One generate_until request, as the batches carry it."""
+
+    index: int  # position in lmms-eval's request list
+    context: str
+    budget: int
+    stops: list[str]
+    doc_to_visual: Callable | None
+    doc_id: int
+    task: str
+    split: str
+
+
+def plan_batches(
+    rows: list[Row], batch_size: int, prompt_length: Callable[[str], int]
+) -> tuple[Collator, list[list[Row]]]:
+    """lmms-eval's Collator: per task, longest prompt first, in batches of ``batch_size``."""
+    collator = Collator(
+        rows,
+        sort_fn=lambda row: (-prompt_length(row.context), row.context),
+        group_fn=lambda row: {"task": row.task},
+        grouping=True,
+    )
+    return collator, [list(batch) for batch in collator.get_batched(n=batch_size)]
+
+
+def rgb_doc(doc: dict, background: tuple[int, int, int] = WHITE) -> dict:
+    """A copy of ``doc`` whose images (and lists of images) went through `to_rgb`."""
+    out = dict(doc)
+    for key, value in doc.items():
+        if isinstance(value, Image.Image):
+            out[key] = to_rgb(value, background)
+        elif isinstance(value, list) and value and all(isinstance(v, Image.Image) for v in value):
+            out[key] = [to_rgb(v, background) for v in value]
+    return out
+
+
+def doc_image(
+    task_dict: dict, row: Any, background: tuple[int, int, int] = WHITE
+) -> Image.Image | None:
+    """The row's first visual (SEED video rows give frames: MAGE takes one image)."""
+    doc = rgb_doc(task_dict[row.task][row.split][row.doc_id], background)
+    visuals = row.doc_to_visual(doc) if callable(row.doc_to_visual) else None
+    return visuals[0] if visuals else None
+
+
+@dataclass
+class Batch:
+    index: int  # which planned batch (rows stay in the parent: doc_to_visual may not pickle)
+    images: list  # PIL images, preprocessed tensors, or None
+
+
+class BatchSource(torch.utils.data.Dataset):
+    """Batch k with its images decoded, converted and (optionally) preprocessed."""
+
+    def __init__(
+        self,
+        batches: list[list[Row]],
+        task_dict: dict,
+        preprocess: Callable[[Image.Image], Any] | None,
+        background: tuple[int, int, int],
+    ) -> None:
+        self.batches, self.task_dict = batches, task_dict
+        self.preprocess, self.background = preprocess, background
+
+    def __len__(self) -> int:
+        return len(self.batches)
+
+    def __getitem__(self, k: int) -> Batch:
+        images = []
+        for row in self.batches[k]:
+            image = doc_image(self.task_dict, row, self.background)
+            if image is not None and self.preprocess is not None:
+                image = self.preprocess(image)
+            images.append(image)
+        return Batch(k, images)
+
+
+def loader(source: BatchSource, workers: int) -> Iterable[Batch]:
+    """Batches in order; prepared by ``workers`` forked processes (0: in this process).
+
+    Fork keeps the task datasets and ``doc_to_visual`` functions (loaded by lmms-eval from
+    task files, not importable by name) without pickling; where fork is unavailable the
+    batches are prepared inline."""
+    if workers < 1 or len(source) < 2 or "fork" not in multiprocessing.get_all_start_methods():
+        return (source[k] for k in range(len(source)))
+    return torch.utils.data.DataLoader(
+        source,
+        batch_size=None,
+        num_workers=min(workers, len(source)),
+        multiprocessing_context="fork",
+        collate_fn=_as_is,
+    )
+
+
+def _as_is(batch: Batch) -> Batch:
+    return batch

@@ -1,0 +1,118 @@
+"""`mage.generation`: per-row budgets and stop strings, finished rows leaving the batch, and
+answers that do not depend on the batch (or on where the image was preprocessed)."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+from model_fixtures import write_tiny_dataset
+from PIL import Image
+
+from mage import generation
+from mage.config import DataSource
+from mage.model import MageModel
+from mage.presets import get_preset
+from mage.train import build_dataset, train_stage
+
+torch.set_num_threads(1)
+
+QUESTIONS = [
+    "What color is the square?",
+    "What color is the square? Answer with one word.",
+    "What",
+    "color",
+    "Is the square red?",
+    "What color is the square?",
+]
+
+
+@pytest.fixture(scope="module")
+def trained(tmp_path_factory):
+    root = tmp_path_factory.mktemp("gen")
+    data = write_tiny_dataset(root / "data")
+    cfg = get_preset("tiny-test").with_overrides(
+        {
+            "stage1.data": [DataSource(path=str(data)).model_dump()],
+            "stage2.data": [DataSource(path=str(data)).model_dump()],
+            "stage2.steps": 20,
+            "stage2.lr": 3e-3,
+        }
+    )
+    torch.manual_seed(0)
+    model = MageModel.build(cfg)
+    train_stage(model, cfg, "stage2", root / "s2")
+    ds = build_dataset(cfg, "stage2")
+    images = [ds.load_image(ds.record(i)) for i in range(5)] + [None]
+    torch.manual_seed(1)
+    untrained = MageModel.build(cfg).eval()  # rambles: never says EOS within a few tokens
+    return model.eval(), untrained, images
+
+
+class BatchSizes:
+    """Records the batch size of every LLM forward call."""
+
+    def __init__(self, model):
+        self.sizes: list[int] = []
+        self.handle = model.llm.register_forward_pre_hook(self._hook, with_kwargs=True)
+
+    def _hook(self, module, args, kwargs):
+        self.sizes.append(int(kwargs["inputs_embeds"].shape[0]))
+
+    def close(self):
+        self.handle.remove()
+
+
+def test_rows_with_their_own_budgets_leave_the_batch_when_done(trained):
+    _, model, images = trained
+    budgets = [1, 2, 8, 8, 3, 5]
+    sizes = BatchSizes(model)
+    batched = model.generate(images, QUESTIONS, max_new_tokens=budgets)
+    sizes.close()
+    single = [
+        model.generate([im], [q], max_new_tokens=b)[0]
+        for im, q, b in zip(images, QUESTIONS, budgets)
+    ]
+    assert batched == single
+    # prefill with all 6 rows, then one step per token; rows leave after their budget
+    # (or EOS): never more decode work than rows still running
+    assert sizes.sizes[0] == 6 and len(sizes.sizes) == max(budgets)
+    assert sizes.sizes[1:] == [sum(b > step for b in budgets) for step in range(1, 8)]
+
+
+def test_a_stop_string_ends_its_row_and_cuts_the_answer(trained):
+    _, model, images = trained
+    full = model.generate(images[:2], QUESTIONS[:2], max_new_tokens=8)
+    words = [a.split() for a in full]
+    assert all(len(w) >= 3 for w in words), full  # the tiny model rambles: room to stop
+    stops = [[words[0][1]], None]  # row 0 stops at its second word; row 1 has no stop
+    sizes = BatchSizes(model)
+    cut = model.generate(images[:2], QUESTIONS[:2], max_new_tokens=8, stop=stops)
+    sizes.close()
+    assert cut[0] == full[0][: full[0].find(words[0][1])] and cut[1] == full[1]
+    assert sizes.sizes.count(2) < len(sizes.sizes)  # row 0 left before the end
+    alone = model.generate(images[:1], QUESTIONS[:1], max_new_tokens=8, stop=words[0][1])
+    assert alone == cut[:1]
+
+
+def test_preprocessed_images_give_the_answers_of_pil_images(trained):
+    model, _, images = trained
+    tensors = [generation.preprocess_image(model, im) for im in images]
+    assert isinstance(tensors[0], torch.Tensor) and tensors[-1] is None
+    assert model.generate(tensors, QUESTIONS, 6) == model.generate(images, QUESTIONS, 6)
+
+
+def test_any_image_mode_reaches_the_tower(trained):
+    model, _, images = trained
+    rgba = images[0].convert("RGBA")
+    grey16 = Image.fromarray((torch.arange(32 * 32).reshape(32, 32) * 60).numpy().astype("uint16"))
+    answers = model.generate([rgba, grey16, images[0].convert("P")], QUESTIONS[:3], 4)
+    assert len(answers) == 3 and model.generate([rgba], QUESTIONS[:1], 4)[0] == answers[0]
+
+
+def test_bad_arguments_are_refused(trained):
+    model, _, images = trained
+    with pytest.raises(ValueError, match="one image"):
+        model.generate(images[:2], QUESTIONS[:1])
+    with pytest.raises(ValueError, match="max_new_tokens has 1 entries for 2"):
+        model.generate(images[:2], QUESTIONS[:2], max_new_tokens=[3])
+    assert model.generate([], []) == []
