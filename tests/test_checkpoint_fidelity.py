@@ -69,9 +69,9 @@ def test_a_saved_real_tower_reloads_with_its_activation_preprocessing_and_featur
     photos = _photos()
     pixels, pixels_again = tower.preprocess(photos), again.preprocess(photos)
     assert torch.equal(pixels, pixels_again)
-    with torch.no_grad():
-        features, features_again = tower(pixels[:2]), again(pixels_again[:2])
-    assert features.shape == (2, tower.grid_size**2, tower.feature_dim)
+    with torch.no_grad():  # one image: a forward of a 400M-parameter tower is seconds on a CPU
+        features, features_again = tower(pixels[1:2]), again(pixels_again[1:2])
+    assert features.shape == (1, tower.grid_size**2, tower.feature_dim)
     assert torch.allclose(features, features_again, atol=1e-5)
 
 
