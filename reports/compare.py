@@ -135,7 +135,8 @@ def compare_stores(run_dir: str | Path, reference_dir: str | Path) -> Comparison
         for x, y in zip(both["here"], both["there"])
     ]
     labels = {(h.benchmark, m): h for h in HEADLINES for m in h.metrics}
-    differing = both[[not s for s in same]].copy()
+    # a boolean Series, not a list: an empty list would select no columns (no common trials)
+    differing = both[pd.Series([not s for s in same], index=both.index, dtype=bool)].copy()
     # rank by the difference in displayed units (SEED and tools in percent)
     scale = [labels.get((bn, m)).scale if (bn, m) in labels else 1.0
              for bn, m in zip(differing["benchmark"], differing["metric"])]  # fmt: skip

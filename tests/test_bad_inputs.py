@@ -230,7 +230,7 @@ CASES = [
         lambda c: ["prepare", "--world", str(c.world), "--out", str(c.user)],
         "not an assets folder",
     ),
-    C("prepare-threads-zero", lambda c: ["prepare", "--threads", "0"], "--threads"),
+    C("prepare-world-missing", lambda c: ["prepare", "--world", str(c.root / "gone")], "gone"),
     # ---- train: presets, config files, --set, output folder, data, Hub ids -------------------
     C("train-unknown-preset", lambda c: ["train", "--preset", "nope", "--out", "r"], "'nope'"),
     C(

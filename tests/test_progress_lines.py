@@ -78,4 +78,4 @@ def test_each_finished_trial_prints_its_scores_and_the_time_left(tmp_path):
     assert len(lines) == 1
     line = lines[0]
     assert line.startswith("smoke:main: trial 1/4 ian.depth=2 seed 1: ok in 118 s")
-    assert "MME-P 330.5, SEED-IMG 25.1" in line and "left" in line
+    assert "MME-P 330.5, SEED 25.1" in line and "left" in line

@@ -56,3 +56,13 @@ def test_a_changed_number_and_its_cause_are_named(reference, tmp_path, capsys):
     assert cli_main(["compare", str(run), str(reference)]) == 0  # said, not a failure
     assert "headline cells differ" in capsys.readouterr().out
     assert cli_main(["compare", str(tmp_path / "nothing"), str(reference)]) == 1
+
+
+def test_stores_without_a_common_trial_are_said_to_be_incomparable(reference, tmp_path):
+    run = Path(shutil.copytree(reference, tmp_path / "run"))
+    for name in ("results", "trials"):
+        table = pd.read_parquet(run / f"{name}.parquet")
+        table["trial_id"] = "other-" + table["trial_id"].astype(str)
+        table.to_parquet(run / f"{name}.parquet", index=False)
+    result = compare_stores(run, reference)
+    assert result.cells == 0 and "no trial in common" in "\n".join(result.lines())

@@ -64,6 +64,7 @@ def make_effects_store(root: Path) -> Path:
                 ("mme", "mme_perception_score", mme_p + NOISE[s]),
                 ("mme", "mme_cognition_score", 100.0 + NOISE[s]),
                 ("mmbench", "gpt_eval_score", mmbench[s]),
+                ("seedbench", "seed_image", 0.30 + NOISE[s] / 1000),
                 ("seedbench", "seed_all", 0.30 + NOISE[s] / 1000),
                 ("tools", "tool_name_accuracy", tools + NOISE[s] / 1000),
             ]
