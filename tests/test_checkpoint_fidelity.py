@@ -16,7 +16,7 @@ from PIL import Image
 from mage.config import DataSource, VisionConfig
 from mage.model import MageModel
 from mage.presets import get_preset
-from mage.registry import resolve_encoder
+from mage.registry import ENCODERS, resolve_encoder
 from mage.train import seed_build, train_stage
 from mage.train.checkpoint import CheckpointError, CheckpointManager
 from mage.train.schedule import build_optimizer
@@ -47,15 +47,24 @@ def _activation(tower) -> str:
     raise AssertionError("no activation found")
 
 
+# every registered real tower (not the synthetic world's or the tiny test ones), with the
+# activation its architecture tag gives
+REAL_TOWERS = [
+    ("clip-vit-l-14-336", "QuickGELU"),  # OpenAI's tag builds QuickGELU in open_clip
+    ("hf-clip-vit-l-14-336", "QuickGELUActivation"),
+    ("siglip-so400m-14-384", "GELU(approximate='none')"),  # timm's SO400M trunk
+    ("clip-vit-b-16", "QuickGELU"),
+    ("hf-siglip-so400m-14-384", "GELUTanh"),  # transformers' gelu_pytorch_tanh
+]
+
+
+def test_every_registered_real_tower_is_checked():
+    real = {i for i in ENCODERS if not i.startswith(("world-", "tiny-"))}
+    assert {encoder for encoder, _ in REAL_TOWERS} == real
+
+
 @pytest.mark.slow
-@pytest.mark.parametrize(
-    ("encoder", "activation"),
-    [
-        ("clip-vit-l-14-336", "QuickGELU"),  # OpenAI's tag builds QuickGELU in open_clip
-        ("hf-clip-vit-l-14-336", "QuickGELUActivation"),
-        ("siglip-so400m-14-384", "GELU(approximate='none')"),  # timm's SO400M trunk
-    ],
-)
+@pytest.mark.parametrize(("encoder", "activation"), REAL_TOWERS)
 def test_a_saved_real_tower_reloads_with_its_activation_preprocessing_and_features(
     encoder, activation, tmp_path
 ):
