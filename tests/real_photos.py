@@ -67,10 +67,11 @@ def write_photo_benchmarks(out: Path) -> dict[str, int]:
     """The photos as MME (test), MMBench (en dev, with circular copies) and SEED-Bench (test)
     ``save_to_disk`` folders in the official schemas, with a ``benchmarks.json`` recording
     their rows (as `mage-harness data benchmarks` would). Returns {benchmark: rows}."""
-    from datasets import Dataset, DatasetDict, Features, Sequence, Value
+    from datasets import Dataset, DatasetDict, Features, Value
     from datasets import Image as HFImage
 
     from harness.benchmarks import write_manifest
+    from mage.world.schemas import SEED_FEATURES
 
     photos = photo_bytes()
     stored = {name: {"bytes": data, "path": None} for name, data in photos.items()}
@@ -137,18 +138,7 @@ def write_photo_benchmarks(out: Path) -> dict[str, int]:
         )
         for i, (name, image) in enumerate(stored.items())
     ]
-    seed_features = Features(
-        answer=Value("string"),
-        **{f"choice_{c}": Value("string") for c in "abcd"},
-        data_id=Value("string"),
-        data_type=Value("string"),
-        question=Value("string"),
-        question_id=Value("string"),
-        question_type_id=Value("int64"),
-        image=Sequence(HFImage()),
-        segment=Sequence(Value("int64")),
-    )
-    DatasetDict(test=Dataset.from_list(seed, features=seed_features)).save_to_disk(
+    DatasetDict(test=Dataset.from_list(seed, features=SEED_FEATURES)).save_to_disk(
         out / "seedbench"
     )
     rows = {"mme": len(mme), "mmbench": len(mmbench), "seedbench": len(seed)}

@@ -28,8 +28,10 @@ def _image(rng: np.random.Generator, size: int = 16) -> Image.Image:
 
 def build_bench_data(out: Path, seed: int = 0) -> Path:
     """Small MME / MMBench / SEED splits in the official schemas (see docs/architecture.md)."""
-    from datasets import Dataset, DatasetDict, Features, Sequence, Value
+    from datasets import Dataset, DatasetDict, Features, Value
     from datasets import Image as HFImage
+
+    from mage.world.schemas import SEED_FEATURES
 
     rng = np.random.default_rng(seed)
     mme = []
@@ -113,18 +115,7 @@ def build_bench_data(out: Path, seed: int = 0) -> Path:
                 segment=None,
             )
         )
-    seed_features = Features(
-        answer=Value("string"),
-        **{f"choice_{c}": Value("string") for c in "abcd"},
-        data_id=Value("string"),
-        data_type=Value("string"),
-        question=Value("string"),
-        question_id=Value("string"),
-        question_type_id=Value("int64"),
-        image=Sequence(HFImage()),
-        segment=Sequence(Value("int64")),
-    )
-    DatasetDict(test=Dataset.from_list(seed_rows, features=seed_features)).save_to_disk(
+    DatasetDict(test=Dataset.from_list(seed_rows, features=SEED_FEATURES)).save_to_disk(
         out / "seedbench"
     )
     return out
