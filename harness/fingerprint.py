@@ -82,13 +82,13 @@ def source_fingerprint(
     from mage.records import record_table
 
     root = Path(source.image_root) if source.image_root else Path(source.path).parent
+    prefix = os.path.join(os.path.abspath(root), "")  # the table's paths start with it
     images = set()
     table = record_table(source, caption_from_reply, records_dir)
-    for path in table["image"]:
-        if path is not None:
-            st = os.stat(path)
-            rel = os.path.relpath(path, root)
-            images.add((Path(rel).as_posix(), st.st_size, st.st_mtime_ns))
+    for path in set(table.with_format("arrow")["image"].to_pylist()) - {None}:
+        st = os.stat(path)
+        rel = path[len(prefix) :] if path.startswith(prefix) else os.path.relpath(path, root)
+        images.add((Path(rel).as_posix(), st.st_size, st.st_mtime_ns))
     return {"file": file_digest(source.path), "images": _sha1(sorted(images))}
 
 

@@ -12,11 +12,13 @@ decoded, by record. ``mage-harness data check FILE`` and the sweep's dry run use
 from __future__ import annotations
 
 import os
+from collections.abc import Iterator
 from concurrent.futures import ThreadPoolExecutor
+from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 
-from PIL import Image
+from PIL import Image, ImageFile
 
 from mage.config import DataSource
 from mage.records import DataError, parse_records
@@ -55,12 +57,26 @@ def _open(path: Path) -> str | None:
     return None
 
 
+@contextmanager
+def truncated_images_refused() -> Iterator[None]:
+    """PIL refuses a cut-off file while inside. lmms-eval sets PIL's process-wide
+    ``LOAD_TRUNCATED_IMAGES`` when it is imported, after which a truncated image decodes
+    (padded grey) instead of failing, so a check in that process would pass it."""
+    before = ImageFile.LOAD_TRUNCATED_IMAGES
+    ImageFile.LOAD_TRUNCATED_IMAGES = False
+    try:
+        yield
+    finally:
+        ImageFile.LOAD_TRUNCATED_IMAGES = before
+
+
 def unreadable_images(records: list[CheckedRecord], workers: int | None = None) -> list[str]:
     """'<file> record <id>: cannot read image <path>: <why>' for each image that does not
-    decode; each distinct image is opened once."""
+    decode (a truncated one included, whatever else in the process set); each distinct image
+    is opened once."""
     paths = sorted({r.image_path for r in records if r.image_path is not None})
     workers = workers or min(16, os.cpu_count() or 1)
-    with ThreadPoolExecutor(max_workers=workers) as pool:
+    with truncated_images_refused(), ThreadPoolExecutor(max_workers=workers) as pool:
         errors = dict(zip(paths, pool.map(_open, paths), strict=True))
     return [
         f"{r.source} record {r.id!r}: cannot read image {r.image_path}: {errors[r.image_path]}"

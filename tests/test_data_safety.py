@@ -315,6 +315,18 @@ def test_data_check_lists_unreadable_images_by_record(tmp_path, capsys):
     assert "record 'r2'" in out and "record 'r4'" in out and "record 'r3'" not in out
 
 
+def test_a_truncated_image_is_reported_after_lmms_eval_was_imported(tmp_path, capsys):
+    import lmms_eval.api.task  # noqa: F401  (sets PIL's LOAD_TRUNCATED_IMAGES at import)
+    from PIL import ImageFile
+
+    assert ImageFile.LOAD_TRUNCATED_IMAGES  # what made a cut-off image pass the check
+    data = write_tiny_dataset(tmp_path / "data", n=3)
+    truncate(tmp_path / "data" / "img1.png", 0.4)
+    assert main(["data", "check", str(data)]) == 1
+    assert "record 'r1'" in capsys.readouterr().out
+    assert ImageFile.LOAD_TRUNCATED_IMAGES  # the process's setting is left as it was
+
+
 def test_a_huge_grid_needs_yes_after_its_count_and_cost(tmp_path, capsys):
     spec = tmp_path / "big.yaml"
     spec.write_text(
