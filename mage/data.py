@@ -26,6 +26,7 @@ import torch
 from PIL import Image
 
 from mage.config import DataSource
+from mage.images import truncated_images_refused
 from mage.records import DataError, record_table
 from mage.template import IMAGE_TOKEN, Template
 
@@ -104,8 +105,8 @@ class ConversationDataset(torch.utils.data.Dataset):
     def _load(self, record: Record) -> tuple[Image.Image | None, str | None]:
         if record.image_path is None:
             return None, None
-        try:
-            with Image.open(record.image_path) as im:
+        try:  # a truncated file is bad data, even in a process that imported lmms-eval
+            with truncated_images_refused(), Image.open(record.image_path) as im:
                 return im.convert("RGB"), None
         except Exception as err:  # PIL raises many types for corrupt files
             message = f"{record.source} record {record.id!r}: cannot read image {record.image_path}: {err}"

@@ -12,15 +12,14 @@ decoded, by record. ``mage-harness data check FILE`` and the sweep's dry run use
 from __future__ import annotations
 
 import os
-from collections.abc import Iterator
 from concurrent.futures import ThreadPoolExecutor
-from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 
-from PIL import Image, ImageFile
+from PIL import Image
 
 from mage.config import DataSource
+from mage.images import truncated_images_refused
 from mage.records import DataError, parse_records
 
 
@@ -55,19 +54,6 @@ def _open(path: Path) -> str | None:
     except Exception as err:  # PIL raises many types for a damaged or foreign file
         return f"{type(err).__name__}: {str(err).splitlines()[0] if str(err) else ''}".rstrip(": ")
     return None
-
-
-@contextmanager
-def truncated_images_refused() -> Iterator[None]:
-    """PIL refuses a cut-off file while inside. lmms-eval sets PIL's process-wide
-    ``LOAD_TRUNCATED_IMAGES`` when it is imported, after which a truncated image decodes
-    (padded grey) instead of failing, so a check in that process would pass it."""
-    before = ImageFile.LOAD_TRUNCATED_IMAGES
-    ImageFile.LOAD_TRUNCATED_IMAGES = False
-    try:
-        yield
-    finally:
-        ImageFile.LOAD_TRUNCATED_IMAGES = before
 
 
 def unreadable_images(records: list[CheckedRecord], workers: int | None = None) -> list[str]:

@@ -20,6 +20,8 @@ functions, so a photo is converted the same way whether it is learned from or sc
   does; ``"crop"`` leaves it to the tower's transform (resize the shorter side, centre crop:
   CLIP's own preprocessing).
 - `open_image(path)`: decode a file and `to_rgb` it.
+- `truncated_images_refused()`: a cut-off file fails to decode while inside, whatever
+  lmms-eval set for the whole process (training data and `mage-harness data check`).
 
 An image that is already 8-bit RGB, upright and not larger than `MAX_SIDE` comes back
 unchanged (pixel for pixel), so the synthetic world's PNGs are untouched.
@@ -28,11 +30,13 @@ unchanged (pixel for pixel), so the synthetic world's PNGs are untouched.
 from __future__ import annotations
 
 import math
+from collections.abc import Iterator
+from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
 import numpy as np
-from PIL import Image, ImageOps
+from PIL import Image, ImageFile, ImageOps
 
 WHITE = (255, 255, 255)
 MAX_SIDE = 4096  # longer side above this is box-reduced first (a 336 px tower gains nothing)
@@ -140,3 +144,16 @@ def open_image(path: str | Path, background: tuple[int, int, int] = WHITE) -> Im
         if rgb is image:  # still backed by the file: load before it is closed
             rgb = image.copy()
         return rgb
+
+
+@contextmanager
+def truncated_images_refused() -> Iterator[None]:
+    """PIL refuses a cut-off file while inside. lmms-eval sets PIL's process-wide
+    ``LOAD_TRUNCATED_IMAGES`` when it is imported, after which a truncated image decodes
+    (padded grey) instead of failing, so a check in that process would pass it."""
+    before = ImageFile.LOAD_TRUNCATED_IMAGES
+    ImageFile.LOAD_TRUNCATED_IMAGES = False
+    try:
+        yield
+    finally:
+        ImageFile.LOAD_TRUNCATED_IMAGES = before

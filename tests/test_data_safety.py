@@ -315,7 +315,9 @@ def test_data_check_lists_unreadable_images_by_record(tmp_path, capsys):
     assert "record 'r2'" in out and "record 'r4'" in out and "record 'r3'" not in out
 
 
-def test_a_truncated_image_is_reported_after_lmms_eval_was_imported(tmp_path, capsys):
+def test_a_truncated_image_is_refused_by_check_and_training_after_lmms_eval_was_imported(
+    tmp_path, capsys
+):
     import lmms_eval.api.task  # noqa: F401  (sets PIL's LOAD_TRUNCATED_IMAGES at import)
     from PIL import ImageFile
 
@@ -325,6 +327,16 @@ def test_a_truncated_image_is_reported_after_lmms_eval_was_imported(tmp_path, ca
     assert main(["data", "check", str(data)]) == 1
     assert "record 'r1'" in capsys.readouterr().out
     assert ImageFile.LOAD_TRUNCATED_IMAGES  # the process's setting is left as it was
+    # training (a reused Tune actor has run an evaluation before): skipped, not padded grey
+    from mage.config import DataSource
+    from mage.data import ConversationDataset
+
+    dataset = ConversationDataset(
+        [DataSource(path=str(data))], on_bad_image="skip", records_dir=tmp_path / "records"
+    )
+    skipped = [dataset[i][2] for i in range(len(dataset))]
+    assert [bool(s) for s in skipped] == [False, True, False]
+    assert "img1.png" in skipped[1]
 
 
 def test_a_huge_grid_needs_yes_after_its_count_and_cost(tmp_path, capsys):
