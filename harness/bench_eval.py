@@ -71,8 +71,9 @@ def bench_eval(
 ) -> list[dict[str, Any]]:
     """One row per run (see `plan_runs`); the first run is the reference for speedups and
     answers. ``model``: an in-memory model, or a checkpoint folder (needed for workers > 1)."""
-    from harness.eval import evaluate, parse_tasks
+    from harness.eval import evaluate
     from harness.eval_parallel import launch
+    from harness.eval_tasks import parse_tasks
 
     tasks = parse_tasks(tasks)
     if any(w > 1 for w in workers) and not isinstance(model, (str, Path)):

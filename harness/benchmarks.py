@@ -4,7 +4,7 @@ pinned to a dataset revision, and checked for completeness before anything is sc
 - `save_benchmarks(out_dir)` (``mage-harness data benchmarks DIR``) downloads each split from
   the Hugging Face Hub at one resolved commit (a pinned ``revision``, or the current one of
   ``main``, resolved once), refuses a download whose row count is not the official one, and
-  writes ``DIR/<benchmark>/`` (``DatasetDict.save_to_disk``, the folders ``harness.eval``
+  writes ``DIR/<benchmark>/`` (``DatasetDict.save_to_disk``, the folders ``harness.eval_tasks``
   reads) plus ``DIR/benchmarks.json``: dataset id, config, split, resolved revision, rows.
   It needs the Hub; `HubSource` is the only part that touches it (tests pass a local one).
 - `check_folder(data_dir, benchmark, limit)` is what every evaluation runs on a data folder:

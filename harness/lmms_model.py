@@ -371,7 +371,7 @@ def write_local_task_yamls(
     built-in name)."""
     import lmms_eval.tasks
 
-    from harness.eval import task_names
+    from harness.eval_tasks import task_names
     from mage.io import atomic_write_text
 
     tasks_root = Path(lmms_eval.tasks.__file__).parent

@@ -125,7 +125,7 @@ def _check_images(sources, problems: _Problems) -> None:
 
 
 def _check_benchmarks(spec, eval_dir: str | None, problems: _Problems) -> None:
-    from harness.eval import HUB_IDS
+    from harness.eval_tasks import HUB_IDS
     from mage.hub import check_hub_id
 
     benches = [t for t in spec.tasks if t in HUB_IDS]

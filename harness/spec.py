@@ -80,7 +80,7 @@ class WorldSpec(_Strict):
     dir: str | None = Field(None, description="default: $MAGE_WORLD_DIR or the user cache")
     assets: Literal["test", "demo", "demo-plain"] | None = Field(
         None,
-        description="asset recipe (mage.world.assets.ASSET_CONFIGS); default: the world's size",
+        description="asset recipe (mage.world.asset_recipes.ASSET_CONFIGS); default: the world's size",
     )
 
     @property

@@ -47,7 +47,13 @@ DONE = "done.json"
 STAGE_CODE = ("mage", "harness.trial", "harness.train_worker")
 STAGE_PACKAGES = ("torch", "transformers", "open_clip_torch", "peft", "tokenizers", "safetensors")
 # ... and, in addition, an evaluation's scores
-EVAL_CODE = ("harness.eval", "harness.eval_tables", "harness.lmms_model")
+EVAL_CODE = (
+    "harness.eval",
+    "harness.eval_tasks",
+    "harness.eval_outputs",
+    "harness.eval_tables",
+    "harness.lmms_model",
+)
 EVAL_PACKAGES = ("lmms_eval", "datasets")
 
 
@@ -134,7 +140,7 @@ def eval_settings(spec: Any, eval_dir: str | None, tools_json: str | None) -> di
     ``spec``: a `harness.spec.SweepSpec`; its ``mmbench_scoring`` is the driver's decision
     (unset when a trial runs outside a sweep: then this process's environment decides, as
     `harness.eval.evaluate` does)."""
-    from harness.eval import mmbench_scoring_from_env
+    from harness.eval_tasks import mmbench_scoring_from_env
     from harness.fingerprint import eval_data_key
 
     scoring = None

@@ -221,7 +221,7 @@ def _mmbench_scoring(plan: SweepPlan, manifest: dict) -> SweepPlan:
     """Decide the MMBench scoring method once, for every trial and every later session: the
     spec's, else the one the sweep started with, else the driver's environment (a GPT judge
     if it has an API key). The trials get it through the plan's spec."""
-    from harness.eval import EvalError, mmbench_choice, mmbench_scoring_from_env
+    from harness.eval_tasks import EvalError, mmbench_choice, mmbench_scoring_from_env
 
     spec = plan.spec
     if "mmbench" not in spec.tasks:

@@ -1,6 +1,6 @@
 """Any decoded image -> the 8-bit RGB picture a vision tower sees, once, the same way everywhere.
 
-Training data, evaluation and `mage.vision.VisionTower.preprocess` all go through these
+Training data, evaluation and `mage.vision_tower.VisionTower.preprocess` all go through these
 functions, so a photo is converted the same way whether it is learned from or scored:
 
 - `to_rgb(image, background)`: the call for a decoded PIL image of any mode. EXIF orientation

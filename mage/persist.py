@@ -5,7 +5,7 @@ A checkpoint folder (format 2) is self-contained, each part in its own library's
 ```
 config.json             the MageConfig of the run
 mage.json               format, template, LoRA flag, dtype, image tokens
-vision/                 the tower as built (`mage.vision.VisionTower.save`: architecture,
+vision/                 the tower as built (`mage.vision_tower.VisionTower.save`: architecture,
                         preprocessing and weights; no pretrained tag or Hub id needed to reload)
 projector.safetensors   the connector (float32)
 llm/                    the LLM in Hugging Face format (config, tokenizer, weights in llm.dtype)

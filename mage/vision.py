@@ -1,17 +1,12 @@
 """Vision towers: images -> a square grid of patch features for the connector.
 
-`build_vision_tower(spec)` turns a `mage.registry.EncoderSpec` into a `VisionTower`, an
-``nn.Module`` whose ``forward(pixel_values[B,3,H,W])`` returns ``[B, grid_size**2,
-feature_dim]``: the patch tokens of hidden layer ``spec.feature_layer`` (a python index over
-transformer blocks, -2 = penultimate as in LLaVA; for a ModifiedResNet the stage 1..4), the
-CLS token dropped when ``spec.drop_cls`` (SigLIP and ResNets have none). Towers are frozen by
-default: no gradients, eval mode kept, forward under ``torch.no_grad()``.
-
-Backends are small classes in ``BACKENDS``: open_clip models (a registry name with a pretrained
-tag, a local CLIP config JSON + safetensors, or a ``builtin:`` tiny config) and transformers'
-CLIP/SigLIP vision models. ``device="meta"`` builds the architecture without memory or weights
-(parameter counts of the paper preset). Weights that were asked for but cannot be loaded raise
-`VisionTowerError`; random init must be asked for with ``vision.pretrained: none``.
+`build_vision_tower(spec)` turns a `mage.registry.EncoderSpec` into a `VisionTower`
+(`mage.vision_tower`: the interface, freezing, preprocessing) and `load_vision_tower(dir)`
+rebuilds one that `VisionTower.save` wrote. Backends are small classes in ``BACKENDS``: open_clip
+models (here: a registry name with a pretrained tag, a local CLIP config JSON + safetensors, or a
+``builtin:`` tiny config) and transformers' CLIP/SigLIP vision models (`mage.vision_hf`).
+``device="meta"`` builds the architecture without memory or weights (parameter counts of the
+paper preset).
 """
 
 from __future__ import annotations
@@ -20,19 +15,23 @@ import copy
 import json
 import logging
 from pathlib import Path
-from typing import Any, ClassVar
+from typing import Any
 
 import open_clip
 import torch
-import transformers
-from PIL import Image
 from torch import nn
 
-from mage.images import mean_color, prepare_image
 from mage.registry import ENCODERS, EncoderSpec
+from mage.vision_hf import HFVisionTower
+from mage.vision_tower import (
+    RANDOM_INIT,
+    VisionTower,
+    VisionTowerError,
+    relative_state,
+    wants_weights,
+)
 
 _TRANSFORM_KEYS = ("size", "mean", "std", "resize_mode", "interpolation", "fill_color")
-RANDOM_INIT = "none"  # `vision.pretrained: none` = random init, even where the registry has weights
 
 # Text towers only matter to whoever pretrains these CLIPs; the vision tower keeps `.visual`.
 _TINY_TEXT_CFG = {"context_length": 16, "vocab_size": 64, "width": 32, "heads": 2, "layers": 1}
@@ -48,111 +47,6 @@ WORLD_VIT_CLIP_CFG = dict(embed_dim=64, text_cfg=WORLD_TEXT_CFG, vision_cfg=dict
 WORLD_RESNET_CLIP_CFG = dict(embed_dim=64, text_cfg=WORLD_TEXT_CFG, vision_cfg=dict(
     image_size=64, layers=[1, 1, 1, 1], width=16))  # fmt: skip
 BUILTIN_CLIP_CFGS = {"tiny-vit": TINY_VIT_CLIP_CFG, "tiny-resnet": TINY_RESNET_CLIP_CFG}
-
-# transformers vision configs built locally: the tiny test tower, and the published dims of the
-# registered HF towers (so device="meta" counts parameters offline). Weights always come from the
-# Hub id or a local directory.
-LOCAL_HF_VISION_CFGS: dict[str, tuple[str, dict[str, Any]]] = {
-    "builtin:tiny-hf-clip": ("clip_vision_model", dict(
-        image_size=32, patch_size=8, hidden_size=32, intermediate_size=64,
-        num_hidden_layers=2, num_attention_heads=4,
-    )),
-    "openai/clip-vit-large-patch14-336": ("clip_vision_model", dict(
-        image_size=336, patch_size=14, hidden_size=1024, intermediate_size=4096,
-        num_hidden_layers=24, num_attention_heads=16, projection_dim=768,
-        hidden_act="quick_gelu",
-    )),
-    "google/siglip-so400m-patch14-384": ("siglip_vision_model", dict(
-        image_size=384, patch_size=14, hidden_size=1152, intermediate_size=4304,
-        num_hidden_layers=27, num_attention_heads=16,
-    )),
-}  # fmt: skip
-
-
-class VisionTowerError(RuntimeError):
-    """A vision tower could not be built as asked; the message says what to change."""
-
-
-class VisionTower(nn.Module):
-    """Common behaviour: freezing, input checks, the patch-grid attributes, preprocessing."""
-
-    has_cls: bool = False
-    image_aspect: str = "pad"  # LLaVA-1.5's image_aspect_ratio: pad (mage.images.ASPECTS)
-
-    def __init__(self, spec: EncoderSpec, image_size: int, grid_size: int, feature_dim: int):
-        super().__init__()
-        self.spec = spec
-        self.image_size = image_size
-        self.grid_size = grid_size
-        self.feature_dim = feature_dim
-        self.frozen = True
-
-    @property
-    def dtype(self) -> torch.dtype:
-        return next(self.parameters()).dtype
-
-    def describe(self) -> dict[str, Any]:
-        """What a saved tower records beside its weights (``tower.json``)."""
-        keys = ("id", "backend", "model_name", "pretrained", "arch_tag", "feature_layer",
-                "drop_cls", "image_size", "grid_size", "feature_dim")  # fmt: skip
-        return {"format": TOWER_FORMAT, **{k: getattr(self.spec, k) for k in keys},
-                "built": {"image_size": self.image_size, "grid_size": self.grid_size,
-                          "feature_dim": self.feature_dim}}  # fmt: skip
-
-    def save(self, directory: str | Path, state_dict: dict | None = None) -> None:
-        """Write the tower as built (architecture, preprocessing, weights) to ``directory``,
-        so `load_vision_tower` rebuilds it without its source (no tag, no Hub, no assets)."""
-        raise NotImplementedError
-
-    @property
-    def num_patches(self) -> int:
-        """Tokens per image: grid_size**2, plus one when a CLS token is kept."""
-        return self.grid_size**2 + int(self.has_cls and not self.spec.drop_cls)
-
-    def set_frozen(self, frozen: bool) -> VisionTower:
-        self.frozen = frozen
-        self.requires_grad_(not frozen)
-        return self.train(self.training) if not frozen else self.eval()
-
-    def train(self, mode: bool = True) -> VisionTower:
-        return super().train(mode and not self.frozen)  # a frozen tower keeps eval mode (BN stats)
-
-    def forward(self, pixel_values: torch.Tensor) -> torch.Tensor:
-        size = self.image_size
-        if pixel_values.ndim != 4 or tuple(pixel_values.shape[1:]) != (3, size, size):
-            raise ValueError(
-                f"vision tower {self.spec.id!r} expects pixel_values [B, 3, {size}, {size}], "
-                f"got {list(pixel_values.shape)}; use tower.preprocess(images)"
-            )
-        if self.frozen:
-            with torch.no_grad():
-                return self.features(pixel_values)
-        return self.features(pixel_values)
-
-    def features(self, pixel_values: torch.Tensor) -> torch.Tensor:
-        raise NotImplementedError
-
-    def preprocess(self, images: list[Image.Image]) -> torch.Tensor:
-        """PIL images of any mode -> [B, 3, image_size, image_size]: `mage.images.to_rgb`,
-        padded to a square in the tower's mean colour (``image_aspect``), resized, normalised."""
-        images = list(images)
-        bad = [i for i, im in enumerate(images) if not isinstance(im, Image.Image)]
-        if not images or bad:
-            raise ValueError(f"preprocess needs a non-empty list of PIL images (bad items: {bad})")
-        fill = mean_color(next(t.mean for t in self._transform.transforms if hasattr(t, "mean")))
-        return self._preprocess([prepare_image(im, self.image_aspect, fill) for im in images])
-
-    def _preprocess(self, images: list[Image.Image]) -> torch.Tensor:
-        return torch.stack([self._transform(im) for im in images])
-
-    def _block_index(self, num_blocks: int) -> int:
-        layer = self.spec.feature_layer
-        if not -num_blocks <= layer < num_blocks:
-            raise VisionTowerError(
-                f"vision.feature_layer={layer} is out of range for {self.spec.id!r} "
-                f"({num_blocks} blocks): use {-num_blocks}..{num_blocks - 1} (-2 = penultimate)"
-            )
-        return layer
 
 
 class OpenClipTower(VisionTower):
@@ -200,7 +94,7 @@ class OpenClipTower(VisionTower):
         directory.mkdir(parents=True, exist_ok=True)
         cfg = {**copy.deepcopy(self.model_cfg), "preprocess_cfg": self.preprocess_cfg}
         (directory / "open_clip_config.json").write_text(json.dumps(cfg, indent=2))
-        state = _relative(state_dict, "visual.") or self.visual.state_dict()
+        state = relative_state(state_dict, "visual.") or self.visual.state_dict()
         weights = {k: v.detach().float().contiguous() for k, v in state.items()}
         save_file(weights, str(directory / "vision.safetensors"))
         (directory / "tower.json").write_text(json.dumps(self.describe(), indent=2))
@@ -247,10 +141,6 @@ class OpenClipTower(VisionTower):
         return tokens
 
 
-def _wants_weights(spec: EncoderSpec) -> bool:
-    return spec.pretrained is not None and spec.pretrained.lower() != RANDOM_INIT
-
-
 def _open_clip_source(
     spec: EncoderSpec, meta: bool
 ) -> tuple[dict | None, str | None, dict[str, Any]]:
@@ -285,7 +175,7 @@ def _open_clip_source(
         pp = cfg.pop("preprocess_cfg", {})
     if spec.image_size is not None:
         cfg["vision_cfg"]["image_size"] = spec.image_size
-    checkpoint = spec.pretrained if _wants_weights(spec) and not meta else None
+    checkpoint = spec.pretrained if wants_weights(spec) and not meta else None
     if checkpoint and not Path(checkpoint).is_file():
         raise VisionTowerError(
             f"vision encoder {spec.id!r}: pretrained weights {checkpoint} not found. Prepare "
@@ -300,7 +190,7 @@ def _create_registry_model(spec: EncoderSpec, meta: bool) -> tuple[nn.Module, di
     architecture settings (QuickGELU for OpenAI's CLIP, SigLIP's mean/std and resize mode)
     apply even when its weights are not loaded (``arch_tag``)."""
     name = spec.model_name
-    tag = spec.pretrained if _wants_weights(spec) else None
+    tag = spec.pretrained if wants_weights(spec) else None
     arch_tag = tag or spec.arch_tag
     tag_cfg = open_clip.get_pretrained_cfg(name, arch_tag) if arch_tag else {}
     base = open_clip.get_model_config(name)
@@ -332,122 +222,7 @@ def _create_registry_model(spec: EncoderSpec, meta: bool) -> tuple[nn.Module, di
         logging.getLogger().setLevel(quiet)
 
 
-class HFVisionTower(VisionTower):
-    """transformers CLIPVisionModel / SiglipVisionModel: patch tokens of ``hidden_states``."""
-
-    MODELS: ClassVar[dict[str, type]] = {  # config.model_type -> class
-        "clip": transformers.CLIPVisionModel,
-        "clip_vision_model": transformers.CLIPVisionModel,
-        "siglip": transformers.SiglipVisionModel,
-        "siglip_vision_model": transformers.SiglipVisionModel,
-    }
-
-    def __init__(self, spec: EncoderSpec, model: nn.Module, processor: Any):
-        config = model.config
-        image_size = spec.image_size or config.image_size
-        super().__init__(spec, image_size, image_size // config.patch_size, config.hidden_size)
-        self.has_cls = config.model_type.startswith("clip")
-        self.model = model
-        self.processor = processor
-        self.layer_index = self._block_index(config.num_hidden_layers)
-        self._interpolate = image_size != config.image_size
-        mean, std = processor.image_mean, processor.image_std
-        self._transform = open_clip.image_transform(image_size, False, mean=mean, std=std)
-
-    @classmethod
-    def build(cls, spec: EncoderSpec, device: str | torch.device | None = None) -> HFVisionTower:
-        meta = str(device) == "meta"
-        name = spec.model_name
-        random_asked = spec.pretrained is not None and not _wants_weights(spec)
-        # the published architecture, offline: for counting (meta) and for random init
-        local = name in LOCAL_HF_VISION_CFGS and (
-            meta or random_asked or name.startswith("builtin:")
-        )
-        if local:  # the architecture from its published dims: no download
-            model_type, kwargs = LOCAL_HF_VISION_CFGS[name]
-            config = transformers.AutoConfig.for_model(model_type, **kwargs)
-        else:
-            try:
-                config = transformers.AutoConfig.from_pretrained(name)
-            except Exception as err:
-                raise VisionTowerError(
-                    f"vision encoder {spec.id!r}: no config for Hugging Face model {name!r} "
-                    f"({err}); give a local directory or a reachable Hub id"
-                ) from err
-        if config.model_type not in cls.MODELS:
-            raise VisionTowerError(
-                f"{name!r} is a {config.model_type!r} model; supported: {sorted(cls.MODELS)}"
-            )
-        model_cls = cls.MODELS[config.model_type]
-        config = getattr(config, "vision_config", config)
-        random_init = (
-            meta
-            or not _wants_weights(spec)
-            and (spec.pretrained is not None or name.startswith("builtin:"))
-        )
-        with torch.device("meta" if meta else "cpu"):
-            if random_init:
-                model = model_cls(config)
-            else:
-                model = _hf_weights(spec, model_cls, spec.pretrained or name)
-        processor = _hf_processor(name, config, local or meta)
-        tower = cls(spec, model.eval(), processor)
-        return tower.to(device) if device is not None and not meta else tower
-
-    def save(self, directory: str | Path, state_dict: dict | None = None) -> None:
-        directory = Path(directory)
-        directory.mkdir(parents=True, exist_ok=True)
-        state = _relative(state_dict, "model.") or None
-        self.model.save_pretrained(directory / "hf", state_dict=state, safe_serialization=True)
-        self.processor.save_pretrained(directory / "hf")
-        (directory / "tower.json").write_text(json.dumps(self.describe(), indent=2))
-
-    def features(self, pixel_values: torch.Tensor) -> torch.Tensor:
-        index = self.layer_index + 1 if self.layer_index >= 0 else self.layer_index
-        out = self.model(
-            pixel_values=pixel_values, output_hidden_states=True,
-            interpolate_pos_encoding=self._interpolate,
-        )  # fmt: skip
-        hidden = out.hidden_states[index]  # [0] is the embeddings, so block i is i + 1
-        return hidden[:, 1:] if self.has_cls and self.spec.drop_cls else hidden
-
-    def _preprocess(self, images: list[Image.Image]) -> torch.Tensor:
-        if self._interpolate:  # a size the processor was not made for: resize + its mean/std
-            return super()._preprocess(images)
-        return self.processor(images=images, return_tensors="pt")["pixel_values"]
-
-
-def _hf_weights(spec: EncoderSpec, model_cls: type, source: str) -> nn.Module:
-    try:
-        return model_cls.from_pretrained(source)
-    except Exception as err:
-        raise VisionTowerError(
-            f"vision encoder {spec.id!r}: could not load weights from {source!r} ({err}). Use a "
-            f"local directory, or set `vision.pretrained: {RANDOM_INIT}` for random init"
-        ) from err
-
-
-def _hf_processor(name: str, config: Any, local: bool) -> Any:
-    """The model's own image processor; built from its dims where the architecture is local."""
-    if not local:
-        try:
-            return transformers.AutoImageProcessor.from_pretrained(name)
-        except Exception as err:
-            raise VisionTowerError(f"no image processor for {name!r}: {err}") from err
-    size = config.image_size
-    if config.model_type.startswith("siglip"):
-        return transformers.SiglipImageProcessor(size={"height": size, "width": size})
-    crop = {"height": size, "width": size}
-    return transformers.CLIPImageProcessor(size={"shortest_edge": size}, crop_size=crop)
-
-
-def _relative(state: dict | None, prefix: str) -> dict:
-    """The entries of a tower-level state dict under ``prefix``, with the prefix removed."""
-    return {k[len(prefix) :]: v for k, v in (state or {}).items() if k.startswith(prefix)}
-
-
 BACKENDS: dict[str, type[VisionTower]] = {"open_clip": OpenClipTower, "hf": HFVisionTower}
-TOWER_FORMAT = 1
 
 
 def load_vision_tower(directory: str | Path, frozen: bool = True) -> VisionTower:

@@ -13,7 +13,7 @@ import pytest
 
 from harness import benchmarks
 from harness.benchmarks import BenchmarkDataError, check_folder, content_hash, save_benchmarks
-from harness.eval import EvalError, check_local_data
+from harness.eval_tasks import EvalError, check_local_data
 
 BENCHES = ("mme", "mmbench", "seedbench")
 

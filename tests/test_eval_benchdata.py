@@ -5,7 +5,7 @@
 and SEED-Bench (test): the synthetic world's held-out benchmark splits when the session
 fixture ``test_world`` exists, else small hand-built ones. The test models implement
 `MageModel.generate` / `loglikelihood`; the scoring path they go through is lmms-eval's.
-The tests in this file check the data checks of `harness.eval`.
+The tests in this file check the data checks of `harness.eval_tasks`.
 """
 
 from __future__ import annotations
@@ -203,7 +203,7 @@ class YesOrRandomLetterModel:
 
 # ---- tests of the data checks -----------------------------------------------------------------
 def test_check_local_data_records_and_rejects(bench_data_dir, tmp_path):
-    from harness.eval import EvalError, check_local_data
+    from harness.eval_tasks import EvalError, check_local_data
 
     records = check_local_data(bench_data_dir, ["mme", "mmbench", "seedbench"], limit=None)
     assert set(records) == {"mme", "mmbench", "seedbench"}
@@ -217,7 +217,7 @@ def test_check_local_data_records_and_rejects(bench_data_dir, tmp_path):
 
 
 def test_parse_tasks_and_mmbench_choice(monkeypatch):
-    from harness.eval import EvalError, mmbench_choice, parse_tasks
+    from harness.eval_tasks import EvalError, mmbench_choice, parse_tasks
 
     assert parse_tasks("mme,mmbench,seed") == ("mme", "mmbench", "seedbench")
     with pytest.raises(EvalError, match="unknown task 'gqa'"):
@@ -237,7 +237,8 @@ def test_parse_tasks_and_mmbench_choice(monkeypatch):
 def test_real_datasets_without_a_token_fail_naming_hf_token(monkeypatch, tmp_path):
     import huggingface_hub
 
-    from harness.eval import EvalError, evaluate
+    from harness.eval import evaluate
+    from harness.eval_tasks import EvalError
 
     monkeypatch.delenv("HF_TOKEN", raising=False)
     monkeypatch.setattr(huggingface_hub, "get_token", lambda: None)

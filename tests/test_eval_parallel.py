@@ -13,8 +13,9 @@ import pytest
 import torch
 
 from harness.cli import main
-from harness.eval import EvalError, evaluate
+from harness.eval import evaluate
 from harness.eval_parallel import COST_METRICS, eval_costs
+from harness.eval_tasks import EvalError
 
 torch.set_num_threads(1)
 

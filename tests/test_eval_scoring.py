@@ -16,7 +16,8 @@ import torch
 from test_eval_benchdata import OracleModel, YesOrRandomLetterModel, bench_data_dir  # noqa: F401
 
 from harness import eval_tables
-from harness.eval import EvalError, evaluate
+from harness.eval import evaluate
+from harness.eval_tasks import EvalError
 
 torch.set_num_threads(1)
 

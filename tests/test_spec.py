@@ -113,7 +113,7 @@ def test_world_asset_recipes_are_the_ones_assets_can_prepare():
     from typing import get_args
 
     from harness.spec import WorldSpec
-    from mage.world.assets import ASSET_CONFIGS
+    from mage.world.asset_recipes import ASSET_CONFIGS
 
     optional = WorldSpec.model_fields["assets"].annotation
     recipes = next(a for a in get_args(optional) if a is not type(None))

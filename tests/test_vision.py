@@ -20,7 +20,8 @@ from safetensors.torch import save_file
 from mage import vision
 from mage.config import VisionConfig
 from mage.registry import ENCODERS, resolve_encoder
-from mage.vision import VisionTowerError, build_vision_tower
+from mage.vision import build_vision_tower
+from mage.vision_tower import VisionTowerError
 
 torch.set_num_threads(1)
 

@@ -18,7 +18,8 @@ from harness.cli import main as cli_main
 from mage import vision
 from mage.config import VisionConfig
 from mage.registry import resolve_encoder
-from mage.world.assets import COMPONENTS, AssetsError, check_assets, prepare_assets
+from mage.world.asset_recipes import COMPONENTS, AssetsError
+from mage.world.assets import check_assets, prepare_assets
 from mage.world.encoders import load_clip, normalise
 from mage.world.generate import generate_world
 from mage.world.scene import Scene, WorldObject, render_scene
@@ -112,28 +113,28 @@ def test_cli_synth_and_cached_prepare(test_world, test_assets, tmp_path, capsys)
 def test_default_cache_name_follows_the_recipe(monkeypatch):
     from dataclasses import replace
 
-    from mage.world import assets
+    from mage.world import asset_recipes
 
-    name = assets.assets_cache_name("demo", 0)
+    name = asset_recipes.assets_cache_name("demo", 0)
     assert re.fullmatch(r"demo-seed0-[0-9a-f]{10}", name)
-    assert assets.assets_cache_name("demo", 1) != name
-    demo = assets.ASSET_CONFIGS["demo"]
+    assert asset_recipes.assets_cache_name("demo", 1) != name
+    demo = asset_recipes.ASSET_CONFIGS["demo"]
     changed = replace(demo, llm=replace(demo.llm, steps=demo.llm.steps + 1))
-    monkeypatch.setitem(assets.ASSET_CONFIGS, "demo", changed)
-    assert assets.assets_cache_name("demo", 0) != name  # a new recipe gets a new folder
+    monkeypatch.setitem(asset_recipes.ASSET_CONFIGS, "demo", changed)
+    assert asset_recipes.assets_cache_name("demo", 0) != name  # a new recipe gets a new folder
     with pytest.raises(AssetsError, match="unknown assets size"):
-        assets.assets_cache_name("huge", 0)
+        asset_recipes.assets_cache_name("huge", 0)
 
 
 def test_prepare_offers_every_recipe():
     from harness.commands import data
-    from mage.world.assets import ASSET_CONFIGS
+    from mage.world.asset_recipes import ASSET_CONFIGS
 
     assert set(data.RECIPES) == set(ASSET_CONFIGS)
 
 
 def test_weights_are_hashed_and_checked(test_world, test_assets, tmp_path):
-    from mage.world.assets import weights_sha256
+    from mage.world.asset_recipes import weights_sha256
 
     manifest = check_assets(test_assets, test_world)
     assert manifest["threads"] == 1
@@ -177,18 +178,18 @@ def test_shipped_assets_are_copied_when_they_match(test_world, test_assets, tmp_
 def test_shipped_demo_assets_match_the_recipe():
     """The demo assets in the repository are the ones this code's `demo` recipe builds: the
     fingerprint of this recipe for the world inputs they record, and the recorded weights."""
-    from mage.world import assets
+    from mage.world import asset_recipes, assets
 
     folder = assets.SHIPPED_DIR / "demo-seed0"
     shipped = [n for n in COMPONENTS if (folder / n / "fingerprint.json").is_file()]
     if not shipped:
         pytest.skip("no shipped demo assets")
-    cfg = assets.ASSET_CONFIGS["demo"]
+    cfg = asset_recipes.ASSET_CONFIGS["demo"]
     for name in shipped:
         stamp = json.loads((folder / name / "fingerprint.json").read_text())
-        expected = assets.component_fingerprint(name, cfg, stamp["world_training_hash"])
+        expected = asset_recipes.component_fingerprint(name, cfg, stamp["world_training_hash"])
         assert stamp["fingerprint"] == expected, name
-        assert stamp["weights_sha256"] == assets.weights_sha256(folder / name), name
+        assert stamp["weights_sha256"] == asset_recipes.weights_sha256(folder / name), name
         assert stamp["threads"] == cfg.threads
     total = sum(p.stat().st_size for p in folder.rglob("*") if p.is_file())
     assert total < 8 * 2**20  # a few MB in the repository

@@ -9,7 +9,7 @@ import torch
 from PIL import Image
 
 from mage import vision
-from mage.world.assets import AssetsError
+from mage.world.asset_recipes import AssetsError
 from mage.world.generate import generate_world
 
 

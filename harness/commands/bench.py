@@ -161,7 +161,7 @@ def _bench_eval(args) -> int:
     import os
 
     from harness.commands.eval import check_data
-    from harness.eval import parse_tasks
+    from harness.eval_tasks import parse_tasks
     from mage.checkpoint_check import check_checkpoint
 
     for size in args.batch_size or []:

@@ -36,7 +36,7 @@ def register(data_sub: argparse._SubParsersAction) -> None:
 
 def run(args: argparse.Namespace) -> int:
     from harness.benchmarks import BenchmarkDataError, save_benchmarks
-    from harness.eval import EvalError, parse_tasks
+    from harness.eval_tasks import EvalError, parse_tasks
 
     try:
         benchmarks = parse_tasks(args.tasks)

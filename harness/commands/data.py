@@ -27,7 +27,7 @@ import time
 from pathlib import Path
 
 SIZES = ("test", "demo")
-RECIPES = ("test", "demo", "demo-plain")  # mage.world.assets.ASSET_CONFIGS (checked by a test)
+RECIPES = ("test", "demo", "demo-plain")  # mage.world.asset_recipes.ASSET_CONFIGS (a test checks)
 
 
 def register(sub: argparse._SubParsersAction) -> None:
@@ -182,7 +182,7 @@ def _check(args) -> int:
 
 def is_assets_dir(path: Path) -> bool:
     """A folder `prepare` wrote: assets.json, or a component it finished (fingerprint.json)."""
-    from mage.world.assets import COMPONENTS
+    from mage.world.asset_recipes import COMPONENTS
 
     return (path / "assets.json").is_file() or any(
         (path / name / "fingerprint.json").is_file() for name in COMPONENTS
@@ -205,7 +205,8 @@ def _load_world(path: Path):
 def _prepare(args) -> int:
     from mage.io import check_output_dir
     from mage.registry import default_assets_dir
-    from mage.world.assets import assets_cache_name, prepare_assets
+    from mage.world.asset_recipes import assets_cache_name
+    from mage.world.assets import prepare_assets
     from mage.world.generate import default_world_dir, ensure_world
 
     if args.out is not None:

@@ -83,7 +83,7 @@ def is_eval_dir(path: Path) -> bool:
 def check_data(data_dir: str, benchmarks: list[str], limit: int | None) -> None:
     """`check_local_data`, with a damaged benchmark folder reported as that folder's fault."""
     from harness.cli import is_project_error
-    from harness.eval import EvalError, check_local_data
+    from harness.eval_tasks import EvalError, check_local_data
 
     try:
         check_local_data(data_dir, benchmarks, limit, hash_content=False)
@@ -98,7 +98,7 @@ def check_data(data_dir: str, benchmarks: list[str], limit: int | None) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
-    from harness.eval import HUB_IDS, EvalError, parse_tasks
+    from harness.eval_tasks import HUB_IDS, EvalError, parse_tasks
     from mage.checkpoint_check import check_checkpoint
     from mage.hub import check_hub_id
     from mage.io import check_output_dir
@@ -178,7 +178,7 @@ def print_scores(scores) -> None:
     table = Table(title="lmms-eval scores (category 'all' = lmms-eval's headline)")
     for column in ("benchmark", "metric", "category", "value", "n"):
         table.add_column(column, justify="right" if column in ("value", "n") else "left")
-    from harness.eval import BENCHMARKS
+    from harness.eval_tasks import BENCHMARKS
 
     order = {name: i for i, name in enumerate(BENCHMARKS)}
     ordered = scores.assign(

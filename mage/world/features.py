@@ -23,7 +23,8 @@ from safetensors import safe_open
 from safetensors.torch import save_file
 
 from mage.io import atomic_path
-from mage.world.assets import AssetsError, check_assets, resolve_world
+from mage.world.asset_recipes import AssetsError
+from mage.world.assets import check_assets, resolve_world
 from mage.world.generate import WorldPaths
 
 FEATURES_FORMAT = 1

@@ -2,7 +2,7 @@
 
 The world's held-out benchmark splits are written with exactly these features, so lmms-eval's
 own ``doc_to_text`` / ``process_results`` / aggregation run on them unchanged through a
-``load_from_disk`` override of the built-in task (see harness/eval.py).
+``load_from_disk`` override of the built-in task (see harness/eval_tasks.py).
 
 - MME: ``lmms-lab-encoder/MME`` split ``test``.
 - MMBench: ``lmms-lab-encoder/MMBench`` config ``en`` split ``dev`` (circular copies of a

@@ -50,7 +50,7 @@ def needs_assets(config: MageConfig) -> bool:
 def assets_dir_for(recipe: str, seed: int, explicit: str | None = None) -> Path:
     """``explicit`` (or $MAGE_ASSETS_DIR) as is, else a cache folder named by the recipe hash."""
     from mage.registry import default_assets_dir
-    from mage.world.assets import assets_cache_name
+    from mage.world.asset_recipes import assets_cache_name
 
     explicit = explicit or os.environ.get("MAGE_ASSETS_DIR")
     if explicit:

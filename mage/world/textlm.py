@@ -294,7 +294,7 @@ def evaluate_text_llm(model, tokenizer, bench_items: dict[str, list[dict]]) -> d
     """Text-only accuracy with the caption in the prompt.
 
     ``bench_items``: ``{"yes_no": [{"caption", "question", "answer", "pair"}...],
-    "mcq": [{"caption", "prompt", "answer"}...]}`` (see assets.text_eval_items)."""
+    "mcq": [{"caption", "prompt", "answer"}...]}`` (see asset_training.text_eval_items)."""
     result: dict = {}
     yn = bench_items.get("yes_no", [])
     if yn:
