@@ -16,6 +16,13 @@
   ``budgets="task"`` uses the tasks' own settings instead (MMBench 1024; SEED none, so
   ``default_max_new_tokens``); ``max_new_tokens_cap`` bounds either. The budget and stop
   strings travel with each row: rows of one batch may differ.
+- Reading window (`scored_enough`, harness budgets only): MME's scorer
+  (``parse_pred_ans``) lower-cases, strips and drops dots, then reads the first 4
+  characters; SEED's reads the first character of the stripped answer. A row of those tasks
+  ends as soon as its answer has that many characters, so the score is the one the full
+  answer would get and a rambling row (``Yes at the top right ...``) no longer holds its
+  batch for 14 more decode steps. The stored answer is then that prefix. MMBench's
+  ``can_infer`` reads the whole answer: no window.
 - Order (`plan_batches`): lmms-eval's own ``Collator``, grouped by task (so that the time of
   each benchmark is measured apart) and sorted longest prompt first, as lmms-eval's models
   do (less padding; a batch that does not fit fails first); answers return in request order.
@@ -73,6 +80,25 @@ def budget(
     return min(value, cap) if cap is not None else value
 
 
+def _mme_read(answer: str) -> bool:
+    """MME's ``parse_pred_ans`` decides from the first 4 characters of the normalised answer
+    once it has them (shorter ones are compared whole)."""
+    return len(answer.lower().strip().replace(".", "")) >= 4
+
+
+def _seed_read(answer: str) -> bool:
+    """SEED's ``seed_process_result`` keeps the first character of the stripped answer."""
+    return bool(answer.strip())
+
+
+SCORED_WINDOWS: dict[str, Callable[[str], bool]] = {"mme": _mme_read, "seedbench": _seed_read}
+
+
+def scored_enough(task: str, budgets: str) -> Callable[[str], bool] | None:
+    """The task's reading window as a predicate on the answer so far (None: read whole)."""
+    return SCORED_WINDOWS.get(benchmark_of(task) or "") if budgets == "harness" else None
+
+
 def stop_strings(gen_kwargs: dict) -> list[str]:
     until = gen_kwargs.get("until")
     return [until] if isinstance(until, str) else [s for s in until or [] if s]
@@ -90,6 +116,7 @@ class Row:
     doc_id: int
     task: str
     split: str
+    enough: Callable[[str], bool] | None = None  # the task's reading window (`scored_enough`)
 
 
 def plan_batches(

@@ -41,6 +41,7 @@ from lmms_eval.api.model import lmms
 from tqdm import tqdm
 
 from harness.eval_batches import (
+    SCORED_WINDOWS,
     TASK_MAX_NEW_TOKENS,
     TASK_YAMLS,
     BatchSource,
@@ -49,6 +50,7 @@ from harness.eval_batches import (
     doc_image,
     loader,
     plan_batches,
+    scored_enough,
     stop_strings,
 )
 from mage.images import parse_color
@@ -108,8 +110,9 @@ class MageLMM(lmms):
         batch_size: questions per ``model.generate`` / ``model.loglikelihood`` call.
         device: torch device for a loaded checkpoint; ``cuda`` under torchrun means
             ``cuda:LOCAL_RANK``.
-        budgets: ``harness`` (per-task defaults, `harness.eval_batches.TASK_MAX_NEW_TOKENS`)
-            or ``task`` (each task's own ``max_new_tokens``).
+        budgets: ``harness`` (per-task defaults, `harness.eval_batches.TASK_MAX_NEW_TOKENS`,
+            and the scorers' reading windows, `harness.eval_batches.scored_enough`) or
+            ``task`` (each task's own ``max_new_tokens``, answers generated in full).
         default_max_new_tokens: token budget when neither gives one.
         max_new_tokens_cap: optional upper bound on every budget. Recorded with the scores.
         loader_workers: processes that decode and preprocess images ahead of generation.
@@ -226,6 +229,7 @@ class MageLMM(lmms):
             "batch_size": self.batch_size,
             "budgets": self.budgets,
             "task_max_new_tokens": dict(TASK_MAX_NEW_TOKENS) if self.budgets == "harness" else None,
+            "reading_windows": sorted(SCORED_WINDOWS) if self.budgets == "harness" else [],
             "default_max_new_tokens": self.default_max_new_tokens,
             "max_new_tokens_cap": self.max_new_tokens_cap,
             "loader_workers": self.loader_workers,
@@ -257,7 +261,8 @@ class MageLMM(lmms):
                 task, gen_kwargs, self.budgets, self.default_max_new_tokens, self.max_new_tokens_cap
             )
             stops = stop_strings(gen_kwargs)
-            rows.append(Row(i, context, value, stops, doc_to_visual, doc_id, task, split))
+            enough = scored_enough(task, self.budgets)
+            rows.append(Row(i, context, value, stops, doc_to_visual, doc_id, task, split, enough))
         return rows
 
     def generate_until(self, requests: list[Instance]) -> list[str]:
@@ -286,6 +291,7 @@ class MageLMM(lmms):
                     [r.context for r in rows],
                     max_new_tokens=[r.budget for r in rows],
                     stop=[r.stops for r in rows],
+                    **({"enough": [r.enough for r in rows]} if self._is_mage() else {}),
                 )
             if len(answers) != len(rows):
                 raise RuntimeError(

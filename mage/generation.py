@@ -5,6 +5,9 @@ left-padded, so every row's last prompt token sits in the same column; each row 
 token budget and stop strings, and a row that ends (EOS, budget, or a stop string in its
 decoded text) leaves the batch: its entries are dropped from the KV cache
 (``Cache.batch_select_indices``), so the remaining rows no longer pay decode steps for it.
+A row may also end once its answer so far satisfies its ``enough`` predicate: an evaluation
+passes one when the benchmark's scorer reads only the first characters of an answer
+(`harness.eval_batches.scored_enough`), so later tokens cannot change the score.
 Each row's answer depends only on its own prompt and image, so it is the answer that batch
 size 1 gives (``mage-harness bench eval`` checks this on real checkpoints).
 
@@ -17,7 +20,7 @@ off the generation loop).
 from __future__ import annotations
 
 import inspect
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from typing import TYPE_CHECKING, Any
 
 import torch
@@ -70,6 +73,7 @@ def stop_position(text: str, stops: Sequence[str] | None) -> int | None:
 def _per_row(value: Any, n: int, what: str) -> list:
     if (
         value is None
+        or callable(value)
         or isinstance(value, (int, str))
         or (isinstance(value, Sequence) and value and isinstance(value[0], str))
     ):
@@ -91,16 +95,20 @@ def generate(
     questions: Sequence[str],
     max_new_tokens: int | Sequence[int] = 32,
     stop: Sequence[str] | Sequence[Sequence[str] | None] | None = None,
+    enough: Callable[[str], bool] | Sequence[Callable[[str], bool] | None] | None = None,
 ) -> list[str]:
-    """Greedy answers, one per question; ``max_new_tokens`` and ``stop`` per row or shared.
+    """Greedy answers, one per question; ``max_new_tokens``, ``stop`` and ``enough`` per row
+    or shared.
 
-    A row ends at EOS, after its budget, or once its decoded text contains one of its stop
-    strings; the answer is the decoded text (stripped), cut before the stop string."""
+    A row ends at EOS, after its budget, once its decoded text contains one of its stop
+    strings, or once ``enough(answer so far)`` is true; the answer is the decoded text
+    (stripped), cut before the stop string."""
     if len(images) != len(questions):
         raise ValueError("generate needs one image (or None) per question")
     n = len(questions)
     budgets = [int(b) for b in _per_row(max_new_tokens, n, "max_new_tokens")]
     stops = [[s] if isinstance(s, str) else s for s in _per_row(stop, n, "stop")]
+    enoughs = _per_row(enough, n, "enough")
     if n == 0:
         return []
     seqs = [prompt_ids(model, q, im is not None) for q, im in zip(questions, images)]
@@ -134,7 +142,7 @@ def generate(
             cut = stop_position(text, stops[row])
             if cut is not None:
                 answers[row] = text[:cut]
-            elif len(tokens[row]) >= budgets[row]:
+            elif len(tokens[row]) >= budgets[row] or (enoughs[row] and enoughs[row](text)):
                 answers[row] = text
         running = [j for j, row in enumerate(rows) if answers[row] is None]
         if not running:

@@ -12,6 +12,7 @@ the reported formula) or averaged (``"mean"``).
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -228,11 +229,13 @@ class MageModel(nn.Module):
         questions: list[str],
         max_new_tokens: int | list[int] = 32,
         stop: list[str] | list[list[str] | None] | None = None,
+        enough: Callable[[str], bool] | list[Callable[[str], bool] | None] | None = None,
     ) -> list[str]:
         """Greedy answers, batched with left padding and a KV cache; a row stops at EOS, its
-        budget or a stop string and leaves the batch. Same answers as batch size 1.
-        ``images``: PIL (any mode), None, or `mage.generation.preprocess_image` tensors."""
-        return generation.generate(self, images, questions, max_new_tokens, stop)
+        budget, a stop string or once ``enough(answer)`` holds, and leaves the batch. Same
+        answers as batch size 1. ``images``: PIL (any mode), None, or
+        `mage.generation.preprocess_image` tensors."""
+        return generation.generate(self, images, questions, max_new_tokens, stop, enough)
 
     def loglikelihood(
         self, images: list, contexts: list[str], continuations: list[str]

@@ -200,3 +200,39 @@ def test_wrapped_model_survives_clean_and_keeps_its_training_flag():
     lmm.clean()  # lmms-eval calls this after generation; the default drops nn.Modules
     assert lmm.generate_until(_requests([{}, {}])) == ["Yes", "Yes"]
     assert lmm.model is net and net.training
+
+
+ANSWERS = [
+    "Yes", "No", "yes.", "No.", "Y", "n", "Yes at the top right", "No, there is none",
+    "  yes  ", "Ye", "...yes", "y.e.s.", "Nope", "not sure", "I think yes", "A", " B) blue",
+    "", " ", "noyes", "Yesno", "The answer is no", "C.", "no\n\nYes", "Yes\u3002more",
+]  # fmt: skip
+
+
+@pytest.mark.parametrize("task", ["mme", "seedbench"])
+def test_a_reading_window_stops_where_lmms_eval_scoring_stops_reading(task):
+    """Any answer cut where its task's window first holds gets the full answer's score."""
+    from harness.eval_batches import scored_enough
+
+    if task == "mme":
+        from lmms_eval.tasks.mme.utils import parse_pred_ans as label
+    else:
+        from lmms_eval.tasks.seedbench.utils import seed_process_result
+
+        def label(answer: str) -> str:
+            doc = {"answer": "A", "data_type": "x", "question_id": 0}
+            return seed_process_result(doc, [answer])["seed_all"]["pred"] if answer.strip() else ""
+
+    enough = scored_enough(task, "harness")
+    assert enough is not None and scored_enough(task, "task") is None
+    cut_somewhere = 0
+    for answer in ANSWERS:
+        # generation's view: the decoded answer grows a character at a time, stripped
+        cut = next(
+            (answer[:i].strip() for i in range(1, len(answer) + 1) if enough(answer[:i].strip())),
+            answer.strip(),
+        )
+        assert label(cut) == label(answer.strip()), (answer, cut)
+        cut_somewhere += cut != answer.strip()
+    assert cut_somewhere >= 5  # the window does cut most rambling answers
+    assert scored_enough("mage_local_mmbench_en_dev", "harness") is None  # reads it all

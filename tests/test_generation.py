@@ -116,3 +116,18 @@ def test_bad_arguments_are_refused(trained):
     with pytest.raises(ValueError, match="max_new_tokens has 1 entries for 2"):
         model.generate(images[:2], QUESTIONS[:2], max_new_tokens=[3])
     assert model.generate([], []) == []
+
+
+def test_a_row_ends_once_its_answer_is_enough_and_keeps_that_prefix(trained):
+    _, model, images = trained
+    full = model.generate(images[:2], QUESTIONS[:2], max_new_tokens=8)
+    assert all(len(a) >= 6 for a in full), full  # rambling answers: room to stop early
+    enough = [lambda text: len(text) >= 3, None]  # row 0 reads 3 characters; row 1 all
+    sizes = BatchSizes(model)
+    short = model.generate(images[:2], QUESTIONS[:2], max_new_tokens=8, enough=enough)
+    sizes.close()
+    assert full[0].startswith(short[0]) and 3 <= len(short[0]) < len(full[0])
+    assert short[1] == full[1]
+    assert sizes.sizes.count(2) < len(sizes.sizes)  # row 0 left the batch early
+    alone = model.generate(images[:1], QUESTIONS[:1], max_new_tokens=8, enough=enough[0])
+    assert alone == short[:1]
