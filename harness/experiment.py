@@ -11,7 +11,9 @@ seeds) and early stopping (ASHA on one stage's training metric, `early_stopping_
 What Optuna is told (`MageOptunaSearch`): a scored trial's objective; a trial ASHA stopped is
 *pruned*, with its last training metric as its intermediate value; a failed one (or a variant
 whose every seed failed) *failed*. So the study holds a finite value for every completed
-trial, and TPE learns nothing from made-up numbers.
+trial, and TPE learns nothing from made-up numbers. A searched variant that failed and was
+then run again (`harness.retry`, outside the search) is added to the study as a completed
+trial once every seed of it has a score (`tell_study_retried`), so a later search knows it.
 """
 
 from __future__ import annotations
@@ -152,7 +154,7 @@ def _search_alg(plan: SweepPlan, sweep_dir: Path):
     from ray.tune.search import Repeater
 
     spec = plan.spec
-    url = spec.optuna_storage or f"sqlite:///{sweep_dir / 'optuna.db'}"
+    url = _study_url(spec, sweep_dir)
     searcher = _optuna_search_class()(
         space=optuna_space(plan),
         metric="objective",
@@ -165,6 +167,69 @@ def _search_alg(plan: SweepPlan, sweep_dir: Path):
     if len(plan.seeds) == 1:  # no repeats to average: the trial's own result reaches Optuna
         return searcher
     return Repeater(searcher, repeat=len(plan.seeds), set_index=True)
+
+
+def _study_url(spec: SweepSpec, sweep_dir: Path) -> str:
+    return spec.optuna_storage or f"sqlite:///{sweep_dir / 'optuna.db'}"
+
+
+def _study_params(plan: SweepPlan, config: dict[str, Any]) -> dict[str, Any] | None:
+    """A stored config as the study's parameters (a bundle axis as its label)."""
+    params: dict[str, Any] = {}
+    for name in plan.spec.axes:
+        if name in plan.bundles:
+            labels = [
+                label
+                for label, fields in plan.bundles[name].items()
+                if all(get_dotted(config, k) == v for k, v in fields.items())
+            ]
+            if not labels:
+                return None
+            params[name] = labels[0]
+        else:
+            params[name] = get_dotted(config, name)
+    return params
+
+
+def tell_study_retried(plan: SweepPlan, sweep_dir: Path, trial_ids: list[str]) -> int:
+    """Add to the Optuna study each searched variant among ``trial_ids`` whose every seed is
+    now scored and which the study holds no completed trial for (with one seed, or when all
+    seeds had failed, Optuna saw it fail); its value is the mean over seeds, as the search's
+    own ``Repeater`` reports. Returns how many were added."""
+    import optuna
+
+    from harness import store
+
+    spec, fixed = plan.spec, {v.variant_id for v in plan.variants}
+    records = [r for r in store.load_records(sweep_dir) if r.variant_id not in fixed]
+    retried = {r.variant_id for r in records if r.trial_id in set(trial_ids)}
+    if not retried:
+        return 0
+    study = optuna.load_study(
+        study_name=spec.name, storage=optuna.storages.RDBStorage(_study_url(spec, sweep_dir))
+    )
+    complete = optuna.trial.TrialState.COMPLETE
+    known = [t.params for t in study.get_trials(deepcopy=False, states=(complete,))]
+    space, added = optuna_space(plan), 0
+    for variant_id in sorted(retried):
+        seeds = [r for r in records if r.variant_id == variant_id]
+        values = [r.objectives.get(spec.primary.key) for r in seeds]
+        ok = all(r.status == "ok" for r in seeds) and len(seeds) == len(plan.seeds)
+        if not ok or any(v is None or not math.isfinite(v) for v in values):
+            continue
+        params = _study_params(plan, seeds[0].config)
+        if params is None or params in known:
+            continue
+        trial = optuna.trial.create_trial(
+            params=params,
+            distributions={k: space[k] for k in params},
+            value=sum(values) / len(values),
+            user_attrs={"variant_id": variant_id, "retried": True},
+        )
+        study.add_trial(trial)
+        known.append(params)
+        added += 1
+    return added
 
 
 def early_stopping_scheduler(plan: SweepPlan):

@@ -223,3 +223,34 @@ def test_a_retried_real_trial_continues_from_its_stage_cache_and_checkpoint(test
     assert steps[len(first) :] == [("stage2", 3), ("stage2", 4)]
     store.consolidate(out, spec.name, plan.swept_fields)
     assert statuses(out) == {"tiny-test": "ok"}
+
+
+def fails_first_attempt(ctx):
+    """Every trial runs out of memory once, then scores 10 x depth + MSE weight."""
+    import torch
+
+    marker = ctx.sweep_dir / f"failed-once-{ctx.trial_id}"
+    if not marker.exists():
+        marker.touch()
+        raise torch.OutOfMemoryError("CUDA out of memory (injected)")
+    row = {"benchmark": "mme", "metric": "mme_perception_score", "category": "all"}
+    value = 10.0 * ctx.config.ian.depth + ctx.config.loss.mse_weight
+    return TrialOutcome(scores=pd.DataFrame([{**row, "value": value, "n": 8}]), steps=2)
+
+
+def test_a_retried_searched_variant_reaches_the_optuna_study(tmp_path):
+    import optuna
+
+    axes = {"ian.depth": {"low": 0, "high": 2}, "loss.mse_weight": {"low": 0.1, "high": 1.0}}
+    spec = flaky_spec(axes=axes, search="optuna", num_samples=2, retry_failed=True)
+    out = tmp_path / "sweep"
+    summary = run_sweep(spec, out, trial_fn=fails_first_attempt, progress=False, report=False)
+    assert summary.counts == {"ok": 2, "failed": 0, "stopped": 0}
+    study = optuna.load_study(study_name="flaky", storage=f"sqlite:///{out / 'optuna.db'}")
+    states = sorted(t.state.name for t in study.trials)
+    assert states == ["COMPLETE", "COMPLETE", "FAIL", "FAIL"]  # the search saw them fail
+    for trial in study.trials:
+        if trial.state == optuna.trial.TrialState.COMPLETE:  # added after the retry
+            p = trial.params
+            assert trial.value == pytest.approx(10.0 * p["ian.depth"] + p["loss.mse_weight"])
+            assert trial.user_attrs["retried"] is True
