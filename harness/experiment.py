@@ -202,7 +202,8 @@ def tell_study_retried(plan: SweepPlan, sweep_dir: Path, trial_ids: list[str]) -
 
     spec, fixed = plan.spec, {v.variant_id for v in plan.variants}
     records = [r for r in store.load_records(sweep_dir) if r.variant_id not in fixed]
-    retried = {r.variant_id for r in records if r.trial_id in set(trial_ids)}
+    ids = set(trial_ids)
+    retried = {r.variant_id for r in records if r.trial_id in ids}
     if not retried:
         return 0
     study = optuna.load_study(

@@ -46,7 +46,11 @@ from typing import Any
 import yaml
 
 from harness import store
-from harness.experiment import build_tuner, check_memory, tell_study_retried  # noqa: F401  (check_memory: the CLI's)
+from harness.experiment import (  # noqa: F401  (check_memory: the CLI's)
+    build_tuner,
+    check_memory,
+    tell_study_retried,
+)
 from harness.plan import SweepPlan, plan_sweep
 from harness.progress import SweepProgress, SweepSummary, summarize
 from harness.ray_cluster import start_ray
@@ -302,7 +306,6 @@ def _drive(
             ]
             build_tuner(plan, sweep_dir, phase, trial_fn or run_trial, callbacks, retry).fit()
             if "search" in _phases(plan):  # the retried searched variants reach Optuna
-                handler.consolidate()
                 tell_study_retried(plan, sweep_dir, [t["trial_id"] for t in retry])
     finally:
         sessions[-1].update(wall_s=time.time() - started, ended_at=_now())
