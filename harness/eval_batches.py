@@ -181,7 +181,21 @@ class BatchSource(torch.utils.data.Dataset):
             if image is not None and self.preprocess is not None:
                 image = self.preprocess(image)
             images.append(image)
-        return Batch(k, images)
+        return Batch(k, _one_storage(images))
+
+
+def _one_storage(images: list) -> list:
+    """The batch's image tensors as views of one stacked tensor, so that a worker hands the
+    batch over as one shared-memory block (one file descriptor to receive) instead of one per
+    image, which cost about 0.4 ms per image in the receiving process."""
+    at = [i for i, im in enumerate(images) if isinstance(im, torch.Tensor)]
+    if len(at) < 2 or len({tuple(images[i].shape) for i in at}) != 1:
+        return images
+    stacked = torch.stack([images[i] for i in at]).unbind(0)
+    out = list(images)
+    for i, view in zip(at, stacked):
+        out[i] = view
+    return out
 
 
 def loader(source: BatchSource, workers: int) -> Iterable[Batch]:

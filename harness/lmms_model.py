@@ -28,9 +28,10 @@ task's samples, model time and wall time on this rank.
 
 from __future__ import annotations
 
+import functools
 import os
 import time
-from collections.abc import Iterable, Sequence
+from collections.abc import Callable, Iterable, Sequence
 from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
@@ -244,13 +245,16 @@ class MageLMM(lmms):
 
         return isinstance(self.model, MageModel)
 
-    def _prompt_length(self) -> Any:
-        """Token count of a prompt for sorting (characters for models without a tokenizer)."""
+    def _prompts(self) -> Callable[[str, bool], list[int]] | None:
+        """(context, has_image) -> the MAGE prompt's token ids, each tokenized once per call
+        (the sort by length and the generation both need them); None for other models."""
         if not self._is_mage():
-            return len
+            return None
         from mage.generation import prompt_ids
 
-        return lambda context: len(prompt_ids(self.model, context, True))
+        return functools.cache(
+            lambda context, has_image: prompt_ids(self.model, context, has_image)
+        )
 
     def _rows(self, requests: list[Instance]) -> list[Row]:
         rows = []
@@ -269,10 +273,11 @@ class MageLMM(lmms):
         """Greedy answers in request order; see `harness.eval_batches` for the batching."""
         from mage.generation import preprocess_image
 
-        collator, batches = plan_batches(
-            self._rows(requests), self.batch_size, self._prompt_length()
-        )
-        prepare = (lambda image: preprocess_image(self.model, image)) if self._is_mage() else None
+        prompts = self._prompts()
+        # Sort by token count (characters for a model without a tokenizer).
+        length = (lambda context: len(prompts(context, True))) if prompts else len
+        collator, batches = plan_batches(self._rows(requests), self.batch_size, length)
+        prepare = (lambda image: preprocess_image(self.model, image)) if prompts else None
         source = BatchSource(batches, self.task_dict, prepare, self.background)
         outputs: list[str] = []
         progress = tqdm(
@@ -282,31 +287,39 @@ class MageLMM(lmms):
         )
         seen: set[tuple[str, int]] = set()
         waited = time.perf_counter()
-        for batch in loader(source, self.loader_workers):
-            began = time.perf_counter()
-            rows = batches[batch.index]
-            with self._inference():
+        with self._inference():
+            for batch in loader(source, self.loader_workers):
+                began = time.perf_counter()
+                rows = batches[batch.index]
+                mage_only = {}
+                if prompts:
+                    mage_only = {
+                        "enough": [r.enough for r in rows],
+                        "prompts": [
+                            prompts(r.context, im is not None) for r, im in zip(rows, batch.images)
+                        ],
+                    }
                 answers = self.model.generate(
                     batch.images,
                     [r.context for r in rows],
                     max_new_tokens=[r.budget for r in rows],
                     stop=[r.stops for r in rows],
-                    **({"enough": [r.enough for r in rows]} if self._is_mage() else {}),
+                    **mage_only,
                 )
-            if len(answers) != len(rows):
-                raise RuntimeError(
-                    f"MageLMM: model.generate returned {len(answers)} answers for "
-                    f"{len(rows)} questions"
-                )
-            done = time.perf_counter()
-            self._time(rows, seen, generate_s=done - began, wall_s=done - waited)
-            waited = done
-            for row, text in zip(rows, answers):
-                answer = truncate_at_stops(text, row.stops)
-                outputs.append(answer)
-                gen_kwargs = requests[row.index].args[1] or {}
-                self.cache_hook.add_partial("generate_until", (row.context, gen_kwargs), answer)
-            progress.update(len(rows))
+                if len(answers) != len(rows):
+                    raise RuntimeError(
+                        f"MageLMM: model.generate returned {len(answers)} answers for "
+                        f"{len(rows)} questions"
+                    )
+                done = time.perf_counter()
+                self._time(rows, seen, generate_s=done - began, wall_s=done - waited)
+                waited = done
+                for row, text in zip(rows, answers):
+                    answer = truncate_at_stops(text, row.stops)
+                    outputs.append(answer)
+                    gen_kwargs = requests[row.index].args[1] or {}
+                    self.cache_hook.add_partial("generate_until", (row.context, gen_kwargs), answer)
+                progress.update(len(rows))
         progress.close()
         return collator.get_original(outputs)
 

@@ -230,12 +230,13 @@ class MageModel(nn.Module):
         max_new_tokens: int | list[int] = 32,
         stop: list[str] | list[list[str] | None] | None = None,
         enough: Callable[[str], bool] | list[Callable[[str], bool] | None] | None = None,
+        prompts: list[list[int]] | None = None,
     ) -> list[str]:
         """Greedy answers, batched with left padding and a KV cache; a row stops at EOS, its
         budget, a stop string or once ``enough(answer)`` holds, and leaves the batch. Same
         answers as batch size 1. ``images``: PIL (any mode), None, or
-        `mage.generation.preprocess_image` tensors."""
-        return generation.generate(self, images, questions, max_new_tokens, stop, enough)
+        `mage.generation.preprocess_image` tensors; ``prompts``: their `prompt_ids`, if known."""
+        return generation.generate(self, images, questions, max_new_tokens, stop, enough, prompts)
 
     def loglikelihood(
         self, images: list, contexts: list[str], continuations: list[str]

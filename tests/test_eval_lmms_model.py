@@ -236,3 +236,20 @@ def test_a_reading_window_stops_where_lmms_eval_scoring_stops_reading(task):
         cut_somewhere += cut != answer.strip()
     assert cut_somewhere >= 5  # the window does cut most rambling answers
     assert scored_enough("mage_local_mmbench_en_dev", "harness") is None  # reads it all
+
+
+def test_a_loader_worker_hands_each_batch_over_in_one_storage():
+    from harness.eval_batches import WHITE, BatchSource, Row, loader
+
+    docs = _docs(5)
+    rows = [Row(i, "q", 1, [], lambda d: d["image"], i, "t", "test") for i in range(5)]
+    rows[3] = Row(3, "q", 1, [], None, 3, "t", "test")  # a text-only question
+    batches = [rows[:3], rows[3:]]
+    tensors = lambda image: torch.full((3, 4, 4), float(image.size[0]))  # noqa: E731
+    source = BatchSource(batches, {"t": {"test": docs}}, tensors, WHITE)
+    got = list(loader(source, workers=1))
+    assert [b.index for b in got] == [0, 1]
+    first, second = got[0].images, got[1].images
+    assert [float(t[0, 0, 0]) for t in first] == [10.0, 11.0, 12.0]  # each row its own image
+    assert len({t.untyped_storage().data_ptr() for t in first}) == 1  # one block per batch
+    assert second[0] is None and float(second[1][0, 0, 0]) == 14.0

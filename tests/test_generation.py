@@ -131,3 +131,23 @@ def test_a_row_ends_once_its_answer_is_enough_and_keeps_that_prefix(trained):
     assert sizes.sizes.count(2) < len(sizes.sizes)  # row 0 left the batch early
     alone = model.generate(images[:1], QUESTIONS[:1], max_new_tokens=8, enough=enough[0])
     assert alone == short[:1]
+
+
+def test_the_prefill_computes_logits_at_the_last_position_only(trained):
+    model, _, images = trained
+    shapes = []
+    handle = model.llm.register_forward_hook(lambda m, a, out: shapes.append(out.logits.shape))
+    try:
+        model.generate(images, QUESTIONS, max_new_tokens=2)
+    finally:
+        handle.remove()
+    assert generation.keeps_last_logits(model.llm) == {"logits_to_keep": 1}
+    assert shapes[0][:2] == (len(QUESTIONS), 1), shapes  # not [rows, prompt length]
+
+
+def test_prompt_ids_given_by_the_caller_give_the_same_answers(trained):
+    model, _, images = trained
+    ids = [generation.prompt_ids(model, q, im is not None) for q, im in zip(QUESTIONS, images)]
+    assert model.generate(images, QUESTIONS, 5, prompts=ids) == model.generate(images, QUESTIONS, 5)
+    with pytest.raises(ValueError, match="prompts has 1 entries for 6"):
+        model.generate(images, QUESTIONS, 5, prompts=ids[:1])
