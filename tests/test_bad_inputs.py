@@ -441,6 +441,16 @@ CASES = [
         lambda c: ["bench", "eval", str(c.checkpoint()), "--data", str(c.root / "bench")],
         "bench",
     ),
+    C(
+        "bench-generate-samples-zero",
+        lambda c: ["bench", "generate", "--samples", "0"],
+        "--samples",
+    ),
+    C(
+        "bench-generate-bad-set",
+        lambda c: ["bench", "generate", "--set", "ian.depth=-1"],
+        "ian.depth",
+    ),
     # ---- chat: checkpoints, images, tool files, output folder --------------------------------
     C(
         "chat-image-not-an-image",

@@ -1,4 +1,5 @@
-"""`mage-harness bench train|eval`: speed and memory figures (benchmarks, never tests)."""
+"""`mage-harness bench train|records|eval|generate`: speed and memory figures (benchmarks,
+never tests)."""
 
 from __future__ import annotations
 
@@ -80,6 +81,31 @@ def register(sub: argparse._SubParsersAction) -> None:
     ev.add_argument("--threads", type=int, default=1, help="CPU threads (torch) per worker")
     ev.add_argument("--json", action="store_true", help="print JSON instead of a table")
     ev.set_defaults(func=_bench_eval)
+
+    gen = kinds.add_parser(
+        "generate",
+        help="evaluation-style generation samples/s at a preset's shapes, random weights",
+        description="Answers --samples random questions (a random image, --prompt-tokens text "
+        "tokens, exactly --new-tokens decode steps) at each --batch-size with random weights "
+        "at the preset's shapes, in bf16 on CUDA (float32 on CPU): samples/s, the LLM's "
+        "TFLOP/s and peak memory. The GPU check of a mage-7b evaluation: "
+        "mage-harness bench generate --preset mage-7b --samples 512",
+    )
+    gen.add_argument("--preset", default="tiny-test", help="preset id (mage.presets.PRESETS)")
+    gen.add_argument(
+        "--batch-size", type=int, action="append", help="repeatable (default: 1, 8, 32)"
+    )
+    gen.add_argument("--samples", type=int, default=64, help="questions per batch size")
+    gen.add_argument(
+        "--prompt-tokens", type=int, default=64, help="text tokens after the image (MME: ~64)"
+    )
+    gen.add_argument("--new-tokens", type=int, default=2, help="decode steps (MME: Yes/No, EOS)")
+    gen.add_argument("--dtype", choices=["float32", "bfloat16", "float16"])
+    gen.add_argument("--device", help="default: cuda if available, else cpu")
+    gen.add_argument("--threads", type=int, default=1, help="CPU threads (torch)")
+    gen.add_argument("--json", action="store_true", help="print JSON instead of a table")
+    add_override_argument(gen)
+    gen.set_defaults(func=_bench_generate)
 
 
 def _positive(**values) -> None:
@@ -191,6 +217,36 @@ def _bench_eval(args) -> int:
     )
     _print_rows(rows, args.json)
     return 0 if all(row["answers_identical"] for row in rows) else 1
+
+
+def _bench_generate(args) -> int:
+    for size in args.batch_size or []:
+        _positive(batch_size=size)
+    _positive(
+        samples=args.samples,
+        prompt_tokens=args.prompt_tokens,
+        new_tokens=args.new_tokens,
+        threads=args.threads,
+    )
+    overrides = parse_overrides(args.overrides)
+    preset_config(args.preset).with_overrides(overrides)  # checked before any work
+    import torch
+
+    from harness.bench_generate import bench_generate
+
+    torch.set_num_threads(args.threads)
+    rows = bench_generate(
+        args.preset,
+        batch_sizes=args.batch_size or [1, 8, 32],
+        samples=args.samples,
+        prompt_tokens=args.prompt_tokens,
+        new_tokens=args.new_tokens,
+        overrides=overrides,
+        device=args.device,
+        dtype=args.dtype,
+    )
+    _print_rows(rows, args.json)
+    return 0
 
 
 def _print_rows(rows: list[dict], json_out: bool) -> None:
