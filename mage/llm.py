@@ -81,8 +81,9 @@ def attn_implementation(cfg: MageConfig) -> str:
 
 
 def _from_architecture(spec: LLMSpec, tokenizer, dtype, device, attn="sdpa") -> PreTrainedModel:
-    if spec.arch is None:
-        config = AutoConfig.from_pretrained(spec.name_or_path)
+    if spec.arch is None:  # the architecture of the weights the spec names (a GGUF file too)
+        gguf = {"gguf_file": spec.gguf_file} if spec.gguf_file else {}
+        config = AutoConfig.from_pretrained(spec.name_or_path, **gguf)
     else:
         arch = dict(spec.arch)
         config = AutoConfig.for_model(arch.pop("model_type"), **arch)

@@ -42,3 +42,14 @@ def test_smollm2_stage1_step_and_generate(tmp_path):
         [image, None], ["Describe the image.", "Count to three."], max_new_tokens=4
     )
     assert all(isinstance(a, str) and a for a in replies)
+
+
+def test_random_weights_at_a_gguf_llms_shapes_need_no_config_json():
+    """`bench train|generate` build a GGUF-only LLM with random weights from the file's own
+    architecture (its folder has no config.json)."""
+    from mage.llm import load_llm
+
+    cfg = get_preset("smollm2-test").with_overrides({"llm.random_init": True})
+    llm, tokenizer = load_llm(cfg, device="meta")
+    assert (llm.config.hidden_size, llm.config.num_hidden_layers) == (576, 30)
+    assert tokenizer is not None and next(llm.parameters()).device.type == "meta"
