@@ -54,7 +54,7 @@ TASK_YAMLS = {  # built-in task files, relative to the lmms_eval.tasks package
     "seedbench": "seedbench/seedbench.yaml",
 }
 
-LOCAL_PREFIX = "mage_local_"  # task YAMLs of harness.lmms_model.write_local_task_yamls
+LOCAL_PREFIX = "mage_local_"  # task YAMLs of harness.eval_tasks.write_local_task_yamls
 
 
 def benchmark_of(task: str) -> str | None:

@@ -8,7 +8,7 @@ records the resolved revisions). ``data_dir=DIR`` reads ``DIR/{mme,mmbench,seedb
 (``DatasetDict.save_to_disk`` folders in the official schemas and splits, checked by
 `check_local_data`) through lmms-eval's ``load_from_disk`` override, which keeps the official
 task and scoring; no network is needed (set ``HF_DATASETS_OFFLINE=1 HF_HUB_OFFLINE=1`` to be
-sure). `harness.lmms_model.write_local_task_yamls` does the same for the ``lmms-eval`` command
+sure). `write_local_task_yamls` does the same for the ``lmms-eval`` command
 line.
 """
 
@@ -149,3 +149,35 @@ def hub_hint(cause: str) -> str:
         "lmms-eval task YAMLs send a token even for public data) and check connectivity, "
         "or pass a data folder with save_to_disk copies (mme/, mmbench/, seedbench/)"
     )
+
+
+# ---- the lmms-eval command line on local data --------------------------------------------
+def write_local_task_yamls(
+    data_dir: str | Path,
+    include_dir: str | Path,
+    benchmarks: Iterable[str] = ("mme", "mmbench", "seedbench"),
+) -> dict[str, str]:
+    """Task YAMLs for ``lmms-eval --include_path include_dir``: {benchmark: task name}.
+
+    Each includes the built-in task file (official prompts and scoring) and only swaps the
+    dataset for the local copy; names are ``mage_local_<task>`` (a YAML may not reuse a
+    built-in name)."""
+    import lmms_eval.tasks
+
+    from harness.eval_batches import TASK_YAMLS
+    from mage.io import atomic_write_text
+
+    tasks_root = Path(lmms_eval.tasks.__file__).parent
+    include_dir = Path(include_dir)
+    out = {}
+    for bench, task in task_names(benchmarks).items():
+        name = f"mage_local_{task}"
+        text = (
+            f"include: {tasks_root / TASK_YAMLS[task]}\n"
+            f"task: {name}\n"
+            f"dataset_path: {Path(data_dir).resolve() / bench}\n"
+            "dataset_kwargs:\n  load_from_disk: true\n"
+        )
+        atomic_write_text(include_dir / f"{name}.yaml", text)
+        out[bench] = name
+    return out

@@ -10,8 +10,8 @@
   batch_size=8)``, then ``lmms_eval.evaluator.simple_evaluate(model=lmm, ...)``.
 
 On local data the command line needs task YAMLs under ``--include_path``:
-`write_local_task_yamls` writes ones that include the built-in tasks and swap only the data
-(``--tasks mage_local_mme,mage_local_mmbench_en_dev_static,mage_local_seedbench``).
+`harness.eval_tasks.write_local_task_yamls` writes ones that include the built-in tasks and
+swap only the data (``--tasks mage_local_mme,mage_local_mmbench_en_dev_static,mage_local_seedbench``).
 
 lmms-eval hands the model every request of a type at once; batching is done here
 (`harness.eval_batches`): requests are ordered by lmms-eval's ``Collator`` (per task, longest
@@ -31,7 +31,7 @@ from __future__ import annotations
 import functools
 import os
 import time
-from collections.abc import Callable, Iterable, Sequence
+from collections.abc import Callable, Sequence
 from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
@@ -44,7 +44,6 @@ from tqdm import tqdm
 from harness.eval_batches import (
     SCORED_WINDOWS,
     TASK_MAX_NEW_TOKENS,
-    TASK_YAMLS,
     BatchSource,
     Row,
     budget,
@@ -375,35 +374,3 @@ def process_rank() -> tuple[int, int]:
     if dist.is_available() and dist.is_initialized():
         return dist.get_rank(), dist.get_world_size()
     return int(os.environ.get("RANK", 0)), int(os.environ.get("WORLD_SIZE", 1))
-
-
-# ---- the lmms-eval command line on local data --------------------------------------------
-def write_local_task_yamls(
-    data_dir: str | Path,
-    include_dir: str | Path,
-    benchmarks: Iterable[str] = ("mme", "mmbench", "seedbench"),
-) -> dict[str, str]:
-    """Task YAMLs for ``lmms-eval --include_path include_dir``: {benchmark: task name}.
-
-    Each includes the built-in task file (official prompts and scoring) and only swaps the
-    dataset for the local copy; names are ``mage_local_<task>`` (a YAML may not reuse a
-    built-in name)."""
-    import lmms_eval.tasks
-
-    from harness.eval_tasks import task_names
-    from mage.io import atomic_write_text
-
-    tasks_root = Path(lmms_eval.tasks.__file__).parent
-    include_dir = Path(include_dir)
-    out = {}
-    for bench, task in task_names(benchmarks).items():
-        name = f"mage_local_{task}"
-        text = (
-            f"include: {tasks_root / TASK_YAMLS[task]}\n"
-            f"task: {name}\n"
-            f"dataset_path: {Path(data_dir).resolve() / bench}\n"
-            "dataset_kwargs:\n  load_from_disk: true\n"
-        )
-        atomic_write_text(include_dir / f"{name}.yaml", text)
-        out[bench] = name
-    return out

@@ -72,7 +72,7 @@ def checkpoint(tmp_path_factory) -> Path:
 def test_torchrun_lmms_eval_with_two_processes(checkpoint, bench_data_dir, tmp_path):  # noqa: F811
     """``torchrun --nproc_per_node 2 -m lmms_eval --model mage``: lmms-eval shards the docs
     over the two ranks (gloo) and rank 0 writes every sample."""
-    from harness.lmms_model import write_local_task_yamls
+    from harness.eval_tasks import write_local_task_yamls
 
     names = write_local_task_yamls(bench_data_dir, tmp_path / "tasks", ["mme"])
     out = tmp_path / "out"
