@@ -72,10 +72,14 @@ def bench_generate(
     dtype: str | None = None,
 ) -> list[dict[str, Any]]:
     """One row per batch size: samples/s of ``samples`` questions after one warm-up batch."""
-    device_ = torch.device(device or ("cuda" if torch.cuda.is_available() else "cpu"))
+    device_ = bench_device(device)
     dtype = dtype or ("bfloat16" if device_.type == "cuda" else "float32")
     if dtype not in DTYPES:
         raise ValueError(f"dtype must be one of {sorted(DTYPES)}, got {dtype!r}")
+    if samples < max(batch_sizes):
+        raise ValueError(
+            f"samples ({samples}) must be at least the largest batch size ({max(batch_sizes)})"
+        )
     cfg = bench_config(preset, {"llm.dtype": dtype, **(overrides or {})})
     model = MageModel.build(cfg, device=device_)
     model.to(DTYPES[dtype]).eval()  # as `MageModel.from_pretrained` does for evaluation
@@ -85,20 +89,20 @@ def bench_generate(
         model, samples, prompt_tokens, torch.Generator().manual_seed(0)
     )
     images = [im.to(device_) for im in images]
-    llm_params = sum(p.numel() for p in model.llm.parameters())
+    flops = llm_flops_per_question(model.llm, len(prompts[0]), new_tokens)
+    memory = "peak_memory_mb" if device_.type == "cuda" else "process_peak_rss_mb"
     rows: list[dict[str, Any]] = []
     for batch_size in batch_sizes:
         ask = _asker(model, images, prompts, batch_size, new_tokens)
         ask(0)  # warm-up: kernels chosen, caches allocated
         if device_.type == "cuda":
             torch.cuda.synchronize(device_)
-            torch.cuda.reset_peak_memory_stats(device_)
+            torch.cuda.reset_peak_memory_stats(device_)  # per batch size on CUDA
         began = time.perf_counter()
         answered = sum(ask(start) for start in range(0, samples, batch_size))
         if device_.type == "cuda":
             torch.cuda.synchronize(device_)
         seconds = time.perf_counter() - began
-        tokens = answered * (len(prompts[0]) + new_tokens)
         rows.append(
             {
                 "preset": preset,
@@ -109,14 +113,39 @@ def bench_generate(
                 "prompt_tokens": len(prompts[0]),
                 "new_tokens": new_tokens,
                 "samples_per_s": answered / seconds,
-                "llm_tflops_per_s": 2 * llm_params * tokens / seconds / 1e12,
-                "peak_memory_mb": _peak_memory_mb(device_),
+                "llm_tflops_per_s": flops * answered / seconds / 1e12,
+                memory: _peak_memory_mb(device_),  # on CPU: the whole process so far
                 "wall_s": round(seconds, 3),
             }
         )
     for row in rows:
         row["speedup"] = row["samples_per_s"] / rows[0]["samples_per_s"]
     return rows
+
+
+def bench_device(device: str | None) -> torch.device:
+    """``device`` (default: cuda if available, else cpu), refused when it cannot be used."""
+    try:
+        device_ = torch.device(device or ("cuda" if torch.cuda.is_available() else "cpu"))
+    except RuntimeError:
+        raise ValueError(f"device {device!r} is not a torch device (cpu, cuda, cuda:1)") from None
+    if device_.type == "cuda" and not torch.cuda.is_available():
+        raise ValueError(f"device {device!r}: CUDA is not available on this machine")
+    if device_.type not in ("cpu", "cuda"):
+        raise ValueError(f"device {device!r}: only cpu and cuda are benchmarked")
+    return device_
+
+
+def llm_flops_per_question(llm: Any, prompt_tokens: int, new_tokens: int) -> float:
+    """Matrix-multiply FLOPs of the LLM for one question: 2 x the body's weights for each
+    token it runs (the prompt, then every generated token but the last, which ends the row),
+    and 2 x the LM head's weights for each generated token (the prefill keeps the last
+    position's logits only). Embedding lookups and attention scores are not counted."""
+    embed = llm.get_input_embeddings().weight
+    head = llm.get_output_embeddings().weight
+    skip = {id(embed), id(head)}
+    body = sum(p.numel() for p in llm.parameters() if id(p) not in skip)
+    return 2.0 * body * (prompt_tokens + new_tokens - 1) + 2.0 * head.numel() * new_tokens
 
 
 def _asker(model: MageModel, images: list, prompts: list, batch_size: int, new_tokens: int):

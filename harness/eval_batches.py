@@ -181,7 +181,8 @@ class BatchSource(torch.utils.data.Dataset):
             if image is not None and self.preprocess is not None:
                 image = self.preprocess(image)
             images.append(image)
-        return Batch(k, _one_storage(images))
+        in_worker = torch.utils.data.get_worker_info() is not None
+        return Batch(k, _one_storage(images) if in_worker else images)
 
 
 def _one_storage(images: list) -> list:

@@ -26,7 +26,7 @@ from typing import TYPE_CHECKING, Any
 import torch
 from transformers import LlamaForCausalLM
 
-from mage.data import encode_text, pad_left
+from mage.data import IMAGE_TOKEN_ID, encode_text, pad_left
 from mage.template import IMAGE_TOKEN
 
 if TYPE_CHECKING:
@@ -98,6 +98,23 @@ def _per_row(value: Any, n: int, what: str) -> list:
     return value
 
 
+def _checked_prompts(model: MageModel, prompts: Sequence[list[int]], images: Sequence) -> list:
+    """The caller's prompt ids, refused unless each row holds its own image's placeholders
+    (else one row's image tokens would fill another row's slots)."""
+    if len(prompts) != len(images):
+        raise ValueError(
+            f"generate: prompts has {len(prompts)} entries for {len(images)} questions"
+        )
+    for row, (ids, image) in enumerate(zip(prompts, images)):
+        want = model.num_image_tokens if image is not None else 0
+        if sum(t == IMAGE_TOKEN_ID for t in ids) != want:
+            raise ValueError(
+                f"generate: prompts[{row}] has {sum(t == IMAGE_TOKEN_ID for t in ids)} image "
+                f"placeholder ids; its image needs {want} (use prompt_ids)"
+            )
+    return list(prompts)
+
+
 def _decode(model: MageModel, tokens: list[int]) -> str:
     return model.tokenizer.decode(tokens, skip_special_tokens=True).strip()
 
@@ -127,13 +144,10 @@ def generate(
     enoughs = _per_row(enough, n, "enough")
     if n == 0:
         return []
-    if prompts is not None and len(prompts) != n:
-        raise ValueError(f"generate: prompts has {len(prompts)} entries for {n} questions")
-    seqs = (
-        [list(p) for p in prompts]
-        if prompts is not None
-        else [prompt_ids(model, q, im is not None) for q, im in zip(questions, images)]
-    )
+    if prompts is None:
+        seqs = [prompt_ids(model, q, im is not None) for q, im in zip(questions, images)]
+    else:
+        seqs = _checked_prompts(model, prompts, images)
     ids, mask = pad_left(seqs, model.tokenizer.pad_token_id)
     ids, mask = ids.to(model.device), mask.to(model.device)
     embeds = model.embed(ids, image_tokens(model, images))

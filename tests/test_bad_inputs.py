@@ -231,6 +231,12 @@ CASES = [
         "not an assets folder",
     ),
     C("prepare-world-missing", lambda c: ["prepare", "--world", str(c.root / "gone")], "gone"),
+    C(
+        "prepare-assets-env-user-folder",  # $MAGE_ASSETS_DIR is the assets folder itself
+        lambda c: ["prepare", "--world", str(c.world)],
+        "not an assets folder",
+        env=(("MAGE_ASSETS_DIR", "../user"),),
+    ),
     # ---- train: presets, config files, --set, output folder, data, Hub ids -------------------
     C("train-unknown-preset", lambda c: ["train", "--preset", "nope", "--out", "r"], "'nope'"),
     C(
@@ -445,6 +451,16 @@ CASES = [
         "bench-generate-samples-zero",
         lambda c: ["bench", "generate", "--samples", "0"],
         "--samples",
+    ),
+    C(
+        "bench-generate-samples-below-batch",
+        lambda c: ["bench", "generate", "--samples", "4", "--batch-size", "8"],
+        "--samples",
+    ),
+    C(
+        "bench-generate-bad-device",
+        lambda c: ["bench", "generate", "--device", "gpu"],
+        "--device",
     ),
     C(
         "bench-generate-bad-set",

@@ -38,8 +38,26 @@ def test_each_batch_size_runs_real_generation_at_its_shapes(monkeypatch):
 
 def test_a_preset_without_an_offline_tokenizer_runs_in_bf16(monkeypatch):
     monkeypatch.setattr("mage.llm._try_tokenizer", lambda spec: None)
+    built = []
+    build = bg.MageModel.build
+    monkeypatch.setattr(
+        bg.MageModel, "build", lambda *a, **k: built.append(build(*a, **k)) or built[-1]
+    )
     (row,) = bg.bench_generate("tiny-test", (2,), samples=2, prompt_tokens=4, dtype="bfloat16")
+    model = built[0]
     assert row["dtype"] == "bfloat16" and row["samples"] == 2
+    assert {p.dtype for p in model.parameters()} == {torch.bfloat16}  # tower, IAN and LLM
+    vocab = model.llm.get_input_embeddings().num_embeddings
+    assert len(model.tokenizer) == vocab and model.tokenizer.decode([3]) == "t3"
+
+
+def test_llm_flops_count_the_body_per_token_and_the_head_per_answer_token():
+    model = bg.MageModel.build(bg.bench_config("tiny-test"))
+    llm = model.llm
+    head = llm.get_output_embeddings().weight.numel()
+    body = sum(p.numel() for p in llm.parameters()) - head
+    body -= 0 if llm.config.tie_word_embeddings else llm.get_input_embeddings().weight.numel()
+    assert bg.llm_flops_per_question(llm, 10, 3) == 2 * body * 12 + 2 * head * 3
 
 
 def test_the_numbered_tokenizer_decodes_every_id():
@@ -48,6 +66,10 @@ def test_the_numbered_tokenizer_decodes_every_id():
     assert tok.decode([3, 49], skip_special_tokens=True) == "t3 t49"
 
 
-def test_a_bad_dtype_is_refused():
+def test_bad_arguments_are_refused_before_any_model_is_built():
     with pytest.raises(ValueError, match="dtype must be one of"):
         bg.bench_generate("tiny-test", (1,), samples=1, dtype="int8")
+    with pytest.raises(ValueError, match="at least the largest batch size"):
+        bg.bench_generate("tiny-test", (1, 8), samples=4)
+    with pytest.raises(ValueError, match="not a torch device"):
+        bg.bench_device("gpu")

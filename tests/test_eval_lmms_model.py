@@ -253,3 +253,34 @@ def test_a_loader_worker_hands_each_batch_over_in_one_storage():
     assert [float(t[0, 0, 0]) for t in first] == [10.0, 11.0, 12.0]  # each row its own image
     assert len({t.untyped_storage().data_ptr() for t in first}) == 1  # one block per batch
     assert second[0] is None and float(second[1][0, 0, 0]) == 14.0
+
+
+def test_a_mage_model_answers_alike_at_any_batch_size_with_text_only_rows():
+    """The real `MageModel` path (prompts tokenized once, images from loader workers, text-only
+    rows without placeholders): the same answers at batch 1 and batch 4, with 0 or 1 workers."""
+    from mage.model import MageModel
+    from mage.presets import get_preset
+
+    torch.manual_seed(0)
+    model = MageModel.build(get_preset("tiny-test"))  # random weights: long, prompt-led answers
+    docs = [
+        {"image": Image.new("RGB", (20 + 7 * i, 16), (40 * i, 200 - 30 * i, 90))} for i in range(6)
+    ]
+    visual = lambda doc: [doc["image"]]  # noqa: E731
+    requests = [
+        Instance(
+            "generate_until",
+            (f"question {'x ' * i}{i}", {"max_new_tokens": 4, "until": []},
+             None if i in (2, 5) else visual, i, "t", "test"),
+            idx=0,
+            metadata={"task": "t", "doc_id": i, "repeats": 1},
+        )
+        for i in range(6)
+    ]  # fmt: skip
+    answers = []
+    for batch_size, workers in [(1, 0), (4, 0), (4, 1)]:
+        lmm = MageLMM.wrap(model, batch_size=batch_size, loader_workers=workers)
+        lmm.task_dict = {"t": {"test": docs}}
+        answers.append(lmm.generate_until(requests))
+    assert answers[0] == answers[1] == answers[2] and len(answers[0]) == 6
+    assert len(set(answers[0])) > 1 and all(answers[0])  # rows answer their own prompts

@@ -145,9 +145,15 @@ def test_the_prefill_computes_logits_at_the_last_position_only(trained):
     assert shapes[0][:2] == (len(QUESTIONS), 1), shapes  # not [rows, prompt length]
 
 
-def test_prompt_ids_given_by_the_caller_give_the_same_answers(trained):
-    model, _, images = trained
-    ids = [generation.prompt_ids(model, q, im is not None) for q, im in zip(QUESTIONS, images)]
-    assert model.generate(images, QUESTIONS, 5, prompts=ids) == model.generate(images, QUESTIONS, 5)
+def test_prompt_ids_given_by_the_caller_are_what_the_rows_answer(trained):
+    _, model, images = trained  # the untrained model: its rambling follows every prompt token
+    others = QUESTIONS[::-1]  # each row gets another question's ids, with its own image's slots
+    ids = [generation.prompt_ids(model, q, im is not None) for q, im in zip(others, images)]
+    asked = model.generate(images, QUESTIONS, 5, prompts=ids)
+    assert asked == model.generate(images, others, 5)
+    assert asked != model.generate(images, QUESTIONS, 5)  # the prompts, not the questions
     with pytest.raises(ValueError, match="prompts has 1 entries for 6"):
         model.generate(images, QUESTIONS, 5, prompts=ids[:1])
+    swapped = [ids[-1], *ids[1:-1], ids[0]]  # row 0 has an image but no placeholders
+    with pytest.raises(ValueError, match=r"prompts\[0\] has 0 image placeholder ids"):
+        model.generate(images, QUESTIONS, 5, prompts=swapped)

@@ -228,16 +228,28 @@ def _bench_generate(args) -> int:
         new_tokens=args.new_tokens,
         threads=args.threads,
     )
+    from mage.config import ConfigError
+
+    sizes = args.batch_size or [1, 8, 32]
+    if args.samples < max(sizes):
+        raise ConfigError(
+            f"--samples {args.samples} is below the largest --batch-size ({max(sizes)}): "
+            "every batch size must run full batches"
+        )
     overrides = parse_overrides(args.overrides)
     preset_config(args.preset).with_overrides(overrides)  # checked before any work
     import torch
 
-    from harness.bench_generate import bench_generate
+    from harness.bench_generate import bench_device, bench_generate
 
+    try:
+        bench_device(args.device)
+    except ValueError as err:
+        raise ConfigError(f"--device: {err}") from None
     torch.set_num_threads(args.threads)
     rows = bench_generate(
         args.preset,
-        batch_sizes=args.batch_size or [1, 8, 32],
+        batch_sizes=sizes,
         samples=args.samples,
         prompt_tokens=args.prompt_tokens,
         new_tokens=args.new_tokens,

@@ -9,10 +9,12 @@ opened once, in parallel; unreadable ones are listed by record.
 ``prepare [--world DIR] [--out DIR] [--size test|demo] [--recipe R] [--from-recipe]``
 pretrains the world's tiny encoders (world-vit, world-resnet) and LLM (world-llm) with the
 asset recipe R (default: the size) into the assets folder the registry reads as ``{assets}``
-(default ``<R>-seed<N>-<recipe hash>`` below ``$MAGE_ASSETS_DIR``), or copies the prepared
-assets shipped with the package when they match; ``--from-recipe`` trains them anyway and
-says whether the weights match the shipped ones. Without ``--world`` it uses (and if needed
-generates) the default world (``$MAGE_WORLD_DIR``).
+(default: ``$MAGE_ASSETS_DIR`` as is, the folder a sweep and the config read too, else
+``<R>-seed<N>-<recipe hash>`` below ``~/.cache/mage-harness/assets``, where a sweep looks), or
+copies the prepared assets shipped with the package when they match; ``--from-recipe`` trains
+them anyway (into ``<folder>-rebuilt`` by default) and says whether the weights match the
+shipped ones. Without ``--world`` it uses (and if needed generates) the default world
+(``<size>-seed<N>`` below ``$MAGE_WORLD_DIR`` or ``~/.cache/mage-harness/world``).
 ``data tools CAPTIONS OUT [--seed N]`` turns a captioned LLaVA JSON (LCS-558K) into
 tool-calling samples (`mage.tools.data.convert_captions_to_tool_samples`): the stage-2 tool
 data of the ``mage-7b-tools`` preset.
@@ -88,11 +90,14 @@ def register(sub: argparse._SubParsersAction) -> None:
         description="Pretrain world-vit / world-resnet (open_clip CLIP, contrastive on captions) "
         "and world-llm (tiny Llama, text-only) for a world. Cached: a second run with the same "
         "world and size returns at once; a folder prepared for another world is refused. The "
-        "default folder, <size>-seed<seed>-<recipe hash> below $MAGE_ASSETS_DIR or "
-        "~/.cache/mage-harness/assets, is where a sweep looks.",
+        "default folder is where a sweep looks: $MAGE_ASSETS_DIR as is when set, else "
+        "<recipe>-seed<seed>-<recipe hash> below ~/.cache/mage-harness/assets.",
     )
     prep.add_argument(
-        "--world", type=Path, default=None, help="world folder (default: $MAGE_WORLD_DIR)"
+        "--world",
+        type=Path,
+        default=None,
+        help="world folder (default: <size>-seed<seed> below $MAGE_WORLD_DIR)",
     )
     prep.add_argument("--out", type=Path, default=None, help="assets folder (default: see above)")
     prep.add_argument(
@@ -204,22 +209,22 @@ def _load_world(path: Path):
 
 def _prepare(args) -> int:
     from mage.io import check_output_dir
-    from mage.registry import default_assets_dir
-    from mage.world.asset_recipes import assets_cache_name
     from mage.world.assets import prepare_assets
     from mage.world.generate import default_world_dir, ensure_world
+    from mage.world.source import assets_dir_for
 
-    if args.out is not None:
-        check_output_dir(args.out, "an assets folder", is_assets_dir)
     start = time.perf_counter()
-    if args.world is None:
+    world = None if args.world is None else _load_world(args.world)
+    seed = args.seed if world is None else world.info()["seed"]
+    recipe = args.recipe or args.size
+    out = args.out
+    if out is None:  # the folder a sweep of this world and recipe reads
+        out = assets_dir_for(recipe, seed)
+        out = out.with_name(f"{out.name}-rebuilt") if args.from_recipe else out
+    check_output_dir(out, "an assets folder", is_assets_dir)  # before any work; no user files
+    if world is None:
         root = default_world_dir() / f"{args.size}-seed{args.seed}"  # where sweeps look too
         world = ensure_world(root, args.seed, args.size, progress=not args.quiet)
-    else:
-        world = _load_world(args.world)
-    recipe = args.recipe or args.size
-    name = assets_cache_name(recipe, world.info()["seed"])
-    out = args.out or Path(default_assets_dir()) / (f"{name}-rebuilt" if args.from_recipe else name)
     prepare_assets(
         world,
         out,
@@ -240,7 +245,10 @@ def _prepare(args) -> int:
     print(json.dumps(summary, indent=2))
     if args.from_recipe:
         print(_compare_with_shipped(manifest))
-    print(f"done in {time.perf_counter() - start:.1f} s (set MAGE_ASSETS_DIR={out} to use them)")
+    print(
+        f"done in {time.perf_counter() - start:.1f} s (a sweep of this world finds them; "
+        f"elsewhere set assets_dir or MAGE_ASSETS_DIR={out})"
+    )
     return 0
 
 
