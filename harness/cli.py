@@ -22,13 +22,13 @@ import threading
 
 # module path -> the commands it registers; imported lazily so `--help` stays fast.
 COMMAND_MODULES = [
-    "harness.commands.data",  # data synth, data check, prepare
+    "harness.commands.data",  # data synth|check|tools|benchmarks, prepare
     "harness.commands.train",  # train, params
     "harness.commands.eval",  # eval
     "harness.commands.sweep",  # sweep, resume, status
     "harness.commands.store",  # store rebuild
-    "harness.commands.report",  # report
-    "harness.commands.bench",  # bench train|eval
+    "harness.commands.report",  # report, compare
+    "harness.commands.bench",  # bench train|records|eval|generate
     "harness.commands.chat",  # chat
 ]
 PROJECT_PACKAGES = ("mage", "harness", "reports")
