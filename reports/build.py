@@ -112,7 +112,7 @@ def _meaning_lines(summary: Summary) -> list[str]:
         "Differences between variants: Welch's t-test on the per-seed scores (the seed is the "
         "unit: a re-run draws new seeds, and a variant moves from seed to seed by more than "
         "its items suggest), with its 95% interval. Secondary: McNemar's exact test on "
-        "per-item correctness aligned by item_id, seeds paired in sorted order and pooled, "
+        "per-item correctness aligned by item_id, seeds paired by seed number and pooled, "
         "which treats every item of every seed as independent and so overstates certainty."
     )
     lines.append(

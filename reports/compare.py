@@ -35,7 +35,11 @@ class Comparison:
 
     @property
     def identical(self) -> bool:
-        return self.cells > 0 and self.differing.empty and not self.only_here
+        """Every headline cell equal, and the same trials on both sides (a run whose trial
+        failed does not reproduce the reference, however equal the others are)."""
+        return (
+            self.cells > 0 and self.differing.empty and not self.only_here and not self.only_there
+        )
 
     def lines(self) -> list[str]:
         head = f"compared with {self.reference}: "
@@ -43,8 +47,13 @@ class Comparison:
             return [head + "no trial in common (another spec or code version?); nothing to compare"]
         n = len(self.differing)
         out = []
-        if n == 0:
+        if n == 0 and not (self.only_here or self.only_there):
             out.append(head + f"all {self.cells} headline cells identical (exact match)")
+        elif n == 0:
+            out.append(
+                head + f"the {self.cells} headline cells both hold are identical, but the "
+                "stores hold different trials"
+            )
         else:
             out.append(head + f"{n} of {self.cells} headline cells differ")
             for _, r in self.differing.head(SHOWN).iterrows():

@@ -134,6 +134,11 @@ def _p(p: float) -> str:
     return "p < 0.001" if p < 0.001 else f"p = {p:.3f}"
 
 
+def _untested(summary: Summary, effects: list[Effect]) -> str:
+    names = ", ".join(_label(summary, e.headline) for e in effects)
+    return f"not tested on {names} (fewer than 2 seeds on a side)"
+
+
 def _axis_line(summary: Summary, axis: str, effects: list[Effect]) -> str:
     v = summary.variants
     table = v.table.set_index("variant_id")
@@ -143,38 +148,47 @@ def _axis_line(summary: Summary, axis: str, effects: list[Effect]) -> str:
         f"{field_label(k)} = {format_value(x)}" for k, x in v.reference.items() if k != axis
     )
     head = f"{field_label(axis)} {a_val} vs {b_val}" + (f" ({held})" if held else "")
+    untested = [e for e in effects if math.isnan(e.p_value)]
     found = [e for e in effects if e.significant]
-    spread = [e for e in effects if not e.significant]
-    if not found:
-        details = "; ".join(
-            f"{_label(summary, e.headline)} {e.diff:+.1f}"
-            + ("" if math.isnan(e.p_value) else f", {_p(e.p_value)}")
-            for e in effects
+    spread = [e for e in effects if not e.significant and e not in untested]
+    clauses = []
+    if found:
+        clauses.append(
+            "; ".join(
+                f"{_label(summary, e.headline)} {fmt_diff(e.diff, e.low, e.high)}, {_p(e.p_value)}"
+                for e in found
+            )
         )
-        return f"{head}: no difference beyond seed spread on any benchmark ({details})."
-    parts = [
-        f"{_label(summary, e.headline)} {fmt_diff(e.diff, e.low, e.high)}, {_p(e.p_value)}"
-        for e in found
-    ]
-    tail = ""
-    if spread:
+    if spread and not found and not untested:
+        details = "; ".join(
+            f"{_label(summary, e.headline)} {e.diff:+.1f}, {_p(e.p_value)}" for e in spread
+        )
+        clauses.append(f"no difference beyond seed spread on any benchmark ({details})")
+    elif spread:
         names = ", ".join(_label(summary, e.headline) for e in spread)
-        tail = f"; no difference beyond seed spread on {names}"
-    return f"{head}: {'; '.join(parts)}{tail}."
+        clauses.append(f"no difference beyond seed spread on {names}")
+    if untested:
+        clauses.append(_untested(summary, untested))
+    return f"{head}: {'; '.join(clauses)}."
 
 
 def _control_line(summary: Summary, label: str, effects: list[Effect]) -> str:
-    parts, none = [], []
+    """What the main variants do against one control or baseline; a main variant with fewer
+    than 2 seeds on a side is counted as untested, never as "above" or "not above"."""
+    parts, none, untested_only = [], [], []
     for h in summary.headlines:
-        part = [e for e in effects if e.headline == h.key and not math.isnan(e.p_value)]
+        every = [e for e in effects if e.headline == h.key]
+        part = [e for e in every if not math.isnan(e.p_value)]
         if not part:
+            untested_only += [h.label] if every else []
             continue
+        note = f" ({len(every) - len(part)} not tested)" if len(part) < len(every) else ""
         above = [e for e in part if e.significant and e.diff > 0]
         below = [e for e in part if e.significant and e.diff < 0]
-        if len(above) == len(part):
+        if len(above) == len(every):
             lo, hi = min(e.diff for e in above), max(e.diff for e in above)
             worst = max(e.p_value for e in above)
-            if len(part) == 1:
+            if len(every) == 1:
                 parts.append(f"the main variant is above it on {h.label} ({lo:+.1f}, {_p(worst)})")
             else:
                 bound = _p(worst).replace("=", "≤")
@@ -183,13 +197,19 @@ def _control_line(summary: Summary, label: str, effects: list[Effect]) -> str:
                     f"each {bound})"
                 )
         elif above:
-            parts.append(f"{len(above)} of {len(part)} main variants are above it on {h.label}")
+            parts.append(
+                f"{len(above)} of {len(every)} main variants are above it on {h.label}{note}"
+            )
+        elif note:
+            parts.append(f"no tested main variant is above it on {h.label}{note}")
         else:
             none.append(h.label)
         if below:
-            parts.append(f"{len(below)} of {len(part)} are below it on {h.label}")
+            parts.append(f"{len(below)} of {len(every)} are below it on {h.label}")
     if none:
         parts.append(f"no main variant is above it beyond seed spread on {', '.join(none)}")
+    if untested_only:
+        parts.append(f"not tested on {', '.join(untested_only)} (fewer than 2 seeds on a side)")
     return f"{label}: {'; '.join(parts)}." if parts else f"{label}: no seed-level comparison."
 
 

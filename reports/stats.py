@@ -122,13 +122,15 @@ def mcnemar_test(
 ) -> McNemarResult | list[McNemarResult]:
     """McNemar exact test of variant A vs B on per-item correctness (one benchmark subset).
 
-    ``items_*`` have columns seed, item_id, correct. Seeds are paired in sorted order. With
-    ``per_seed`` a result per seed pair is returned, else the counts are pooled."""
-    seeds_a = sorted(items_a["seed"].unique())
-    seeds_b = sorted(items_b["seed"].unique())
+    ``items_*`` have columns seed, item_id, correct. Seeds are paired by number (the same
+    training seed); a seed that only one side has (a failed trial) is left out. With
+    ``per_seed`` a result per shared seed is returned, else the counts are pooled."""
+    seeds = sorted(set(items_a["seed"].unique()) & set(items_b["seed"].unique()))
     results = []
-    for sa, sb in zip(seeds_a, seeds_b):
-        b, c, n = discordant_counts(items_a[items_a["seed"] == sa], items_b[items_b["seed"] == sb])
+    for seed in seeds:
+        b, c, n = discordant_counts(
+            items_a[items_a["seed"] == seed], items_b[items_b["seed"] == seed]
+        )
         results.append(McNemarResult(b, c, n, mcnemar_exact(b, c)))
     if per_seed:
         return results

@@ -66,3 +66,15 @@ def test_stores_without_a_common_trial_are_said_to_be_incomparable(reference, tm
         table.to_parquet(run / f"{name}.parquet", index=False)
     result = compare_stores(run, reference)
     assert result.cells == 0 and "no trial in common" in "\n".join(result.lines())
+
+
+def test_a_run_that_lacks_a_reference_trial_is_not_identical(reference, tmp_path):
+    run = Path(shutil.copytree(reference, tmp_path / "run"))
+    trials = pd.read_parquet(run / "trials.parquet")
+    failed = trials["trial_id"].iloc[0]
+    trials.loc[trials["trial_id"] == failed, "status"] = "failed"
+    trials.to_parquet(run / "trials.parquet", index=False)
+    result = compare_stores(run, reference)
+    assert result.differing.empty and result.only_there == 1 and not result.identical
+    assert "stores hold different trials" in result.lines()[0]
+    assert "only in the reference: 1" in "\n".join(result.lines())

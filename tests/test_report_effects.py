@@ -16,7 +16,7 @@ import pytest
 from reports.build import render_report
 from reports.effects import all_effects, effect_lines
 from reports.load import load_sweep
-from reports.summary import summarize
+from reports.summary import Summary, summarize
 from reports.tables import all_tables
 from reports.variants import MAIN
 
@@ -177,3 +177,27 @@ def test_report_pages_open_with_the_effects(summary):
     assert "Welch's t-test" in index and "McNemar" in index
     assert "effects.md" in {name.split("/")[-1] for name in files}
     assert "<h2>Effects</h2>" in files["index.html"].decode()
+
+
+def _cut_seeds(root: Path, keep_all: set[str]) -> Summary:
+    """The store with seed 0 only, except the variants named in ``keep_all``."""
+    for name in ("results.parquet", "trials.parquet"):
+        frame = pd.read_parquet(root / name)
+        keep = frame["variant_name"].isin(keep_all) | (frame["seed"] == 0)
+        frame[keep].to_parquet(root / name, index=False)
+    return summarize(load_sweep(root))
+
+
+def test_a_comparison_with_one_seed_is_said_untested_never_no_difference(tmp_path):
+    one_seed = _cut_seeds(make_effects_store(tmp_path / "a"), set())
+    lines = effect_lines(one_seed)
+    weight = next(line for line in lines if line.startswith("MSE weight λ 0 vs 1"))
+    assert "not tested on MME-P" in weight and "no difference" not in weight
+    blind = next(line for line in lines if line.startswith("blind (control)"))
+    assert "not tested on MME-P" in blind and "above it" not in blind
+    # one main variant with 3 seeds, three with 1: "1 of 4", never "the main variant"
+    kept = "ian.depth=1,loss.mse_weight=1.0"
+    mixed = _cut_seeds(make_effects_store(tmp_path / "b"), {kept, "blind"})
+    blind = next(line for line in effect_lines(mixed) if line.startswith("blind (control)"))
+    assert "1 of 4 main variants are above it on MME-P (3 not tested)" in blind
+    assert "the main variant is above" not in blind and "every main variant" not in blind

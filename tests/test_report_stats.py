@@ -45,16 +45,21 @@ def test_mcnemar_test_aligns_by_item_id_and_pools_seeds():
     result = mcnemar_test(items_a, items_b)
     assert (result.b, result.c, result.n_pairs) == (1, 9, 20)
     assert result.p_value == pytest.approx(0.021484375)
-    # two seeds, seed values differ between variants: paired in sorted order and pooled
+    # two seeds: the same training seed paired, counts pooled
     pooled = mcnemar_test(
-        pd.concat([_items(0, a), _items(1, a)]), pd.concat([_items(5, b), _items(6, b)])
+        pd.concat([_items(0, a), _items(1, a)]), pd.concat([_items(0, b), _items(1, b)])
     )
     assert (pooled.b, pooled.c, pooled.n_pairs) == (2, 18, 40)
     assert pooled.p_value == pytest.approx(sps.binomtest(2, 20, 0.5).pvalue)
+    # a failed trial: B lacks seed 1, so A's seed 2 meets B's seed 2, not B's next one
+    a2 = [True] * 20  # seed 2 of A, all right: against B's seed 2, b=1 and c=0
     per_seed = mcnemar_test(
-        pd.concat([_items(0, a), _items(1, a)]), pd.concat([_items(5, b), _items(6, b)]), True
+        pd.concat([_items(0, a), _items(1, a), _items(2, a2)]),
+        pd.concat([_items(0, b), _items(2, b)]),
+        True,
     )
-    assert [r.b for r in per_seed] == [1, 1]
+    assert [(r.b, r.c) for r in per_seed] == [(1, 9), (1, 0)]  # by position: (1, 9) twice
+    assert mcnemar_test(_items(0, a), _items(5, b)).n_pairs == 0  # no shared seed
     # items only one side has are not paired
     assert discordant_counts(_items(0, [True, False]), _items(0, [False]))[2] == 1
 
