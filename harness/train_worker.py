@@ -161,10 +161,10 @@ def run_stage(
         if rank == 0:
             model.save_pretrained(export, state_dict=state)
     if rank == 0:
-        if not getattr(cfg, stage).keep_optimizer:
-            CheckpointManager(folder / "checkpoints", cfg.seed, stage).prune(keep=0)
         _write_curves(folder / "curves.parquet", curves)
         atomic_write_json(folder / "done.json", {"stage": stage, "summary": summary})
+        if not getattr(cfg, stage).keep_optimizer:  # after done.json: a crash here loses nothing
+            CheckpointManager(folder / "checkpoints", cfg.seed, stage).prune(keep=0)
     return summary
 
 
@@ -189,6 +189,19 @@ def _curves_so_far(folder: Path, cfg, stage: str) -> list[dict]:
 # --------------------------------------------------------------------------------------
 
 
+def trained_summary(folder: str | Path) -> dict | None:
+    """The summary of a stage folder that finished training (its done.json), else None.
+
+    Ray Train restarts the whole worker function when a worker fails; when that was the
+    evaluation after a finished stage, training again would repeat the stage for nothing."""
+    import json
+
+    from harness.stage_cache import DONE, is_done
+
+    done = Path(folder) / DONE
+    return json.loads(done.read_text())["summary"] if is_done(Path(folder)) else None
+
+
 def ray_stage_worker(config: dict) -> dict:
     """``train_loop_per_worker``: one rank of a stage (Ray Train set up the process group)."""
     import ray.train
@@ -205,7 +218,9 @@ def ray_stage_worker(config: dict) -> dict:
         )
 
     device = ray.train.torch.get_device()
-    summary = run_stage(job, device=device, on_report=report)
+    summary = trained_summary(job.folder)
+    if summary is None:
+        summary = run_stage(job, device=device, on_report=report)
     if job.extra.get("then_eval"):  # the same workers score the model they just trained
         import gc
 

@@ -151,7 +151,8 @@ class StageConfig(_Section):
         100,
         ge=0,
         description="optimizer steps: without epochs, batches drawn with replacement by source "
-        "weight; with epochs, a cap on the epoch length (quick runs)",
+        "weight (default 100); with epochs, a cap on the epoch length (quick runs), only when "
+        "given beside them",
     )
     batch_size: int = Field(
         8, ge=1, description="samples per forward pass on one worker (the micro-batch)"
@@ -179,7 +180,9 @@ class StageConfig(_Section):
         "(ZeRO-2-like, only the IAN trains), stage 2 yes",
     )
     keep_optimizer: bool = Field(
-        False, description="keep the last checkpoint (optimizer state) once the stage is done"
+        False,
+        description="save a checkpoint (weights, optimizer, scheduler) at the stage's last step "
+        "and keep it once the stage is done",
     )
     lr: float = Field(1e-3, gt=0)
     llm_lr: float | None = Field(
@@ -189,7 +192,20 @@ class StageConfig(_Section):
     warmup_ratio: float = Field(0.03, ge=0, le=1)
     max_grad_norm: float | None = Field(1.0, gt=0)
     on_bad_image: Literal["error", "skip"] = "error"
-    checkpoint_every: int = Field(0, ge=0, description="steps between checkpoints; 0 = end only")
+    checkpoint_every: int = Field(
+        0,
+        ge=0,
+        description="steps between checkpoints a crashed stage resumes from; 0 = none (a crash "
+        "restarts the stage; keep_optimizer still saves the last step)",
+    )
+
+    @model_validator(mode="before")
+    @classmethod
+    def _epochs_without_steps_run_whole(cls, data: Any) -> Any:
+        """``epochs`` given without ``steps``: no cap (the default 100 steps would cut them)."""
+        if isinstance(data, dict) and data.get("epochs") is not None and "steps" not in data:
+            return {**data, "steps": None}
+        return data
 
     @model_validator(mode="after")
     def _has_length(self) -> StageConfig:
@@ -295,6 +311,9 @@ class MageConfig(_Section):
         data = self.to_dict()
         for dotted, value in overrides.items():
             set_dotted(data, dotted, value)
+        for stage in ("stage1", "stage2"):  # new epochs without steps: whole epochs, no cap
+            if overrides.get(f"{stage}.epochs") is not None and f"{stage}.steps" not in overrides:
+                data[stage]["steps"] = None
         return MageConfig.from_dict(data)
 
 

@@ -178,6 +178,8 @@ class MageModel(nn.Module):
                 ignore_index=IGNORE_INDEX,
                 reduction="sum",
             )
+            if image_tokens is None and self.training:
+                out.ce_sum = out.ce_sum + 0.0 * self._idle_image_path()
             out.ce_tokens = (targets != IGNORE_INDEX).sum()
             out.ce_loss = out.ce_sum / out.ce_tokens.clamp(min=1)
         weight = self.config.loss.mse_weight if mse_weight is None else mse_weight
@@ -190,6 +192,16 @@ class MageModel(nn.Module):
         if out.ce_loss is not None and out.mse_loss is not None and weight > 0:
             out.loss = out.ce_loss + weight * out.mse_loss
         return out
+
+    def _idle_image_path(self) -> torch.Tensor:
+        """The tower and connector on one blank image, summed, for a micro-batch without
+        images: every FSDP unit then runs its forward and backward on every rank (a rank that
+        skipped them would wait on collectives the others never start), and the loss keeps a
+        gradient path when every image of a batch was skipped. Added times 0 to the loss
+        (LLaVA does the same for text-only batches)."""
+        size = self.vision.image_size
+        blank = torch.zeros(1, 3, size, size, device=self.device)
+        return self.encode_images(blank).float().sum()
 
     def mse_terms(self, image_tokens, caption_ids, caption_mask):
         """``(sum over captioned samples of the MSE between mean-pooled image tokens and the

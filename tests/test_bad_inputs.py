@@ -321,6 +321,11 @@ CASES = [
         lambda c: ["train", "--out", str(_run_dir(c, "state"))],
         "train_state.pt",
     ),
+    C(
+        "train-resume-changed-config",
+        lambda c: ["train", "--out", str(_run_dir(c, "state")), "--set", "ian.depth=2"],
+        "ian.depth differ",
+    ),
     # ---- params -----------------------------------------------------------------------------
     C("params-unknown-preset", lambda c: ["params", "nope"], "'nope'"),
     C("params-bad-set", lambda c: ["params", "mage-7b", "--set", "ian.depth=-1"], "ian.depth"),

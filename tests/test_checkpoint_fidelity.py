@@ -189,3 +189,22 @@ def test_resume_state_holds_and_restores_the_cuda_generators(tiny, tmp_path, mon
     assert restored == [saved_cuda]
     with pytest.raises(CheckpointError, match="global batch of 4"):
         manager.load(folder, model, optimizer, scheduler, global_batch=8)
+
+
+def test_keep_optimizer_saves_the_last_step_and_a_run_resumed_there_reports_how_it_ended(
+    tiny, tmp_path
+):
+    """checkpoint_every 0 saves nothing, unless keep_optimizer asks for the last step's state;
+    a stage that crashed after its last checkpoint (say, while exporting) resumes with no
+    step left and still returns its final step and loss."""
+    plain = tiny.with_overrides({"stage2.steps": 3})
+    seed_build(plain.seed)
+    train_stage(MageModel.build(plain), plain, "stage2", tmp_path / "plain")
+    assert CheckpointManager(tmp_path / "plain" / "checkpoints", 0, "stage2").latest() is None
+    cfg = plain.with_overrides({"stage2.keep_optimizer": True})
+    seed_build(cfg.seed)
+    first = train_stage(MageModel.build(cfg), cfg, "stage2", tmp_path / "s2")
+    latest = CheckpointManager(tmp_path / "s2" / "checkpoints", cfg.seed, "stage2").latest()
+    assert latest is not None and latest.name == "step-00000003"
+    again = train_stage(MageModel.build(cfg), cfg, "stage2", tmp_path / "s2")
+    assert (again["step"], again["loss"]) == (first["step"], first["loss"]) == (3, first["loss"])

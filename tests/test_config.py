@@ -51,3 +51,17 @@ def test_data_placeholders_need_a_data_dir(monkeypatch):
         cfg.data_sources("stage1")
     sources = cfg.with_overrides({"data_dir": "/data"}).data_sources("stage1")
     assert sources[0].path.startswith("/data/")
+
+
+def test_epochs_without_steps_run_whole_epochs_and_steps_given_beside_them_cap():
+    from mage.config import StageConfig
+
+    assert StageConfig().steps == 100  # no epochs: the default length
+    assert StageConfig(epochs=1).steps is None  # not cut at 100 steps
+    assert StageConfig(epochs=1, steps=50).steps == 50
+    cfg = get_preset("world-demo").with_overrides({"stage2.epochs": 1})
+    assert cfg.stage2.steps is None and cfg.stage1.steps == get_preset("world-demo").stage1.steps
+    cfg = get_preset("world-demo").with_overrides({"stage2.epochs": 1, "stage2.steps": 7})
+    assert cfg.stage2.steps == 7
+    reloaded = MageConfig.from_dict({"stage2": {"epochs": 2}})  # a config file's stage
+    assert reloaded.stage2.steps is None and reloaded.stage2.epochs == 2

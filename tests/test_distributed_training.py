@@ -161,3 +161,19 @@ def test_an_update_below_bf16_spacing_still_moves_a_weight_trained_in_bf16(tmp_p
         # in bf16 these updates round away: the weight would not have changed
         lost += int((changed & (after[key].bfloat16() == old.bfloat16())).sum())
     assert moved > 0 and lost > 0.5 * moved
+
+
+def test_a_rank_whose_micro_batch_has_no_image_trains_with_the_others(tmp_path):
+    """One record with an image, one text-only, one per rank every step: the text-only rank
+    still runs the tower and connector (times 0), so FSDP's collectives match on both ranks
+    (without it gloo aborts on a size mismatch), and the losses are those of one worker."""
+    data = write_tiny_dataset(tmp_path / "data", n=2)
+    records = json.loads(data.read_text())
+    records[1] = {"id": "text", "conversations": [
+        {"from": "human", "value": "Name a colour."}, {"from": "gpt", "value": "red"}]}  # fmt: skip
+    data.write_text(json.dumps(records))
+    cfg = _config(data, epochs=4, batch_size=2, grad_accum=1, group_by="none")  # 1 per rank
+    losses_file = tmp_path / "losses.json"
+    spawn_ranks(train_and_record, 2, cfg.to_dict(), str(tmp_path / "two"), str(losses_file))
+    one = _one_worker(cfg, tmp_path / "one")
+    assert _losses(losses_file) == pytest.approx(one, rel=RTOL) and len(one) == 4

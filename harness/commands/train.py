@@ -89,10 +89,39 @@ def _checked_config(args):
     if check_output_dir(args.out, "a training run folder", is_run_dir):  # resumed: its state
         from mage.checkpoint_check import check_training_checkpoint
 
+        _same_config(args.out, cfg)
         for stage in stages:
             check_training_checkpoint(args.out / stage)
     check_config_inputs(cfg, stages)
     return cfg, stages
+
+
+def _dotted(data: dict, prefix: str = "") -> dict:
+    out = {}
+    for key, value in data.items():
+        if isinstance(value, dict):
+            out.update(_dotted(value, f"{prefix}{key}."))
+        else:
+            out[f"{prefix}{key}"] = value
+    return out
+
+
+def _same_config(run: Path, cfg) -> None:
+    """A run folder is resumed only with the config it was trained with: its finished stages
+    and checkpoints belong to that config (and its config.yaml must keep describing them)."""
+    from mage.config import ConfigError, MageConfig
+
+    saved = _dotted(MageConfig.load(run / "config.yaml").to_dict())
+    asked = _dotted(cfg.to_dict())
+    changed = sorted(k for k in saved.keys() | asked.keys() if saved.get(k) != asked.get(k))
+    if changed:
+        shown = ", ".join(changed[:6]) + (
+            f" and {len(changed) - 6} more" if len(changed) > 6 else ""
+        )
+        raise ConfigError(
+            f"{run} was trained with another config ({shown} differ): resume it with "
+            f"--config {run / 'config.yaml'}, or train into a new --out"
+        )
 
 
 def _train(args) -> int:

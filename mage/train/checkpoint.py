@@ -87,8 +87,12 @@ class CheckpointManager:
         folders = self.folders()
         return folders[-1] if folders else None
 
-    def save(self, step: int, model, optimizer, scheduler, global_batch: int) -> Path:
-        """Every rank calls this at the same step; returns the checkpoint folder."""
+    def save(
+        self, step: int, model, optimizer, scheduler, global_batch: int, metrics: dict | None = None
+    ) -> Path:
+        """Every rank calls this at the same step; returns the checkpoint folder. ``metrics``
+        (the step's loss and learning rate) come back from `saved_metrics`: a run resumed at
+        its last step still reports how it ended."""
         folder = self.root / f"step-{step:08d}"
         rank = _rank()
         if rank == 0 and folder.exists():  # a save of this step that crashed half-way
@@ -106,6 +110,7 @@ class CheckpointManager:
                 "world_size": _world(),
                 "global_batch": global_batch,
                 "stage": self.stage,
+                "metrics": dict(metrics or {}),
             }
             torch.save(state, folder / "train_state.pt")
             atomic_write_json(folder / COMPLETE, {"step": step, "world_size": _world()})
@@ -144,6 +149,12 @@ class CheckpointManager:
         else:  # more ranks than when it was saved: a fresh, reproducible stream
             seed_all(stable_seed(self.seed, self.stage, state["step"], _rank()))
         return int(state["step"])
+
+    @staticmethod
+    def saved_metrics(folder: Path) -> dict:
+        """The metrics of the step a checkpoint was saved at ({} for older checkpoints)."""
+        state = torch.load(Path(folder) / "train_state.pt", weights_only=False)
+        return dict(state.get("metrics") or {})
 
     @staticmethod
     def _check_keys(folder: Path, model_state: dict) -> None:

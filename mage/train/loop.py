@@ -104,9 +104,10 @@ def train_stage(
     optimizer, scheduler = build_optimizer(model, stage_cfg, batches.total_steps)
     params = [p for group in optimizer.param_groups for p in group["params"]]
     checkpoints = CheckpointManager(Path(out_dir) / "checkpoints", cfg.seed, stage)
-    start = 0
+    start, metrics = 0, {}
     if (latest := checkpoints.latest()) is not None:
         start = checkpoints.load(latest, model, optimizer, scheduler, batches.global_batch)
+        metrics = checkpoints.saved_metrics(latest)  # what it ends with if no step is left
     sampler = RankMicroBatches(batches, rank, world, stage_cfg.batch_size, start)
     collate = Collator(
         model.tokenizer,
@@ -127,7 +128,6 @@ def train_stage(
     model.train()
     if model.vision.frozen:
         model.vision.eval()
-    metrics: dict = {}
     started, tokens, skipped = time.perf_counter(), 0.0, 0
     batches_in = iter(loader)
     for step in range(start, batches.total_steps):
@@ -169,11 +169,15 @@ def train_stage(
             "step": done,
             "total_steps": batches.total_steps,
         }
-        save = (stage_cfg.checkpoint_every and done % stage_cfg.checkpoint_every == 0) or (
-            stop_after is not None and done - start >= stop_after
+        save = (
+            (stage_cfg.checkpoint_every and done % stage_cfg.checkpoint_every == 0)
+            or (stop_after is not None and done - start >= stop_after)
+            or (stage_cfg.keep_optimizer and done == batches.total_steps)  # the state to keep
         )
         if save:
-            folder = checkpoints.save(done, model, optimizer, scheduler, batches.global_batch)
+            folder = checkpoints.save(
+                done, model, optimizer, scheduler, batches.global_batch, metrics
+            )
             metrics["checkpoint"] = str(folder)
         stop = callback is not None and callback(done, dict(metrics)) is False
         if distributed() and callback is not None:  # one rank's stop stops all
