@@ -103,7 +103,8 @@ class LLMConfig(_Section):
     dtype: Literal["float32", "bfloat16", "float16"] = Field(
         "float32",
         description="compute dtype in training (weights the optimizer updates stay float32) and "
-        "the dtype a checkpoint is evaluated in",
+        "the dtype a checkpoint is evaluated in; float16 evaluates only (training refuses it: "
+        "no loss scaling)",
     )
     attn_implementation: Literal["sdpa", "flash_attention_2", "eager"] = Field(
         "sdpa", description="attention kernel (flash_attention_2 needs the flash-attn package)"

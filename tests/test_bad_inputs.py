@@ -281,6 +281,11 @@ CASES = [
     C("train-set-bad-yaml", lambda c: ["train", "--set", "ian.depth=[", "--out", "r"], "ian.depth"),
     C("train-set-negative-seed", lambda c: ["train", "--set", "seed=-3", "--out", "r"], "seed"),
     C("train-stages", lambda c: ["train", "--stages", "stage3", "--out", "r"], "--stages"),
+    C(
+        "train-float16",
+        lambda c: ["train", "--set", "llm.dtype=float16", "--out", "r"],
+        "llm.dtype=float16",
+    ),
     C("train-threads", lambda c: ["train", "--threads", "0", "--out", "r"], "--threads"),
     C("train-out-user-folder", lambda c: ["train", "--out", str(c.user)], "not a training run"),
     C(

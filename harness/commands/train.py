@@ -86,6 +86,9 @@ def _checked_config(args):
     cfg = cfg.with_overrides(parse_overrides(args.overrides))
     if cfg.seed < 0:
         raise ConfigError(f"seed: must be >= 0, got {cfg.seed}")
+    from mage.train.parallel import check_training_dtype
+
+    check_training_dtype(cfg)
     if check_output_dir(args.out, "a training run folder", is_run_dir):  # resumed: its state
         from mage.checkpoint_check import check_training_checkpoint
 

@@ -123,9 +123,22 @@ def apply_fsdp(model, dtype: torch.dtype, reshard_after_forward: bool, device: t
     return model
 
 
+def check_training_dtype(cfg) -> None:
+    """float16 compute needs loss scaling, which this loop does not do: refuse it."""
+    if cfg.llm.dtype == "float16":
+        from mage.config import ConfigError
+
+        raise ConfigError(
+            "llm.dtype=float16: training in float16 needs loss scaling (small gradients "
+            "underflow), which is not implemented; train in bfloat16 (as the paper presets) "
+            "or float32"
+        )
+
+
 def prepare_model(model, cfg, stage: str, device: torch.device):
     """Lay the model out for one stage (see the module docstring); returns the autocast
     context the forward runs in (a null context under FSDP, which casts by itself)."""
+    check_training_dtype(cfg)
     stage_cfg = getattr(cfg, stage)
     dtype = compute_dtype(cfg)
     cast_for_training(model, dtype)

@@ -62,4 +62,6 @@ def set_rng_state(state: dict) -> None:
     if _cuda_in_use():
         if "cuda" not in state:
             raise KeyError("RNG state lacks the CUDA generators (saved on a machine without CUDA)")
-        torch.cuda.set_rng_state_all(state["cuda"])
+        # the devices this process sees now (a resume may see fewer, e.g. Ray sets
+        # CUDA_VISIBLE_DEVICES per worker): restoring a generator it lacks would raise
+        torch.cuda.set_rng_state_all(state["cuda"][: torch.cuda.device_count()])
