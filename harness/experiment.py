@@ -45,10 +45,15 @@ def _resources(spec: SweepSpec):
 
     if spec.resources != "whole_node":
         return spec.resources.trial_resources()
-    nodes = [n["Resources"] for n in ray.nodes() if n.get("Alive")]
-    cpu = min(n.get("CPU", 0) for n in nodes)
-    gpu = min(n.get("GPU", 0) for n in nodes)
-    return tune.PlacementGroupFactory([{"CPU": cpu, "GPU": gpu}], strategy="STRICT_PACK")
+    return tune.PlacementGroupFactory([whole_node(ray.nodes())], strategy="STRICT_PACK")
+
+
+def whole_node(nodes: list[dict]) -> dict[str, float]:
+    """The resources of the smallest live node that has GPUs (of the smallest node when none
+    has): a head node without GPUs must not make every trial a CPU trial."""
+    alive = [n["Resources"] for n in nodes if n.get("Alive")]
+    pool = [r for r in alive if r.get("GPU", 0) > 0] or alive
+    return {"CPU": min(r.get("CPU", 0) for r in pool), "GPU": min(r.get("GPU", 0) for r in pool)}
 
 
 def check_memory(plan: SweepPlan) -> None:

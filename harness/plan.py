@@ -176,6 +176,14 @@ def plan_sweep(spec: SweepSpec, presets: dict[str, Any] | None = None) -> SweepP
     for b in spec.baselines:
         overrides = {**b.overrides, **({"blind": True} if b.blind else {})}
         plan.variants.append(plan.variant(overrides, "baseline", b.name))
+    kinds: dict[str, str] = {}
+    for v in plan.variants:  # trials find their variant by name: two of one name lose one
+        if v.name in kinds:
+            raise SpecError(
+                f"two variants are named {v.name!r} (a {kinds[v.name]} and a {v.kind}); "
+                "rename the baseline"
+            )
+        kinds[v.name] = v.kind
     seen: dict[str, str] = {}
     for v in plan.variants:
         if v.variant_id in seen:

@@ -129,7 +129,10 @@ class SweepProgress(Callback):
 
 
 def _clock(seconds: float) -> str:
-    return time.strftime("%H:%M:%S", time.gmtime(max(0.0, seconds)))
+    """H:MM:SS, hours unbounded (a paper sweep runs for days: 30 h is 30:00:00)."""
+    minutes, secs = divmod(int(max(0.0, seconds)), 60)
+    hours, minutes = divmod(minutes, 60)
+    return f"{hours:02d}:{minutes:02d}:{secs:02d}"
 
 
 def score_text(key: str, value: float | None) -> str:

@@ -100,6 +100,32 @@ class ObjectiveSpec(_Strict):
     def key(self) -> str:
         return f"{self.benchmark}/{self.metric}/{self.category}"
 
+    @model_validator(mode="after")
+    def _known_metric(self) -> ObjectiveSpec:
+        """A misspelt metric would fail every trial after it trained: refuse it here."""
+        known = objective_metrics()[self.benchmark]
+        if self.metric not in known:
+            raise ValueError(
+                f"metric {self.metric!r} is not a {self.benchmark} metric; known: {list(known)}"
+            )
+        return self
+
+
+def objective_metrics() -> dict[str, tuple[str, ...]]:
+    """The metrics each benchmark's rows of the results table hold (category ``all`` for the
+    headlines, per category for the others)."""
+    from harness.eval_tables import MMBENCH_HEADLINE, MME_HEADLINES, SEED_HEADLINES
+    from mage.tools.metrics import METRICS as TOOL_METRICS
+
+    losses = ("loss", "ce_loss", "mse_loss")
+    return {
+        "mme": (*MME_HEADLINES, "acc", "acc_plus", "score"),
+        "mmbench": (MMBENCH_HEADLINE, "acc", "l2_acc"),
+        "seedbench": (*SEED_HEADLINES, "acc"),
+        "tools": TOOL_METRICS,
+        "train": tuple(f"{s}/{m}_final" for s in ("stage1", "stage2") for m in losses),
+    }
+
 
 class EarlyStoppingSpec(_Strict):
     """ASHA on a training metric of one stage, as trials report it while they train.

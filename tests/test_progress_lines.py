@@ -79,3 +79,13 @@ def test_each_finished_trial_prints_its_scores_and_the_time_left(tmp_path):
     line = lines[0]
     assert line.startswith("smoke:main: trial 1/4 ian.depth=2 seed 1: ok in 118 s")
     assert "MME-P 330.5, SEED 25.1" in line and "left" in line
+
+
+def test_the_clock_counts_hours_past_a_day():
+    from harness.progress import _clock
+
+    assert (
+        _clock(30 * 3600 + 61) == "30:01:01"
+        and _clock(59) == "00:00:59"
+        and _clock(-3) == "00:00:00"
+    )

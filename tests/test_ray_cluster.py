@@ -190,3 +190,14 @@ def test_a_wrong_token_is_one_line_saying_what_to_set(cluster, tmp_path):
     assert f"the Ray cluster at {address} refused the connection" in lines[0]
     assert "RAY_AUTH_TOKEN" in lines[0] and took < 30
     assert not out.exists()
+
+
+def test_whole_node_trials_take_a_gpu_node_not_the_gpu_less_head():
+    from harness.experiment import whole_node
+
+    head = {"Alive": True, "Resources": {"CPU": 8}}
+    gpus = [{"Alive": True, "Resources": {"CPU": 64, "GPU": 8}},
+            {"Alive": True, "Resources": {"CPU": 48, "GPU": 4}},
+            {"Alive": False, "Resources": {"CPU": 2, "GPU": 1}}]  # fmt: skip
+    assert whole_node([head, *gpus]) == {"CPU": 48, "GPU": 4}
+    assert whole_node([head]) == {"CPU": 8, "GPU": 0}  # a CPU cluster: its smallest node

@@ -224,8 +224,33 @@ def test_load_spec_names_the_file(tmp_path):
 def test_baseline_role_is_checked():
     from harness.spec import parse_spec
 
-    base = {"name": "x", "base": "tiny-test", "objective": {"benchmark": "mme", "metric": "m"}}
+    base = {"name": "x", "base": "tiny-test",
+            "objective": {"benchmark": "mme", "metric": "mme_perception_score"}}  # fmt: skip
     spec = parse_spec({**base, "baselines": [{"name": "rand", "role": "control"}]})
     assert spec.baselines[0].role == "control"
     with pytest.raises(SpecError, match=r"baselines\[0\]\.role"):
         parse_spec({**base, "baselines": [{"name": "rand", "role": "best"}]})
+
+
+def test_a_misspelt_objective_metric_is_refused_before_any_trial():
+    from harness.spec import parse_spec
+
+    spec = {
+        "name": "x",
+        "base": "tiny-test",
+        "objective": {"benchmark": "mme", "metric": "mme_perceptoin_score"},
+    }
+    with pytest.raises(SpecError, match="'mme_perceptoin_score' is not a mme metric; known: "):
+        parse_spec(spec)
+    spec["objective"] = {"benchmark": "train", "metric": "stage2/ce_loss_final", "mode": "min"}
+    assert parse_spec(spec).primary.key == "train/stage2/ce_loss_final/all"
+
+
+def test_a_baseline_named_like_a_grid_variant_is_refused():
+    from harness.plan import plan_sweep
+    from harness.spec import parse_spec
+
+    spec = parse_spec({"name": "x", "base": "tiny-test", "baselines": [{"name": "tiny-test", "blind": True}],
+                       "objective": {"benchmark": "mme", "metric": "mme_perception_score"}})  # fmt: skip
+    with pytest.raises(SpecError, match="two variants are named 'tiny-test'"):
+        plan_sweep(spec)
