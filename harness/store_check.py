@@ -127,7 +127,9 @@ def inspect_store(sweep_dir: str | Path, trial_files: bool = False) -> StoreStat
         )
     if "trials" in state.tables:
         in_table = set(state.tables["trials"]["trial_id"].astype(str))
-        recorded = {r.trial_id for r in state.records} | set(damaged)
+        # failed trials moved aside to run again (`harness.retry`) until they are stored anew
+        retrying = {p.name for p in (sweep_dir / store.RETRIED).glob("*")}
+        recorded = {r.trial_id for r in state.records} | set(damaged) | retrying
         state.table_only = sorted(in_table - recorded)
         state.unmerged = sorted(recorded - in_table)
     elif state.records and not any(k.startswith("table:") for k in problems):

@@ -254,3 +254,20 @@ def test_a_retried_searched_variant_reaches_the_optuna_study(tmp_path):
             p = trial.params
             assert trial.value == pytest.approx(10.0 * p["ian.depth"] + p["loss.mse_weight"])
             assert trial.user_attrs["retried"] is True
+
+
+def test_a_driver_killed_after_moving_failed_trials_aside_resumes_them(tmp_path, monkeypatch):
+    """`resume --retry-failed` moves the failed trials to retried/ first; if the driver dies
+    before any of them is stored again, trials.parquet still lists them: resume must accept
+    that store and run them."""
+    from harness.store_check import check_store
+
+    monkeypatch.delenv("OPENAI_API_KEY", raising=False)
+    monkeypatch.delenv("AZURE_API_KEY", raising=False)
+    out = tmp_path / "sweep"
+    spec = flaky_spec()
+    run_sweep(spec, out, trial_fn=flaky_trial, progress=False, report=False)
+    moved = prepare_retries(out, plan_sweep(spec), failed=True)  # ... then the driver dies
+    assert len(moved) == 2 and not check_store(out, "resume").table_only
+    resume_sweep(out, trial_fn=flaky_trial, progress=False, report=False)
+    assert statuses(out) == {"ian.depth=0": "ok", "ian.depth=1": "ok", "ian.depth=2": "failed"}
