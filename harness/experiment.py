@@ -122,6 +122,27 @@ def optuna_space(plan: SweepPlan) -> dict[str, Any]:
     return space
 
 
+def check_search(plan: SweepPlan) -> None:
+    """Refuse, before any trial, an Optuna search whose space or storage cannot be built
+    (they are built when the search phase starts, after the baselines have trained)."""
+    if plan.spec.search != "optuna":
+        return
+    try:
+        optuna_space(plan)
+    except ValueError as err:
+        raise SpecError(f"axes: Optuna cannot search them: {err}") from None
+    if plan.spec.optuna_storage:
+        import optuna
+
+        try:
+            optuna.storages.RDBStorage(plan.spec.optuna_storage)
+        except Exception as err:  # SQLAlchemy and driver errors have no common base
+            raise SpecError(
+                f"optuna_storage {plan.spec.optuna_storage!r} cannot be opened: "
+                f"{str(err).splitlines()[0]}"
+            ) from None
+
+
 def _optuna_search_class():
     from ray.tune.search.optuna import OptunaSearch
 

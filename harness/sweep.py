@@ -46,9 +46,10 @@ from typing import Any
 import yaml
 
 from harness import store
-from harness.experiment import (  # noqa: F401  (check_memory: the CLI's)
+from harness.experiment import (  # noqa: F401  (check_memory, check_search: the CLI's)
     build_tuner,
     check_memory,
+    check_search,
     tell_study_retried,
 )
 from harness.plan import SweepPlan, plan_sweep
@@ -152,6 +153,7 @@ def run_sweep(
         spec = load_spec(spec)
     plan = plan_sweep(spec, presets)  # a bad spec fails here, before Ray starts
     check_memory(plan)
+    check_search(plan)
     sweep_dir = Path(out_dir or Path("sweeps") / spec.name).resolve()
     _check_spec(sweep_dir, spec)  # spec.yaml is written once connected (in _drive)
     _check_plan(sweep_dir, plan)

@@ -566,6 +566,46 @@ CASES = [
     ),
     C("sweep-negative-seed", lambda c: ["sweep", str(c.spec(seeds=[0, -1])), "--dry-run"], "seeds"),
     C(
+        "sweep-objective-metric-misspelt",
+        lambda c: [
+            "sweep",
+            str(c.spec(objective={"benchmark": "mme", "metric": "mme_p"})),
+            "--dry-run",
+        ],
+        "'mme_p' is not a mme metric",
+    ),
+    C(
+        "sweep-optuna-int-axis-half-step",
+        lambda c: [
+            "sweep",
+            str(
+                c.spec(
+                    search="optuna",
+                    num_samples=2,
+                    axes={"ian.depth": {"low": 0, "high": 3, "step": 0.5}},
+                )
+            ),
+            "--dry-run",
+        ],  # fmt: skip
+        "Optuna cannot search",
+    ),
+    C(
+        "sweep-optuna-storage-bad",
+        lambda c: [
+            "sweep",
+            str(
+                c.spec(
+                    search="optuna",
+                    num_samples=2,
+                    optuna_storage="nosuchdb://x",
+                    axes={"ian.depth": {"low": 0, "high": 3}},
+                )
+            ),
+            "--dry-run",
+        ],  # fmt: skip
+        "optuna_storage",
+    ),
+    C(
         "sweep-huge-grid",
         lambda c: [
             "sweep",

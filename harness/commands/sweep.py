@@ -124,7 +124,7 @@ def _sweep(args) -> int:
     from harness.plan import plan_sweep
     from harness.preflight import check_plan_inputs
     from harness.spec import SpecError, load_spec
-    from harness.sweep import check_memory
+    from harness.sweep import check_memory, check_search
     from mage.io import check_output_dir
 
     if Path(args.spec).is_dir():
@@ -141,6 +141,7 @@ def _sweep(args) -> int:
         )
     plan = plan_sweep(spec)
     check_memory(plan)  # a GPU spec that cannot fit its workers: refused here
+    check_search(plan)  # an Optuna space or storage that cannot be built, too
     out = Path(args.out or Path("sweeps") / spec.name)
     check_output_dir(out, "a sweep folder", is_sweep_dir)  # never into someone's files
     if args.dry_run:
