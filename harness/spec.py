@@ -298,6 +298,7 @@ class SweepSpec(_Strict):
 
     @model_validator(mode="after")
     def _consistent(self) -> SweepSpec:
+        self._absolute_paths()
         if self.world is not None and self.data_dir is not None:
             raise ValueError("give `world:` (synthetic data) or `data_dir:` (real data), not both")
         if self.search == "grid":
@@ -332,6 +333,18 @@ class SweepSpec(_Strict):
         if dupes:
             raise ValueError(f"baselines: duplicate name(s) {dupes}")
         return self
+
+    def _absolute_paths(self) -> None:
+        """Folders as absolute paths, read against the folder the sweep is started from: Ray
+        Tune runs each trial in its own trial folder, where a relative path means nothing."""
+        for name in ("data_dir", "eval_data_dir", "assets_dir"):
+            value = getattr(self, name)
+            if value and not Path(value).expanduser().is_absolute():
+                object.__setattr__(self, name, str(Path(value).expanduser().resolve()))
+        if self.world is not None and self.world.dir:
+            folder = Path(self.world.dir).expanduser()
+            if not folder.is_absolute():
+                object.__setattr__(self.world, "dir", str(folder.resolve()))
 
     @property
     def trial_count(self) -> int:

@@ -254,3 +254,19 @@ def test_a_baseline_named_like_a_grid_variant_is_refused():
                        "objective": {"benchmark": "mme", "metric": "mme_perception_score"}})  # fmt: skip
     with pytest.raises(SpecError, match="two variants are named 'tiny-test'"):
         plan_sweep(spec)
+
+
+def test_relative_folders_are_read_against_the_folder_the_sweep_starts_from(tmp_path, monkeypatch):
+    """Ray Tune runs each trial in its own folder: a relative path must not reach a trial."""
+    from harness.spec import parse_spec
+
+    monkeypatch.chdir(tmp_path)
+    objective = {"benchmark": "mme", "metric": "mme_perception_score"}
+    spec = parse_spec({"name": "x", "base": "tiny-test", "data_dir": "data", "eval_data_dir": "./bench",
+                       "assets_dir": "/abs/assets", "objective": objective})  # fmt: skip
+    assert spec.data_dir == str(tmp_path / "data") and spec.eval_data_dir == str(tmp_path / "bench")
+    assert spec.assets_dir == "/abs/assets"
+    world = parse_spec({"name": "x", "base": "world-test", "world": {"size": "test", "dir": "w"},
+                        "objective": objective})  # fmt: skip
+    assert world.world.dir == str(tmp_path / "w")
+    assert parse_spec(spec.to_dict()).to_dict() == spec.to_dict()  # a stored spec reads the same
