@@ -160,6 +160,8 @@ def _optuna_search_class():
             value = result.get(metric) if metric else None
             if value is None or not math.isfinite(value) or f"{stage}/step" not in result:
                 return
+            # OptunaSearch keeps its Optuna trials in private fields and has no public hook
+            # for intermediate values; a Ray upgrade that renames them shows up in the tests
             if trial_id in self._ot_trials and trial_id not in self._completed_trials:
                 self._ot_trials[trial_id].report(float(value), int(result[f"{stage}/step"]))
 
@@ -302,8 +304,16 @@ def build_tuner(
     path = experiment_path(plan, sweep_dir, phase)
     if tune.Tuner.can_restore(path):
         tuner = tune.Tuner.restore(path, trainable=trainable, resume_errored=True)
-        # Tune restores the RunConfig it pickled; give it this session's callbacks.
-        tuner._local_tuner.get_run_config().callbacks = callbacks
+        # Tune restores the RunConfig it pickled; give it this session's callbacks. Private:
+        # Tuner.restore takes no run_config, and no public API replaces its callbacks (a
+        # Ray Client driver, `ray://`, has no _local_tuner: refused below).
+        local = getattr(tuner, "_local_tuner", None)
+        if local is None:
+            raise SpecError(
+                "resuming a sweep through Ray Client (ray://) is not supported: run the "
+                "driver on the cluster (ray job submit, or ssh to the head) and resume there"
+            )
+        local.get_run_config().callbacks = callbacks
         return tuner
     scheduler = early_stopping_scheduler(plan) if spec.early_stopping else None
     if phase == "search":

@@ -78,7 +78,7 @@ class SweepProgress(Callback):
             for t in trials
         )
         best = "-" if self._best is None else f"{self._best:.4g}"
-        elapsed = time.strftime("%H:%M:%S", time.gmtime(time.time() - self._started))
+        elapsed = _clock(time.time() - self._started)
         return (
             f"[bold]{self.name}[/]: {done}/{self.total} done, {running} running, {failed} "
             f"failed | best objective {best} | elapsed {elapsed}"
@@ -93,11 +93,26 @@ class SweepProgress(Callback):
         if result.get("trial_final") and isinstance(value, float) and not math.isnan(value):
             pick = max if self.mode == "max" else min
             self._best = value if self._best is None else pick(self._best, value)
-        key = str(result.get("trial_key", ""))
-        if result.get("trial_final") and key not in self._finished:
-            self._finished.add(key)
-            if self.enabled and self._live is None and not interactive():
-                print(self.finished_line(key, result), flush=True)
+        if result.get("trial_final"):
+            self._finish(str(result.get("trial_key", "")), result)
+
+    def on_trial_complete(self, iteration, trials, trial, **info) -> None:
+        """A trial that ends without a final result (stopped early by ASHA) counts too."""
+        result = trial.last_result or {}
+        self._finish(str(result.get("trial_key") or trial.trial_id), result)
+
+    def on_trial_error(self, iteration, trials, trial, **info) -> None:
+        result = trial.last_result or {}
+        self._finish(
+            str(result.get("trial_key") or trial.trial_id), {**result, "trial_status": "error"}
+        )
+
+    def _finish(self, key: str, result: dict) -> None:
+        if key in self._finished:
+            return
+        self._finished.add(key)
+        if self.enabled and self._live is None and not interactive():
+            print(self.finished_line(key, result), flush=True)
 
     def finished_line(self, trial_key: str, result: dict) -> str:
         """One log line for a finished trial: who, how it ended, its scores, time left."""

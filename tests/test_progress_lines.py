@@ -5,6 +5,7 @@ phase, each trial with its scores and the time left) instead of staying silent."
 from __future__ import annotations
 
 import sys
+import types
 from contextlib import contextmanager
 from pathlib import Path
 
@@ -74,11 +75,18 @@ def test_each_finished_trial_prints_its_scores_and_the_time_left(tmp_path):
         progress.on_trial_result(0, [], None, final)
         progress.on_trial_result(1, [], None, final)  # Tune may repeat a result: one line
         progress.on_trial_result(2, [], None, {"trial_final": 0, "trial_key": "x-s0"})
+        # a trial ASHA stopped (no final result) and one that errored count as finished too
+        stopped = types.SimpleNamespace(trial_id="t2", last_result={"trial_key": "x-s0"})
+        progress.on_trial_complete(3, [], stopped)
+        progress.on_trial_complete(4, [], stopped)
+        crashed = types.SimpleNamespace(trial_id="t3", last_result=None)
+        progress.on_trial_error(5, [], crashed)
     lines = log.read_text().splitlines()
-    assert len(lines) == 1
+    assert len(lines) == 3
     line = lines[0]
     assert line.startswith("smoke:main: trial 1/4 ian.depth=2 seed 1: ok in 118 s")
     assert "MME-P 330.5, SEED 25.1" in line and "left" in line
+    assert lines[1].startswith("smoke:main: trial 2/4 x-s0") and "trial 3/4 t3: error" in lines[2]
 
 
 def test_the_clock_counts_hours_past_a_day():
