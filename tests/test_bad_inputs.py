@@ -693,6 +693,11 @@ CASES = [
         "not a sweep folder",
     ),
     C(
+        "sweep-out-folder-of-the-spec",  # the user's folder holds its own spec.yaml
+        lambda c: ["sweep", str(c.spec(name="spec.yaml")), "--out", str(c.spec().parent)],
+        "not a sweep folder",
+    ),
+    C(
         "sweep-out-another-sweep",
         lambda c: ["sweep", str(c.spec()), "--out", str(c.store())],
         "another sweep",

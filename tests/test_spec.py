@@ -270,3 +270,18 @@ def test_relative_folders_are_read_against_the_folder_the_sweep_starts_from(tmp_
                         "objective": objective})  # fmt: skip
     assert world.world.dir == str(tmp_path / "w")
     assert parse_spec(spec.to_dict()).to_dict() == spec.to_dict()  # a stored spec reads the same
+
+
+def test_a_sweep_folder_is_told_from_a_user_folder_that_holds_a_spec_yaml(tmp_path):
+    from harness.commands.sweep import is_sweep_dir
+
+    folder = tmp_path / "f"
+    folder.mkdir()
+    (folder / "spec.yaml").write_text("name: x\n")
+    assert is_sweep_dir(folder)  # a sweep stopped while preparing its inputs
+    (folder / "records").mkdir()
+    assert is_sweep_dir(folder)
+    (folder / "notes.txt").write_text("mine")
+    assert not is_sweep_dir(folder)  # the user's own project folder
+    (folder / "manifest.json").write_text("{}")
+    assert is_sweep_dir(folder)

@@ -89,9 +89,16 @@ def _set_ray_timeout(args) -> None:
     connect_timeout_s()  # a bad $MAGE_RAY_CONNECT_TIMEOUT fails here, before any work
 
 
+EARLY_ENTRIES = {"spec.yaml", "records", "stages"}  # what a sweep writes before its manifest
+
+
 def is_sweep_dir(path: Path) -> bool:
-    """A folder `sweep` wrote (it holds spec.yaml)."""
-    return (path / "spec.yaml").is_file()
+    """A folder `sweep` wrote: its spec.yaml beside the store's manifest.json, or with nothing
+    but what a sweep writes before it (a sweep stopped while preparing its inputs). A
+    spec.yaml among other files is the user's own spec, in the user's own folder."""
+    if not (path / "spec.yaml").is_file():
+        return False
+    return (path / "manifest.json").is_file() or {p.name for p in path.iterdir()} <= EARLY_ENTRIES
 
 
 def _print_summary(summary) -> None:
