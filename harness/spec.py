@@ -337,14 +337,12 @@ class SweepSpec(_Strict):
     def _absolute_paths(self) -> None:
         """Folders as absolute paths, read against the folder the sweep is started from: Ray
         Tune runs each trial in its own trial folder, where a relative path means nothing."""
-        for name in ("data_dir", "eval_data_dir", "assets_dir"):
-            value = getattr(self, name)
+        owners = [(self, name) for name in ("data_dir", "eval_data_dir", "assets_dir")]
+        owners += [(self.world, "dir")] if self.world is not None else []
+        for owner, name in owners:
+            value = getattr(owner, name)
             if value and not Path(value).expanduser().is_absolute():
-                object.__setattr__(self, name, str(Path(value).expanduser().resolve()))
-        if self.world is not None and self.world.dir:
-            folder = Path(self.world.dir).expanduser()
-            if not folder.is_absolute():
-                object.__setattr__(self.world, "dir", str(folder.resolve()))
+                object.__setattr__(owner, name, str(Path(value).expanduser().resolve()))
 
     @property
     def trial_count(self) -> int:

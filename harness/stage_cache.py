@@ -160,3 +160,9 @@ def eval_settings(spec: Any, eval_dir: str | None, tools_json: str | None) -> di
 
 def is_done(folder: Path) -> bool:
     return (Path(folder) / DONE).is_file()
+
+
+def done_summary(folder: str | Path) -> dict | None:
+    """A finished stage folder's summary (its done.json), None while it is not finished."""
+    done = Path(folder) / DONE
+    return json.loads(done.read_text())["summary"] if done.is_file() else None

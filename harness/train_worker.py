@@ -189,24 +189,13 @@ def _curves_so_far(folder: Path, cfg, stage: str) -> list[dict]:
 # --------------------------------------------------------------------------------------
 
 
-def trained_summary(folder: str | Path) -> dict | None:
-    """The summary of a stage folder that finished training (its done.json), else None.
-
-    Ray Train restarts the whole worker function when a worker fails; when that was the
-    evaluation after a finished stage, training again would repeat the stage for nothing."""
-    import json
-
-    from harness.stage_cache import DONE, is_done
-
-    done = Path(folder) / DONE
-    return json.loads(done.read_text())["summary"] if is_done(Path(folder)) else None
-
-
 def ray_stage_worker(config: dict) -> dict:
     """``train_loop_per_worker``: one rank of a stage (Ray Train set up the process group)."""
     import ray.train
     import ray.train.torch
     from ray.train import Checkpoint, CheckpointUploadMode
+
+    from harness.stage_cache import done_summary
 
     job = StageJob(**config)
 
@@ -218,7 +207,9 @@ def ray_stage_worker(config: dict) -> dict:
         )
 
     device = ray.train.torch.get_device()
-    summary = trained_summary(job.folder)
+    # Ray Train restarts the whole worker function when a worker fails; after a finished
+    # stage (its evaluation failed), training again would repeat the stage for nothing
+    summary = done_summary(job.folder)
     if summary is None:
         summary = run_stage(job, device=device, on_report=report)
     if job.extra.get("then_eval"):  # the same workers score the model they just trained

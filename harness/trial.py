@@ -32,7 +32,7 @@ import pandas as pd
 from harness.eval_job import EvalJob
 from harness.fingerprint import stage_data_keys
 from harness.spec import SweepSpec
-from harness.stage_cache import content_hash, eval_settings, is_done, stage_hash
+from harness.stage_cache import content_hash, done_summary, eval_settings, is_done, stage_hash
 from harness.store import TrialRecord, write_trial
 from harness.train_worker import StageJob, WorkerGroup
 from mage.config import MageConfig
@@ -290,8 +290,7 @@ def _stage(
 
 
 def _steps_done(folder: Path) -> int:
-    summary = json.loads((folder / "done.json").read_text())["summary"]
-    return int(summary.get("step", 0))
+    return int((done_summary(folder) or {}).get("step", 0))
 
 
 def _eval_job(ctx: TrialContext, checkpoint: Path, data: TrialData, out: Path) -> EvalJob:

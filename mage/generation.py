@@ -19,6 +19,7 @@ off the generation loop).
 
 from __future__ import annotations
 
+import functools
 import inspect
 from collections.abc import Callable, Sequence
 from typing import TYPE_CHECKING, Any
@@ -47,11 +48,12 @@ def keeps_last_logits(llm: Any) -> dict[str, int]:
     reads only the last: at a 32k vocabulary, batch 32 and ~650 prompt tokens that is a
     2.7 GB float32 tensor, and the LM head's work grows with the prompt."""
     base = llm.get_base_model() if hasattr(llm, "get_base_model") else llm  # PEFT passes it on
-    return (
-        {"logits_to_keep": 1}
-        if "logits_to_keep" in inspect.signature(base.forward).parameters
-        else {}
-    )
+    return {"logits_to_keep": 1} if _takes_logits_to_keep(type(base)) else {}
+
+
+@functools.cache
+def _takes_logits_to_keep(llm_class: type) -> bool:
+    return "logits_to_keep" in inspect.signature(llm_class.forward).parameters
 
 
 def prompt_ids(model: MageModel, question: str, has_image: bool) -> list[int]:
@@ -106,11 +108,11 @@ def _checked_prompts(model: MageModel, prompts: Sequence[list[int]], images: Seq
             f"generate: prompts has {len(prompts)} entries for {len(images)} questions"
         )
     for row, (ids, image) in enumerate(zip(prompts, images)):
-        want = model.num_image_tokens if image is not None else 0
-        if sum(t == IMAGE_TOKEN_ID for t in ids) != want:
+        want, have = model.num_image_tokens if image is not None else 0, ids.count(IMAGE_TOKEN_ID)
+        if have != want:
             raise ValueError(
-                f"generate: prompts[{row}] has {sum(t == IMAGE_TOKEN_ID for t in ids)} image "
-                f"placeholder ids; its image needs {want} (use prompt_ids)"
+                f"generate: prompts[{row}] has {have} image placeholder ids; its image needs "
+                f"{want} (use prompt_ids)"
             )
     return list(prompts)
 

@@ -576,33 +576,12 @@ CASES = [
     ),
     C(
         "sweep-optuna-int-axis-half-step",
-        lambda c: [
-            "sweep",
-            str(
-                c.spec(
-                    search="optuna",
-                    num_samples=2,
-                    axes={"ian.depth": {"low": 0, "high": 3, "step": 0.5}},
-                )
-            ),
-            "--dry-run",
-        ],  # fmt: skip
+        lambda c: _optuna_sweep(c, {"low": 0, "high": 3, "step": 0.5}),
         "Optuna cannot search",
     ),
     C(
         "sweep-optuna-storage-bad",
-        lambda c: [
-            "sweep",
-            str(
-                c.spec(
-                    search="optuna",
-                    num_samples=2,
-                    optuna_storage="nosuchdb://x",
-                    axes={"ian.depth": {"low": 0, "high": 3}},
-                )
-            ),
-            "--dry-run",
-        ],  # fmt: skip
+        lambda c: _optuna_sweep(c, {"low": 0, "high": 3}, optuna_storage="nosuchdb://x"),
         "optuna_storage",
     ),
     C(
@@ -839,6 +818,12 @@ def _spec_with_corrupt_image(c: Ctx) -> Path:
     spec = c.spec()
     (c.root / "data" / "img1.png").write_bytes(b"\x89PNG\r\n\x1a\n not really a png")
     return spec
+
+
+def _optuna_sweep(c: Ctx, depth_axis: dict, **changes) -> list[str]:
+    """A dry run of an Optuna search over ian.depth."""
+    spec = c.spec(search="optuna", num_samples=2, axes={"ian.depth": depth_axis}, **changes)
+    return ["sweep", str(spec), "--dry-run"]
 
 
 def _run_dir(c: Ctx, damage: str) -> Path:

@@ -11,14 +11,15 @@ import ray.train.torch
 import torch
 
 from harness import eval_job, train_worker
-from harness.train_worker import StageJob, ray_stage_worker, trained_summary
+from harness.stage_cache import done_summary
+from harness.train_worker import StageJob, ray_stage_worker
 
 
 def test_a_restart_after_a_finished_stage_evaluates_without_training_again(tmp_path, monkeypatch):
     folder = tmp_path / "stage2"
     folder.mkdir()
     job = StageJob(config={}, stage="stage2", folder=str(folder), extra={"then_eval": {"x": 1}})
-    assert trained_summary(folder) is None
+    assert done_summary(folder) is None
 
     def train(*args, **kwargs):
         raise AssertionError("trained again")
