@@ -136,8 +136,6 @@ def run_stage(
         checkpoint = metrics.pop("checkpoint", None)
         if rank == 0:
             curves.extend(_curve_rows(stage, step, metrics))
-            if checkpoint:  # a resumed run keeps the curve up to its checkpoint
-                _write_curves(Path(checkpoint) / "curves.parquet", curves)
             if live is not None:
                 live.append(stage, step, metrics)
             if on_step is not None:
@@ -176,12 +174,18 @@ def _write_curves(path: Path, rows: list[dict]) -> None:
 
 
 def _curves_so_far(folder: Path, cfg, stage: str) -> list[dict]:
-    """The curve a resumed stage had reached: the one saved with its newest checkpoint."""
+    """The curve a resumed stage had reached: the step metrics saved with its newest
+    checkpoint (a checkpoint of an earlier version kept them in ``curves.parquet``)."""
     from mage.train.checkpoint import CheckpointManager
 
     latest = CheckpointManager(folder / "checkpoints", cfg.seed, stage).latest()
-    saved = latest / "curves.parquet" if latest else None
-    return pd.read_parquet(saved).to_dict("records") if saved and saved.is_file() else []
+    if latest is None:
+        return []
+    history = CheckpointManager.saved_history(latest)
+    if history is not None:
+        return [row for h in history for row in _curve_rows(stage, int(h["step"]), h)]
+    saved = latest / "curves.parquet"
+    return pd.read_parquet(saved).to_dict("records") if saved.is_file() else []
 
 
 # --------------------------------------------------------------------------------------

@@ -209,3 +209,33 @@ def test_keep_optimizer_saves_the_last_step_and_a_run_resumed_there_reports_how_
     assert latest is not None and latest.name == "step-00000003"
     again = train_stage(MageModel.build(cfg), cfg, "stage2", tmp_path / "s2")
     assert (again["step"], again["loss"]) == (first["step"], first["loss"]) == (3, first["loss"])
+
+
+def test_a_checkpoint_holds_its_curve_before_it_is_marked_complete(tiny, tmp_path, monkeypatch):
+    """The training curve up to a checkpoint is part of what ``complete`` vouches for: a
+    crash right after the marker cannot leave a resumable checkpoint without its curve, and
+    a resumed stage's curve runs from step 1 without a gap."""
+    from harness.train_worker import _curves_so_far
+
+    cfg = tiny.with_overrides({"stage2.steps": 4, "stage2.checkpoint_every": 1})
+    seed_build(cfg.seed)
+    manager = CheckpointManager(tmp_path / "s2" / "checkpoints", cfg.seed, "stage2")
+    seen = []  # what the marker's writer finds in the folder it marks
+    import mage.train.checkpoint as checkpoint
+
+    real = checkpoint.atomic_write_json
+
+    def marker(path, data):
+        seen.append(CheckpointManager.saved_history(Path(path).parent))
+        real(path, data)
+
+    monkeypatch.setattr(checkpoint, "atomic_write_json", marker)
+    train_stage(MageModel.build(cfg), cfg, "stage2", tmp_path / "s2", stop_after=2)
+    assert [[h["step"] for h in s] for s in seen] == [[1], [1, 2]]
+    seed_build(cfg.seed)
+    train_stage(MageModel.build(cfg), cfg, "stage2", tmp_path / "s2")
+    history = CheckpointManager.saved_history(manager.latest())
+    assert [h["step"] for h in history] == [1, 2, 3, 4]
+    assert history[:2] == seen[1]  # the resumed run kept the first session's steps
+    curve = _curves_so_far(tmp_path / "s2", cfg, "stage2")
+    assert [r["step"] for r in curve if r["metric"] == "loss"] == [1, 2, 3, 4]

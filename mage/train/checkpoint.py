@@ -4,7 +4,7 @@
 the trainable weights and of the optimizer state through DCP (``get_state_dict`` with frozen
 weights left out: a stage-1 checkpoint holds the connector, not the 7B LLM), plus its own RNG
 state (CPU, CUDA, NumPy, Python); rank 0 adds ``train_state.pt`` (step, scheduler, world size,
-global batch) and, last, the ``complete`` marker, so a folder without it (a crash mid-save) is
+global batch, the metrics of every step so far) and, last, the ``complete`` marker, so a folder without it (a crash mid-save) is
 never resumed from. The data position is the step (`mage.train.pipeline` derives every batch
 from it). DCP reshards on load, so a run saved on N workers resumes on M; a rank without an RNG
 file of its own (M > N) reseeds from ``(seed, stage, step, rank)``. Loading is strict: the
@@ -88,11 +88,20 @@ class CheckpointManager:
         return folders[-1] if folders else None
 
     def save(
-        self, step: int, model, optimizer, scheduler, global_batch: int, metrics: dict | None = None
+        self,
+        step: int,
+        model,
+        optimizer,
+        scheduler,
+        global_batch: int,
+        metrics: dict | None = None,
+        history: list[dict] | None = None,
     ) -> Path:
         """Every rank calls this at the same step; returns the checkpoint folder. ``metrics``
         (the step's loss and learning rate) come back from `saved_metrics`: a run resumed at
-        its last step still reports how it ended."""
+        its last step still reports how it ended. ``history`` (every step's metrics so far,
+        the training curve) comes back from `saved_history`; it is saved before the
+        ``complete`` marker, so a resumable checkpoint always has its curve."""
         folder = self.root / f"step-{step:08d}"
         rank = _rank()
         if rank == 0 and folder.exists():  # a save of this step that crashed half-way
@@ -111,6 +120,7 @@ class CheckpointManager:
                 "global_batch": global_batch,
                 "stage": self.stage,
                 "metrics": dict(metrics or {}),
+                "history": [dict(h) for h in history or []],
             }
             torch.save(state, folder / "train_state.pt")
             atomic_write_json(folder / COMPLETE, {"step": step, "world_size": _world()})
@@ -155,6 +165,13 @@ class CheckpointManager:
         """The metrics of the step a checkpoint was saved at ({} for older checkpoints)."""
         state = torch.load(Path(folder) / "train_state.pt", weights_only=False)
         return dict(state.get("metrics") or {})
+
+    @staticmethod
+    def saved_history(folder: Path) -> list[dict] | None:
+        """Every step's metrics up to a checkpoint (None for checkpoints older than that)."""
+        state = torch.load(Path(folder) / "train_state.pt", weights_only=False)
+        history = state.get("history")
+        return None if history is None else [dict(h) for h in history]
 
     @staticmethod
     def _check_keys(folder: Path, model_state: dict) -> None:

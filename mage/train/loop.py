@@ -104,10 +104,11 @@ def train_stage(
     optimizer, scheduler = build_optimizer(model, stage_cfg, batches.total_steps)
     params = [p for group in optimizer.param_groups for p in group["params"]]
     checkpoints = CheckpointManager(Path(out_dir) / "checkpoints", cfg.seed, stage)
-    start, metrics = 0, {}
+    start, metrics, history = 0, {}, []
     if (latest := checkpoints.latest()) is not None:
         start = checkpoints.load(latest, model, optimizer, scheduler, batches.global_batch)
         metrics = checkpoints.saved_metrics(latest)  # what it ends with if no step is left
+        history = checkpoints.saved_history(latest) or []
     sampler = RankMicroBatches(batches, rank, world, stage_cfg.batch_size, start)
     collate = Collator(
         model.tokenizer,
@@ -169,6 +170,7 @@ def train_stage(
             "step": done,
             "total_steps": batches.total_steps,
         }
+        history.append(dict(metrics))
         save = (
             (stage_cfg.checkpoint_every and done % stage_cfg.checkpoint_every == 0)
             or (stop_after is not None and done - start >= stop_after)
@@ -176,7 +178,7 @@ def train_stage(
         )
         if save:
             folder = checkpoints.save(
-                done, model, optimizer, scheduler, batches.global_batch, metrics
+                done, model, optimizer, scheduler, batches.global_batch, metrics, history
             )
             metrics["checkpoint"] = str(folder)
         stop = callback is not None and callback(done, dict(metrics)) is False
