@@ -210,6 +210,16 @@ def _move_aside(path: Path, target_dir: Path) -> Path:
     return target
 
 
+def _recorded_scoring(sweep_dir: Path, done: dict[str, Any]) -> dict[str, str]:
+    """The MMBench scoring method the trials were scored with, from their records: a resumed
+    sweep reads it from the manifest and must keep scoring the way its first trials were."""
+    methods = {r.eval_record.get("mmbench_scoring") for r in store.load_records(sweep_dir)} - {None}
+    if len(methods) > 1:
+        done["mmbench_scoring"] = f"trials disagree ({', '.join(sorted(methods))}): not recorded"
+        return {}
+    return {"mmbench_scoring": methods.pop()} if methods else {}
+
+
 def rebuild_store(sweep_dir: str | Path, drop_missing: bool = False) -> dict[str, Any]:
     """Rewrite the tables (and a missing or damaged manifest) from ``trials/``; returns what
     was done. Nothing is deleted: unreadable trials and a damaged manifest are moved aside."""
@@ -262,6 +272,7 @@ def rebuild_store(sweep_dir: str | Path, drop_missing: bool = False) -> dict[str
                     ],
                 },
                 rebuilt_from_trials=True,
+                **_recorded_scoring(sweep_dir, done),
             )
             done["manifest"] = "rewritten from spec.yaml"
     tables = store.consolidate(sweep_dir, name, list(fields), allow_fewer=drop_missing)

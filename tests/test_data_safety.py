@@ -13,6 +13,7 @@ an unreachable cluster or end in a traceback, each reproduced through the comman
 
 from __future__ import annotations
 
+import json
 import os
 import shutil
 import signal
@@ -145,12 +146,17 @@ def test_resume_never_rewrites_the_tables_from_fewer_trials(sweep_dir, capsys):
 
 def test_store_rebuild_repairs_a_corrupted_table_and_manifest(sweep_dir, capsys):
     original = pd.read_parquet(sweep_dir / "results.parquet")
+    for path in (sweep_dir / "trials").glob("*/record.json"):  # scored as a sweep records it
+        record = json.loads(path.read_text())
+        path.write_text(json.dumps({**record, "eval_record": {"mmbench_scoring": "static"}}))
     (sweep_dir / "results.parquet").write_bytes(b"garbage")
     (sweep_dir / "manifest.json").write_text('{"spec": ')
     assert main(["status", str(sweep_dir)]) == 2
     capsys.readouterr()
     assert main(["store", "rebuild", str(sweep_dir)]) == 0
     assert "damaged/manifest.json" in capsys.readouterr().out  # kept, not deleted
+    # a resumed sweep scores MMBench as its first trials did: the method is recovered
+    assert store.read_manifest(sweep_dir)["mmbench_scoring"] == "static"
     pd.testing.assert_frame_equal(pd.read_parquet(sweep_dir / "results.parquet"), original)
     assert main(["status", str(sweep_dir)]) == 0
     out = capsys.readouterr().out
