@@ -56,6 +56,7 @@ class SweepProgress(Callback):
         self._started = time.time()
         self._best: float | None = None
         self._finished: set[str] = set()
+        self._earlier: int | None = None  # trials a resumed experiment had finished before
 
     def __getstate__(self) -> dict:  # Tune pickles its RunConfig; never the live display
         state = self.__dict__.copy()
@@ -85,6 +86,8 @@ class SweepProgress(Callback):
         )
 
     def on_step_end(self, iteration, trials, **info) -> None:
+        if self._earlier is None:  # first loop step: no trial of this session has ended yet
+            self._earlier = sum(t.status == "TERMINATED" for t in trials)
         if self._live is not None:
             self._live.update(self._line(trials))
 
@@ -116,7 +119,8 @@ class SweepProgress(Callback):
 
     def finished_line(self, trial_key: str, result: dict) -> str:
         """One log line for a finished trial: who, how it ended, its scores, time left."""
-        done = len(self._finished)
+        this_session = len(self._finished)
+        done = (self._earlier or 0) + this_session
         elapsed = time.time() - self._started
         record = store.stored_trial(self.sweep_dir, trial_key) if self.sweep_dir else None
         who = trial_key
@@ -130,7 +134,8 @@ class SweepProgress(Callback):
             else:
                 tail = " | " + ", ".join(score_text(k, v) for k, v in record.objectives.items())
         left = self.total - done
-        eta = f", about {_clock(elapsed / done * left)} left" if done and left > 0 else ""
+        # the rate of this session's trials: a resumed sweep's earlier ones took no time here
+        eta = f", about {_clock(elapsed / this_session * left)} left" if left > 0 else ""
         return (
             f"{self.name}: trial {done}/{self.total} {who}: {status}{tail} | "
             f"elapsed {_clock(elapsed)}{eta}"

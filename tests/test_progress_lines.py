@@ -89,6 +89,26 @@ def test_each_finished_trial_prints_its_scores_and_the_time_left(tmp_path):
     assert lines[1].startswith("smoke:main: trial 2/4 x-s0") and "trial 3/4 t3: error" in lines[2]
 
 
+def test_a_resumed_sweep_counts_the_trials_of_earlier_sessions(tmp_path, monkeypatch):
+    """Tune restores the trials an earlier session finished without firing their events: the
+    count starts after them, and the time left comes from this session's rate alone."""
+    import harness.progress as progress_module
+
+    now = [1000.0]
+    monkeypatch.setattr(progress_module.time, "time", lambda: now[0])
+    progress = SweepProgress("smoke:main", total=10, sweep_dir=tmp_path)
+    restored = [types.SimpleNamespace(status="TERMINATED")] * 6
+    log = tmp_path / "log.txt"
+    with stdout_to(log):
+        progress.setup()
+        progress.on_step_end(0, [*restored, types.SimpleNamespace(status="RUNNING")])
+        now[0] += 100.0  # this session's first trial took 100 s
+        progress.on_trial_result(1, [], None, {"trial_final": 1, "trial_key": "k-s0"})
+    line = log.read_text().splitlines()[0]
+    assert line.startswith("smoke:main: trial 7/10 k-s0"), line
+    assert line.endswith("elapsed 00:01:40, about 00:05:00 left"), line  # 3 left at 100 s
+
+
 def test_the_clock_counts_hours_past_a_day():
     from harness.progress import _clock
 
