@@ -188,7 +188,7 @@ def _search_alg(plan: SweepPlan, sweep_dir: Path):
         metric="objective",
         mode=spec.primary.mode,
         sampler=optuna.samplers.TPESampler(seed=spec.search_seed),
-        study_name=spec.name,
+        study_name=study_name(spec, sweep_dir),
         storage=optuna.storages.RDBStorage(url),
         early_stopping_metric=spec.early_stopping.metric if spec.early_stopping else None,
     )
@@ -199,6 +199,27 @@ def _search_alg(plan: SweepPlan, sweep_dir: Path):
 
 def _study_url(spec: SweepSpec, sweep_dir: Path) -> str:
     return spec.optuna_storage or f"sqlite:///{sweep_dir / 'optuna.db'}"
+
+
+def study_name(spec: SweepSpec, sweep_dir: Path, manifest: dict | None = None) -> str:
+    """The sweep's Optuna study. In its own database (the default) the spec's name; in a
+    shared ``optuna_storage``, the name the manifest recorded when the sweep first started
+    (the spec's name and a random suffix), so that two sweeps of one spec, say a re-run into
+    a new folder, never add to each other's study. A sweep started before names were
+    recorded keeps the spec's name."""
+    if not spec.optuna_storage:
+        return spec.name
+    if manifest is None:
+        from harness import store
+
+        manifest = store.read_manifest(sweep_dir)
+    if manifest.get("optuna_study"):
+        return manifest["optuna_study"]
+    if manifest.get("sessions"):
+        return spec.name
+    import uuid
+
+    return f"{spec.name}-{uuid.uuid4().hex[:8]}"
 
 
 def _study_params(plan: SweepPlan, config: dict[str, Any]) -> dict[str, Any] | None:
@@ -235,7 +256,8 @@ def tell_study_retried(plan: SweepPlan, sweep_dir: Path, trial_ids: list[str]) -
     if not retried:
         return 0
     study = optuna.load_study(
-        study_name=spec.name, storage=optuna.storages.RDBStorage(_study_url(spec, sweep_dir))
+        study_name=study_name(spec, sweep_dir),
+        storage=optuna.storages.RDBStorage(_study_url(spec, sweep_dir)),
     )
     complete = optuna.trial.TrialState.COMPLETE
     known = [t.params for t in study.get_trials(deepcopy=False, states=(complete,))]

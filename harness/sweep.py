@@ -50,6 +50,7 @@ from harness.experiment import (  # noqa: F401  (check_memory, check_search: the
     build_tuner,
     check_memory,
     check_search,
+    study_name,
     tell_study_retried,
 )
 from harness.plan import SweepPlan, plan_sweep
@@ -263,6 +264,7 @@ def _drive(
         raise
     started = time.time()
     manifest = store.read_manifest(sweep_dir)
+    study = study_name(plan.spec, sweep_dir, manifest) if plan.spec.search == "optuna" else None
     sessions = manifest.get("sessions", [])
     sessions.append({"kind": kind, "started_at": _now(), "wall_s": 0.0})
     mode = (
@@ -278,6 +280,7 @@ def _drive(
         plan=_plan_manifest(plan),
         sessions=sessions,
         mmbench_scoring=plan.spec.mmbench_scoring,
+        **({"optuna_study": study} if study else {}),
         **store.provenance(),
     )
     handler = StoreCallback(sweep_dir, plan)

@@ -23,6 +23,7 @@ from ray import cloudpickle  # noqa: E402
 
 from harness import store  # noqa: E402
 from harness.cli import main as cli_main  # noqa: E402
+from harness.experiment import study_name  # noqa: E402
 from harness.spec import parse_spec  # noqa: E402
 from harness.sweep import resume_sweep, run_sweep, start_ray  # noqa: E402
 from harness.trial import TrialOutcome  # noqa: E402
@@ -107,12 +108,20 @@ def test_failed_trials_are_stored_with_their_cause_and_the_sweep_goes_on(tmp_pat
 def test_optuna_trains_each_sampled_variant_for_every_seed(tmp_path):
     optuna = pytest.importorskip("optuna")
     axes = {"ian.depth": {"low": 0, "high": 1}, "loss.mse_weight": {"low": 0.1, "high": 1.0}}
-    spec = engine_spec(axes=axes, search="optuna", num_samples=3, seeds=[0, 1], baselines=[])
-    summary = run_sweep(spec, tmp_path, trial_fn=scripted_trial, progress=False, report=False)
+    shared = f"sqlite:///{tmp_path / 'lab-optuna.db'}"  # a lab's storage, shared by sweeps
+    spec = engine_spec(
+        axes=axes, search="optuna", num_samples=3, seeds=[0, 1], baselines=[],
+        optuna_storage=shared,
+    )  # fmt: skip
+    sweep = tmp_path / "sweep"
+    summary = run_sweep(spec, sweep, trial_fn=scripted_trial, progress=False, report=False)
     assert sum(summary.counts.values()) == 6
-    trials = pd.read_parquet(tmp_path / "trials.parquet")
+    trials = pd.read_parquet(sweep / "trials.parquet")
     assert (trials.groupby("variant_id")["seed"].apply(sorted) == [[0, 1]] * 3).all()
-    study = optuna.load_study(study_name="engine", storage=f"sqlite:///{tmp_path / 'optuna.db'}")
+    # the study is this sweep's own: a re-run of the spec into another folder gets another
+    name = store.read_manifest(sweep)["optuna_study"]
+    assert name.startswith("engine-") and study_name(spec, tmp_path / "rerun") != name
+    study = optuna.load_study(study_name=name, storage=shared)
     done = [t for t in study.trials if t.state == optuna.trial.TrialState.COMPLETE]
     assert len(done) == 3
     for t in done:  # Optuna is told the mean over seeds 0 and 1 (scores differ by 1)
