@@ -176,13 +176,16 @@ def _control_line(summary: Summary, label: str, effects: list[Effect]) -> str:
     """What the main variants do against one control or baseline; a main variant with fewer
     than 2 seeds on a side is counted as untested, never as "above" or "not above"."""
     parts, none, untested_only = [], [], []
+    n_main = len(summary.variants.main_ids())  # a main variant with no scores is untested too
     for h in summary.headlines:
         every = [e for e in effects if e.headline == h.key]
         part = [e for e in every if not math.isnan(e.p_value)]
         if not part:
             untested_only += [h.label] if every else []
             continue
-        note = f" ({len(every) - len(part)} not tested)" if len(part) < len(every) else ""
+        untested = max(n_main, len(every)) - len(part)
+        note = f" ({untested} not tested)" if untested else ""
+        every = every + [None] * (max(n_main, len(every)) - len(every))
         above = [e for e in part if e.significant and e.diff > 0]
         below = [e for e in part if e.significant and e.diff < 0]
         if len(above) == len(every):

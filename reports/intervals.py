@@ -95,6 +95,11 @@ def _percent_resampler(correct: np.ndarray) -> Resampler:
     return draw
 
 
+def resamples_items(benchmark: str) -> bool:
+    """Whether intervals of this benchmark's scores resample its items (`item_resampler`)."""
+    return benchmark in ("mme", "mmbench", "seedbench")
+
+
 def item_resampler(
     benchmark: str, items: TrialItems, categories: tuple[str, ...] | None, stored: float
 ) -> Resampler | None:
@@ -109,7 +114,7 @@ def item_resampler(
         return None
     if benchmark == "mme":
         value, fn = _mme_score(parts), _mme_resampler(parts)
-    elif benchmark in ("mmbench", "seedbench"):
+    elif resamples_items(benchmark):
         correct = np.concatenate([p.correct for p in parts])
         value, fn = 100 * float(correct.mean()), _percent_resampler(correct)
     else:
@@ -126,6 +131,7 @@ def bootstrap_interval(
 ) -> tuple[float, float, str]:
     """(low, high, method) for the seed rows (trial_id, value) of one variant and score."""
     rows = rows.sort_values("trial_id")
+    rows = rows[np.isfinite(rows["value"].astype(float))]  # as the mean and n leave NaN out
     scores = rows["value"].astype(float).tolist()
     fns = []
     for trial, value in zip(rows["trial_id"], scores):

@@ -22,7 +22,7 @@ from reports.headlines import (
     CategoryTable,
     Headline,
 )
-from reports.intervals import bootstrap_interval, items_by_trial
+from reports.intervals import METHOD_SEEDS, bootstrap_interval, items_by_trial, resamples_items
 from reports.load import SweepData
 from reports.stats import mcnemar_test, summarize_seeds
 from reports.variants import Variants, collect_variants, same_value
@@ -143,6 +143,7 @@ def summarize(data: SweepData) -> Summary:
         lambda key: (by_key[key[1]].benchmark, by_key[key[1]].item_categories),
         by_trial,
     )
+    notes += _interval_notes(stats, variants, by_key, data.items)
     cat_values = _category_values(res)
     cat_keys = ["table", "variant_id", "benchmark", "metric", "category"]
     cat_stats = _with_intervals(
@@ -186,6 +187,47 @@ def _with_intervals(stats, values, keys, score_of, by_trial) -> pd.DataFrame:
         )
         lows.append(low), highs.append(high), methods.append(method)
     return stats.assign(ci_low=lows, ci_high=highs, interval=methods)
+
+
+def _interval_notes(
+    stats: pd.DataFrame, variants: Variants, by_key: dict, items: pd.DataFrame | None
+) -> list[str]:
+    """Where a headline cell's interval is not the bootstrap over seeds, then items that the
+    captions describe: say so, naming the cells (or the benchmark, where the store holds
+    none of its items)."""
+    stored = set() if items is None else set(items["benchmark"])
+    seeds_only, one_seed, no_items = [], [], []
+    for _, row in stats.iterrows():
+        headline = by_key[row["headline"]]
+        if not resamples_items(headline.benchmark) or pd.isna(row["ci_low"]):
+            continue
+        if headline.benchmark not in stored:
+            no_items += [headline.label] if headline.label not in no_items else []
+            continue
+        cell = f"{variants.label(row['variant_id'])} on {headline.label}"
+        if row["interval"] == METHOD_SEEDS:
+            seeds_only.append(cell)
+        elif row["n"] == 1:
+            one_seed.append(cell)
+    order = [h.label for h in by_key.values()]  # headline order, as in the tables
+    no_items.sort(key=order.index)
+    notes = []
+    if no_items:
+        notes.append(
+            f"the store holds no per-item results of {', '.join(no_items)}: their intervals "
+            "are over seeds only."
+        )
+    if seeds_only:
+        notes.append(
+            "intervals over seeds only (the items of some trials are missing or do not give "
+            f"the stored score, so items are not resampled): {', '.join(seeds_only)}."
+        )
+    if one_seed:
+        notes.append(
+            "intervals over items only (one seed: no seed-to-seed spread in them): "
+            f"{', '.join(one_seed)}."
+        )
+    return notes
 
 
 def _category_values(res: pd.DataFrame) -> pd.DataFrame:

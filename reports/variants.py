@@ -278,7 +278,9 @@ def _reference_point(
     if len(base) and bool(base["is_grid"].iloc[0]):
         source = base.iloc[0]
     else:
-        scored = [(objective_means.get(v, -math.inf), -i) for i, v in enumerate(grid["variant_id"])]
+        scored = [
+            (_rank_value(objective_means.get(v)), -i) for i, v in enumerate(grid["variant_id"])
+        ]
         best = max(range(len(grid)), key=lambda i: scored[i])
         source = grid.iloc[best]
         notes.append(
@@ -286,3 +288,8 @@ def _reference_point(
             "because the report baseline is not a grid point."
         )
     return {a: native(source[a]) for a in axes if a in source}
+
+
+def _rank_value(mean: float | None) -> float:
+    """A variant without an objective score (none, or NaN) ranks below every scored one."""
+    return -math.inf if mean is None or math.isnan(mean) else mean

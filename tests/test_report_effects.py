@@ -201,3 +201,61 @@ def test_a_comparison_with_one_seed_is_said_untested_never_no_difference(tmp_pat
     blind = next(line for line in effect_lines(mixed) if line.startswith("blind (control)"))
     assert "1 of 4 main variants are above it on MME-P (3 not tested)" in blind
     assert "the main variant is above" not in blind and "every main variant" not in blind
+
+
+def _edit_results(root: Path, change) -> Summary:
+    frame = pd.read_parquet(root / "results.parquet")
+    change(frame).to_parquet(root / "results.parquet", index=False)
+    return summarize(load_sweep(root))
+
+
+def _mme_p(frame: pd.DataFrame) -> pd.Series:
+    return frame["metric"] == "mme_perception_score"
+
+
+def test_a_variant_without_scores_is_neither_the_reference_nor_counted_as_above(tmp_path):
+    """A main variant whose objective is NaN (first in grid order) does not become the point
+    the ablation slices hold fixed; one with no scores at all keeps "every main variant"
+    from being said of the others."""
+
+    def nan_first(frame):
+        frame.loc[_mme_p(frame) & (frame["variant_id"] == "v00"), "value"] = math.nan
+        return frame
+
+    nan = _edit_results(make_effects_store(tmp_path / "a"), nan_first)
+    assert nan.variants.reference == {"ian.depth": 1, "loss.mse_weight": 1.0}  # best scored
+    gone = _edit_results(make_effects_store(tmp_path / "b"), lambda f: f[f["variant_id"] != "v03"])
+    blind = next(line for line in effect_lines(gone) if line.startswith("blind (control)"))
+    assert "every main variant" not in blind
+    assert "3 of 4 main variants are above it on MME-P (1 not tested)" in blind
+
+
+def test_a_nan_seed_leaves_the_interval_of_the_others(tmp_path):
+    def nan_seed(frame):
+        frame.loc[_mme_p(frame) & (frame["trial_id"] == "v05-s1"), "value"] = math.nan
+        return frame
+
+    summary = _edit_results(make_effects_store(tmp_path / "a"), nan_seed)
+    main = next(t for t in all_tables(summary) if t.name == "main").data
+    blind = main[main["label"] == "blind (control)"].iloc[0]
+    assert blind["mme_p_n"] == 2 and blind["mme_p_ci_low"] <= blind["mme_p_mean"]
+    assert blind["mme_p_mean"] <= blind["mme_p_ci_high"]
+
+
+def test_intervals_that_do_not_resample_items_are_named(tmp_path, summary):
+    assert "the store holds no per-item results of MME-P, MME-C, MMBench, SEED: their " in " ".join(
+        summary.notes
+    )
+    smoke = Path(__file__).parent / "fixtures" / "smoke_store"
+    store = tmp_path / "smoke"
+    store.mkdir()
+    for name in ("results", "trials", "curves"):
+        (store / f"{name}.parquet").write_bytes((smoke / f"{name}.parquet").read_bytes())
+    (store / "manifest.json").write_bytes((smoke / "manifest.json").read_bytes())
+    items = pd.read_parquet(smoke / "items.parquet")
+    dropped = items["trial_id"].iloc[0]
+    items[items["trial_id"] != dropped].to_parquet(store / "items.parquet", index=False)
+    notes = summarize(load_sweep(store)).notes
+    assert not any("no per-item" in n for n in notes)
+    seeds_only = next(n for n in notes if n.startswith("intervals over seeds only"))
+    assert "MME-P" in seeds_only and "SEED" in seeds_only
