@@ -163,6 +163,10 @@ def run_stage(
         atomic_write_json(folder / "done.json", {"stage": stage, "summary": summary})
         if not getattr(cfg, stage).keep_optimizer:  # after done.json: a crash here loses nothing
             CheckpointManager(folder / "checkpoints", cfg.seed, stage).prune(keep=0)
+    if torch.distributed.is_initialized():
+        # rank 0 alone writes the export and done.json: no rank goes on (say, to score the
+        # export with then_eval) before they exist
+        torch.distributed.barrier()
     return summary
 
 

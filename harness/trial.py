@@ -233,6 +233,14 @@ def _stage_job(ctx: TrialContext, cfg: MageConfig, stage: str, folder: Path) -> 
     )
 
 
+def in_process_device(ctx: TrialContext) -> str | None:
+    """Where an in-process trial (no worker group) trains and scores: the GPU Ray gave it
+    (``resources`` with a GPU, or ``whole_node`` on a GPU node), else the CPU (None)."""
+    import torch
+
+    return "cuda" if ctx.gpus > 0 and torch.cuda.is_available() else None
+
+
 def _run_stage(ctx: TrialContext, job: StageJob) -> None:
     """Train a stage, on the trial's worker group or in its own process."""
     import time
@@ -245,7 +253,7 @@ def _run_stage(ctx: TrialContext, job: StageJob) -> None:
         def on_step(stage: str, step: int, metrics: dict) -> None:
             ctx.report(stage, step, {**metrics, "global_step": job.step_offset + step})
 
-        run_stage(job, on_step=on_step)
+        run_stage(job, device=in_process_device(ctx), on_step=on_step)
         return
     job.live_curves = (str(ctx.sweep_dir), ctx.trial_id)
     run_stage_on_workers(job, ctx.group, tune_session=ctx.on_report is not None)
@@ -316,7 +324,7 @@ def _evaluate(ctx: TrialContext, job: EvalJob) -> None:
     from harness.eval_job import run_eval, run_eval_on_workers
 
     if ctx.group is None:
-        run_eval(job)
+        run_eval(job, device=in_process_device(ctx))
         return
     started = time.perf_counter()
     run_eval_on_workers(job, ctx.group)

@@ -72,3 +72,18 @@ def two_worker_runs(rank, world, cfg_dict, root):
         shutil.copytree(root / "run", root / "for-one-worker")
     dist.barrier()
     train_and_record(rank, world, cfg_dict, root / "run", root / "continued.json")
+
+
+def stage_then_look(rank, world, job_dict, seen_file):
+    """`harness.train_worker.run_stage` on every rank, then what each rank finds on return
+    (a worker group that evaluates next loads the export at once)."""
+    from harness.train_worker import StageJob, run_stage
+
+    job = StageJob(**job_dict)
+    run_stage(job)
+    folder = Path(job.folder)
+    seen = {
+        "export": (folder / "model" / "mage.json").is_file(),
+        "done": (folder / "done.json").is_file(),
+    }
+    Path(f"{seen_file}.{rank}").write_text(json.dumps(seen))

@@ -10,7 +10,7 @@ from collections import Counter
 
 import pytest
 import torch
-from dist_helpers import spawn_ranks, train_and_record, two_worker_runs
+from dist_helpers import spawn_ranks, stage_then_look, train_and_record, two_worker_runs
 from model_fixtures import write_tiny_dataset
 
 from mage.config import DataSource
@@ -177,3 +177,17 @@ def test_a_rank_whose_micro_batch_has_no_image_trains_with_the_others(tmp_path):
     spawn_ranks(train_and_record, 2, cfg.to_dict(), str(tmp_path / "two"), str(losses_file))
     one = _one_worker(cfg, tmp_path / "one")
     assert _losses(losses_file) == pytest.approx(one, rel=RTOL) and len(one) == 4
+
+
+def test_every_rank_returns_from_a_stage_after_its_export_is_written(tmp_path):
+    """Only rank 0 writes stage 2's export; a worker group that scores the model next
+    (``then_eval``) loads it on every rank at once, so no rank may return before it exists."""
+    from harness.train_worker import StageJob
+
+    data = write_tiny_dataset(tmp_path / "data", n=4)
+    cfg = _config(data, epochs=1, batch_size=2, grad_accum=1)
+    job = StageJob(config=cfg.to_dict(), stage="stage2", folder=str(tmp_path / "s2"))
+    seen = tmp_path / "seen"
+    spawn_ranks(stage_then_look, 2, job.__dict__, str(seen))
+    for rank in (0, 1):
+        assert json.loads((tmp_path / f"seen.{rank}").read_text()) == {"export": True, "done": True}

@@ -34,3 +34,23 @@ def test_a_restart_after_a_finished_stage_evaluates_without_training_again(tmp_p
     summary = {"step": 300, "loss": 0.5}
     (folder / "done.json").write_text(json.dumps({"stage": "stage2", "summary": summary}))
     assert ray_stage_worker(asdict(job)) == summary and evaluated == [{"x": 1}]
+
+
+def test_an_in_process_trial_given_a_gpu_trains_and_scores_on_it(tmp_path, monkeypatch):
+    """``resources`` with a GPU and no worker group (or ``whole_node``): the trial's own
+    process holds the GPU, and its stages and evaluation run there, not on the CPU."""
+    from harness import trial
+
+    devices = []
+    monkeypatch.setattr(
+        train_worker, "run_stage", lambda job, device, on_step: devices.append(device)
+    )
+    monkeypatch.setattr(eval_job, "run_eval", lambda job, device: devices.append(device))
+    ctx = trial.TrialContext(tmp_path, None, "t-s0", "t", "t", 0, None, gpus=1.0)
+    job = StageJob(config={}, stage="stage1", folder=str(tmp_path / "s1"))
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: True)
+    trial._run_stage(ctx, job)
+    trial._evaluate(ctx, None)
+    ctx.gpus = 0.0  # no GPU reserved: the CPU, even where one is visible
+    trial._run_stage(ctx, job)
+    assert devices == ["cuda", "cuda", None]
