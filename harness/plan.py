@@ -123,12 +123,24 @@ def _check_axes(spec: SweepSpec, base: MageConfig) -> dict[str, dict[str, dict[s
             bad = [v for v in options if not isinstance(v, str | int | float | bool | None)]
             if bad:
                 raise SpecError(f"{where}: Optuna choices must be scalars, got {bad[0]!r}")
-        for value in options or [axis.low, axis.high]:
+        for value in options or _range_checks(axis, _field_kind(data, name) == "int"):
             value = (
                 int(value) if axis.kind == "range" and _field_kind(data, name) == "int" else value
             )
             _build(base, {name: value}, f"{where} value {value!r}")
     return bundles
+
+
+def _range_checks(axis, integer: bool, most: int = 256) -> list:
+    """The values of a range axis checked before any trial: every integer one when there are
+    at most ``most`` (a sampled ``ian.stride: 3`` may not divide the patch grid although 1
+    and 4 do), else its ends."""
+    if integer:
+        step = max(1, int(axis.step or 1))
+        values = range(int(axis.low), int(axis.high) + 1, step)
+        if len(values) <= most:
+            return list(values)
+    return [axis.low, axis.high]
 
 
 def _random_points(spec: SweepSpec, base: MageConfig) -> list[dict[str, Any]]:

@@ -22,7 +22,7 @@ from ray.tune import Callback
 from harness import store
 from harness.plan import SweepPlan, Variant
 from harness.retry import retry_variant
-from harness.spec import SweepSpec
+from harness.spec import SpecError, SweepSpec
 from harness.train_worker import STAGE_METRICS_UNSET, WorkerGroup, tune_result
 from harness.trial import NOT_CURVES, TrialContext, TrialFn, execute_trial, planned_steps
 
@@ -67,11 +67,31 @@ def _final(record: store.TrialRecord, spec: SweepSpec) -> dict[str, Any]:
     return final
 
 
+def _refused(config: dict[str, Any]) -> dict[str, Any]:
+    """The final result of a sampled point whose config is invalid: failed, no objective
+    (Optuna is told the trial failed); there is no variant to store it under."""
+    sampled = ",".join(f"{k}={v}" for k, v in config.items() if not k.startswith("__"))
+    return {
+        "trial_key": f"invalid:{sampled}",
+        "trial_status": "failed",
+        "trial_final": 1,
+        "global_step": 0,
+        "train_loss": math.nan,
+        **STAGE_METRICS_UNSET,
+        "objective": math.nan,
+    }
+
+
 def tune_trainable(config: dict[str, Any], *, sweep_dir: str, plan: SweepPlan, trial_fn: TrialFn):
     import ray
     from ray import tune
 
-    variant, seed = identify(plan, config)
+    try:
+        variant, seed = identify(plan, config)
+    except SpecError as err:  # a sampled point the checks before the sweep could not rule out
+        print(f"{plan.spec.name}: sampled variant not run: {err}", flush=True)
+        tune.report(_refused(config))
+        return
     trial_id = variant.trial_id(seed)
     stored = store.stored_trial(sweep_dir, trial_id)
     if stored is not None:  # finished in an earlier session: report it, do not re-run it
@@ -148,7 +168,10 @@ class StoreCallback(Callback):
         self.handle(trial, error=True)
 
     def handle(self, trial, error: bool) -> None:
-        variant, seed = identify(self.plan, trial.config)
+        try:
+            variant, seed = identify(self.plan, trial.config)
+        except SpecError:  # an invalid sampled point (`_refused`): nothing to store
+            return
         trial_id = variant.trial_id(seed)
         if store.stored_trial(self.sweep_dir, trial_id) is None:
             self._store_unfinished(trial, variant, seed, error)

@@ -4,6 +4,8 @@
 from __future__ import annotations
 
 import copy
+import math
+from pathlib import Path
 
 import pytest
 
@@ -285,3 +287,23 @@ def test_a_sweep_folder_is_told_from_a_user_folder_that_holds_a_spec_yaml(tmp_pa
     assert not is_sweep_dir(folder)  # the user's own project folder
     (folder / "manifest.json").write_text("{}")
     assert is_sweep_dir(folder)
+
+
+def test_a_sampled_integer_range_is_checked_value_by_value_and_a_bad_sample_is_refused():
+    """Strides 1, 2 and 4 divide tiny-test's 4x4 patch grid, 3 does not: the ends of the
+    range are fine, so every integer in it is checked before the sweep; a sampled point that
+    still turns out invalid ends as a failed trial, never as a crashed sweep."""
+    from types import SimpleNamespace
+
+    from harness.tune_trial import StoreCallback, _refused
+
+    axes = {"ian.stride": {"low": 1, "high": 4}}
+    data = spec_with(axes=axes, search="optuna", num_samples=2, baselines=[], report={})
+    with pytest.raises(SpecError, match=r"(?s)axes\['ian.stride'\] value 3: .*does not divide"):
+        plan_of(data)
+    plan = plan_of({**data, "axes": {"ian.stride": {"low": 1, "high": 2}}})
+    callback = StoreCallback(Path("unused"), plan)
+    callback.consolidate = lambda: None
+    callback.handle(SimpleNamespace(config={"ian.stride": 3}), error=False)  # no exception
+    refused = _refused({"ian.stride": 3, "__trial_index__": 0})
+    assert refused["trial_status"] == "failed" and math.isnan(refused["objective"])
