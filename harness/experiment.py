@@ -36,7 +36,7 @@ def _trial_dirname(trial) -> str:
 
 def experiment_path(plan: SweepPlan, sweep_dir: Path, phase: str) -> str:
     base = plan.spec.storage_path or str(sweep_dir / "tune")
-    return f"{base.rstrip('/')}/{plan.spec.name}-{phase}"
+    return f"{base.rstrip('/')}/{shared_name(plan.spec, sweep_dir)}-{phase}"
 
 
 def _resources(spec: SweepSpec):
@@ -188,7 +188,7 @@ def _search_alg(plan: SweepPlan, sweep_dir: Path):
         metric="objective",
         mode=spec.primary.mode,
         sampler=optuna.samplers.TPESampler(seed=spec.search_seed),
-        study_name=study_name(spec, sweep_dir),
+        study_name=shared_name(spec, sweep_dir),
         storage=optuna.storages.RDBStorage(url),
         early_stopping_metric=spec.early_stopping.metric if spec.early_stopping else None,
     )
@@ -201,20 +201,21 @@ def _study_url(spec: SweepSpec, sweep_dir: Path) -> str:
     return spec.optuna_storage or f"sqlite:///{sweep_dir / 'optuna.db'}"
 
 
-def study_name(spec: SweepSpec, sweep_dir: Path, manifest: dict | None = None) -> str:
-    """The sweep's Optuna study. In its own database (the default) the spec's name; in a
-    shared ``optuna_storage``, the name the manifest recorded when the sweep first started
-    (the spec's name and a random suffix), so that two sweeps of one spec, say a re-run into
-    a new folder, never add to each other's study. A sweep started before names were
-    recorded keeps the spec's name."""
-    if not spec.optuna_storage:
+def shared_name(spec: SweepSpec, sweep_dir: Path, manifest: dict | None = None) -> str:
+    """The sweep's name where other sweeps may be: Tune's experiments under a user's
+    ``storage_path`` and the Optuna study in a user's ``optuna_storage``. In the sweep's own
+    folder (the defaults) it is the spec's name; in a shared place, the name the manifest
+    recorded when the sweep first started (the spec's name and a random suffix), so that two
+    sweeps of one spec, say a re-run into a new folder, never restore or add to each other's
+    experiments and study. A sweep started before names were recorded keeps the spec's name."""
+    if not (spec.storage_path or spec.optuna_storage):
         return spec.name
     if manifest is None:
         from harness import store
 
         manifest = store.read_manifest(sweep_dir)
-    if manifest.get("optuna_study"):
-        return manifest["optuna_study"]
+    if manifest.get("shared_name"):
+        return manifest["shared_name"]
     if manifest.get("sessions"):
         return spec.name
     import uuid
@@ -256,7 +257,7 @@ def tell_study_retried(plan: SweepPlan, sweep_dir: Path, trial_ids: list[str]) -
     if not retried:
         return 0
     study = optuna.load_study(
-        study_name=study_name(spec, sweep_dir),
+        study_name=shared_name(spec, sweep_dir),
         storage=optuna.storages.RDBStorage(_study_url(spec, sweep_dir)),
     )
     complete = optuna.trial.TrialState.COMPLETE

@@ -50,7 +50,7 @@ from harness.experiment import (  # noqa: F401  (check_memory, check_search: the
     build_tuner,
     check_memory,
     check_search,
-    study_name,
+    shared_name,
     tell_study_retried,
 )
 from harness.plan import SweepPlan, plan_sweep
@@ -264,7 +264,7 @@ def _drive(
         raise
     started = time.time()
     manifest = store.read_manifest(sweep_dir)
-    study = study_name(plan.spec, sweep_dir, manifest) if plan.spec.search == "optuna" else None
+    name = shared_name(plan.spec, sweep_dir, manifest)  # before this session is recorded
     sessions = manifest.get("sessions", [])
     sessions.append({"kind": kind, "started_at": _now(), "wall_s": 0.0})
     mode = (
@@ -280,7 +280,7 @@ def _drive(
         plan=_plan_manifest(plan),
         sessions=sessions,
         mmbench_scoring=plan.spec.mmbench_scoring,
-        **({"optuna_study": study} if study else {}),
+        shared_name=name,
         **store.provenance(),
     )
     handler = StoreCallback(sweep_dir, plan)

@@ -23,7 +23,7 @@ from ray import cloudpickle  # noqa: E402
 
 from harness import store  # noqa: E402
 from harness.cli import main as cli_main  # noqa: E402
-from harness.experiment import study_name  # noqa: E402
+from harness.experiment import shared_name  # noqa: E402
 from harness.spec import parse_spec  # noqa: E402
 from harness.sweep import resume_sweep, run_sweep, start_ray  # noqa: E402
 from harness.trial import TrialOutcome  # noqa: E402
@@ -119,14 +119,33 @@ def test_optuna_trains_each_sampled_variant_for_every_seed(tmp_path):
     trials = pd.read_parquet(sweep / "trials.parquet")
     assert (trials.groupby("variant_id")["seed"].apply(sorted) == [[0, 1]] * 3).all()
     # the study is this sweep's own: a re-run of the spec into another folder gets another
-    name = store.read_manifest(sweep)["optuna_study"]
-    assert name.startswith("engine-") and study_name(spec, tmp_path / "rerun") != name
+    name = store.read_manifest(sweep)["shared_name"]
+    assert name.startswith("engine-") and shared_name(spec, tmp_path / "rerun") != name
     study = optuna.load_study(study_name=name, storage=shared)
     done = [t for t in study.trials if t.state == optuna.trial.TrialState.COMPLETE]
     assert len(done) == 3
     for t in done:  # Optuna is told the mean over seeds 0 and 1 (scores differ by 1)
         expected = 100.0 * t.params["ian.depth"] + 0.5 - t.params["loss.mse_weight"]
         assert t.value == pytest.approx(expected)
+
+
+def test_two_sweeps_of_one_spec_in_a_shared_storage_path_each_run_their_trials(tmp_path):
+    """Tune's experiments under a user's storage_path are named per sweep: a re-run of the
+    spec into a new folder does not restore the first sweep's finished experiment."""
+    spec = engine_spec(
+        axes={"ian.depth": {"values": [0, 1]}}, baselines=[],
+        storage_path=str(tmp_path / "lab-tune"),
+    )  # fmt: skip
+    for out in ("a", "b"):
+        summary = run_sweep(
+            spec, tmp_path / out, trial_fn=scripted_trial, progress=False, report=False
+        )
+        assert summary.counts["ok"] == 2 and len(markers(tmp_path / out)) == 2, out
+    names = {store.read_manifest(tmp_path / out)["shared_name"] for out in ("a", "b")}
+    assert len(names) == 2
+    # a resume of the first finds its own experiment: nothing runs again
+    run_sweep(spec, tmp_path / "a", trial_fn=scripted_trial, progress=False, report=False)
+    assert len(markers(tmp_path / "a")) == 2
 
 
 def test_asha_stops_worse_trials_and_the_store_says_so(tmp_path):
