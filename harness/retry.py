@@ -84,7 +84,8 @@ def _latest_attempt(sweep_dir: Path, trial_id: str) -> store.TrialRecord | None:
 
 def prepare_retries(sweep_dir: str | Path, plan: SweepPlan, failed: bool) -> list[dict]:
     """The trials to run again: with ``failed``, every stored failed trial (moved aside
-    first); always, those moved aside earlier whose retry was not stored. A trial whose
+    first); always, those moved aside earlier whose retry was not stored, and planned trials
+    that have no record after the main phases. A trial whose
     stored config no longer resolves to its variant (the config schema changed) stays as it
     is, with a message."""
     sweep_dir = Path(sweep_dir)
@@ -109,6 +110,20 @@ def prepare_retries(sweep_dir: str | Path, plan: SweepPlan, failed: bool) -> lis
         dest.parent.mkdir(parents=True, exist_ok=True)
         os.replace(store.trial_dir(sweep_dir, record.trial_id), dest)
         targets[record.trial_id] = _target(record)
+    # A planned trial with no record once the main phases are over was dropped (`store
+    # rebuild --drop-missing` moved its unreadable folder aside): its Tune experiment counts
+    # it finished, so it runs here. Searched (Optuna) trials are not in the plan: not rerun.
+    for variant in plan.variants:
+        for seed in plan.seeds:
+            trial_id = variant.trial_id(seed)
+            if trial_id not in targets and store.stored_trial(sweep_dir, trial_id) is None:
+                targets[trial_id] = {
+                    "trial_id": trial_id,
+                    "variant_id": variant.variant_id,
+                    "variant_name": variant.name,
+                    "seed": seed,
+                    "config": plan.trial_config(variant, seed).to_dict(),
+                }
     return [targets[k] for k in sorted(targets)]
 
 

@@ -148,6 +148,21 @@ def test_two_sweeps_of_one_spec_in_a_shared_storage_path_each_run_their_trials(t
     assert len(markers(tmp_path / "a")) == 2
 
 
+def test_a_trial_dropped_by_store_rebuild_runs_again_on_resume(tmp_path):
+    """`store rebuild --drop-missing` moves an unreadable trial aside and says resume runs it
+    again; Tune's restored experiment counts it finished, so the resume runs it itself."""
+    from harness.store_check import rebuild_store
+
+    spec = engine_spec(axes={"ian.depth": {"values": [0, 1]}}, baselines=[])
+    run_sweep(spec, tmp_path, trial_fn=scripted_trial, progress=False, report=False)
+    victim = sorted((tmp_path / "trials").iterdir())[0]
+    (victim / "record.json").write_text("{not json")
+    assert rebuild_store(tmp_path, drop_missing=True)["moved"] == [f"damaged/{victim.name}"]
+    summary = resume_sweep(tmp_path, trial_fn=scripted_trial, progress=False, report=False)
+    assert summary.counts["ok"] == 2
+    assert markers(tmp_path).count(victim.name) == 2  # its first run, and the one after the drop
+
+
 def test_asha_stops_worse_trials_and_the_store_says_so(tmp_path):
     spec = engine_spec(
         axes={"loss.mse_weight": {"values": [0.0, 4.0, 8.0]}},

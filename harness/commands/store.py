@@ -18,7 +18,8 @@ def register(sub: argparse._SubParsersAction) -> None:
         "manifest.json from spec.yaml when it is missing or damaged. Refused when it would "
         "drop trials the tables hold (their records are missing or unreadable) unless "
         "--drop-missing; then unreadable trial folders move to damaged/ and `mage-harness "
-        "resume` runs those trials again.",
+        "resume` runs those trials again (grid points, random draws and baselines; a dropped "
+        "Optuna sample is not re-run: the search goes on without it).",
     )
     p.add_argument("sweep_dir", metavar="SWEEP_DIR")
     p.add_argument(
