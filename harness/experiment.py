@@ -123,8 +123,11 @@ def optuna_space(plan: SweepPlan) -> dict[str, Any]:
 
 
 def check_search(plan: SweepPlan) -> None:
-    """Refuse, before any trial, an Optuna search whose space or storage cannot be built
-    (they are built when the search phase starts, after the baselines have trained)."""
+    """Refuse, before any trial, an early stopping rule or an Optuna search whose space or
+    storage cannot be built (they are built when a phase starts, after Ray started and the
+    sweep folder was written; Optuna's after the baselines have trained)."""
+    if plan.spec.early_stopping:
+        early_stopping_scheduler(plan)
     if plan.spec.search != "optuna":
         return
     try:
@@ -297,6 +300,16 @@ def early_stopping_scheduler(plan: SweepPlan):
         raise SpecError(
             f"early_stopping.max_t: {stage} runs by epochs, so its steps are only known from the "
             "data; give early_stopping.max_t (steps of that stage)"
+        )
+    if not max_t:
+        raise SpecError(
+            f"early_stopping.metric {es.metric!r}: {stage} has no steps here ({stage}.steps: "
+            f"{getattr(plan.base, stage).steps}); watch the other stage, or drop early_stopping"
+        )
+    if es.grace_period > max_t:
+        raise SpecError(
+            f"early_stopping.grace_period ({es.grace_period}) is above max_t ({max_t}, the "
+            f"{stage} steps a trial runs): no trial could be stopped; lower grace_period"
         )
     return ASHAScheduler(
         time_attr=f"{stage}/step",

@@ -23,6 +23,9 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_valida
 from mage.config import ConfigError, describe_error
 
 
+
+MAX_SEEDS = 10_000  # seeds per variant a spec may ask for as a number
+
 class SpecError(ConfigError):
     """A sweep spec is invalid; the message names the field and says what is allowed."""
 
@@ -290,6 +293,8 @@ class SweepSpec(_Strict):
     def _seeds(cls, value: int | list[int]) -> int | list[int]:
         if isinstance(value, int) and value < 1:
             raise ValueError("a number of seeds must be >= 1")
+        if isinstance(value, int) and value > MAX_SEEDS:  # a typo, not a plan: never listed
+            raise ValueError(f"a number of seeds must be <= {MAX_SEEDS:,}, got {value:,}")
         if isinstance(value, list) and (not value or len(set(value)) != len(value)):
             raise ValueError("an explicit seed list must be non-empty without repeats")
         if isinstance(value, list) and any(seed < 0 for seed in value):
@@ -339,9 +344,10 @@ class SweepSpec(_Strict):
         Tune runs each trial in its own trial folder, where a relative path means nothing."""
         owners = [(self, name) for name in ("data_dir", "eval_data_dir", "assets_dir")]
         owners += [(self.world, "dir")] if self.world is not None else []
+        owners += [(self, "storage_path")]  # a local folder; a URI (s3://, gs://) as is
         for owner, name in owners:
             value = getattr(owner, name)
-            if value and not Path(value).expanduser().is_absolute():
+            if value and "://" not in value and not Path(value).expanduser().is_absolute():
                 object.__setattr__(owner, name, str(Path(value).expanduser().resolve()))
 
     @property

@@ -137,6 +137,20 @@ def _plan_manifest(plan: SweepPlan) -> dict[str, Any]:
     }
 
 
+def check_sweep_folder(plan: SweepPlan, sweep_dir: str | Path) -> None:
+    """For ``--dry-run``: what a run refuses before it trains anything, given its folder: a
+    folder that holds another sweep or a plan it cannot continue, and an MMBench scoring
+    method this environment cannot run."""
+    sweep_dir = Path(sweep_dir).resolve()
+    _check_spec(sweep_dir, plan.spec)
+    _check_plan(sweep_dir, plan)
+    spec = plan.spec
+    try:
+        _mmbench_scoring(plan, store.read_manifest(sweep_dir))
+    finally:
+        plan.spec = spec  # a check: the plan stays as it was
+
+
 def run_sweep(
     spec: SweepSpec | str | Path,
     out_dir: str | Path | None = None,

@@ -585,6 +585,47 @@ CASES = [
         "optuna_storage",
     ),
     C(
+        "sweep-early-stopping-grace-above-max-t",
+        lambda c: ["sweep", str(c.spec(early_stopping={"grace_period": 100000})), "--dry-run"],
+        "early_stopping.grace_period (100000) is above max_t",
+    ),
+    C(
+        "sweep-early-stopping-stage-without-steps",
+        lambda c: [
+            "sweep",
+            str(
+                c.spec(
+                    real_data=False,
+                    overrides={"stage1.steps": 0},
+                    early_stopping={"metric": "stage1/loss"},
+                )
+            ),  # fmt: skip
+            "--dry-run",
+        ],
+        "stage1 has no steps",
+    ),
+    C(
+        "sweep-huge-seed-count",
+        lambda c: ["sweep", str(c.spec(seeds=10**12)), "--dry-run"],
+        "seeds",
+    ),
+    C(
+        "sweep-dry-run-into-another-sweep",
+        lambda c: ["sweep", str(c.spec()), "--dry-run", "--out", str(c.store())],
+        "holds another sweep",
+    ),
+    C(
+        "sweep-dry-run-gpt-judge-without-key",
+        lambda c: [
+            "sweep",
+            str(c.spec(tasks=["mme", "mmbench"], mmbench_scoring="gpt")),
+            "--dry-run",
+            "--out",
+            str(c.root / "new"),
+        ],
+        "OPENAI_API_KEY",
+    ),
+    C(
         "sweep-huge-grid",
         lambda c: [
             "sweep",

@@ -272,6 +272,13 @@ def test_relative_folders_are_read_against_the_folder_the_sweep_starts_from(tmp_
                         "objective": objective})  # fmt: skip
     assert world.world.dir == str(tmp_path / "w")
     assert parse_spec(spec.to_dict()).to_dict() == spec.to_dict()  # a stored spec reads the same
+    # Tune's storage_path too (pyarrow refused a relative one mid-run); a URI stays as it is
+    tune = parse_spec({"name": "x", "base": "tiny-test", "objective": objective,
+                       "storage_path": "tune"})  # fmt: skip
+    assert tune.storage_path == str(tmp_path / "tune")
+    cloud = parse_spec({"name": "x", "base": "tiny-test", "objective": objective,
+                        "storage_path": "s3://bucket/tune"})  # fmt: skip
+    assert cloud.storage_path == "s3://bucket/tune"
 
 
 def test_a_sweep_folder_is_told_from_a_user_folder_that_holds_a_spec_yaml(tmp_path):

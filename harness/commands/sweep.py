@@ -152,7 +152,10 @@ def _sweep(args) -> int:
     out = Path(args.out or Path("sweeps") / spec.name)
     check_output_dir(out, "a sweep folder", is_sweep_dir)  # never into someone's files
     if args.dry_run:
+        from harness.sweep import check_sweep_folder
+
         print(plan_text(plan))
+        check_sweep_folder(plan, out)
         check_plan_inputs(plan, images=True)
         print("  inputs: every data file, image, benchmark folder and Hugging Face id found")
         return 0
