@@ -22,9 +22,8 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_valida
 
 from mage.config import ConfigError, describe_error
 
-
-
 MAX_SEEDS = 10_000  # seeds per variant a spec may ask for as a number
+
 
 class SpecError(ConfigError):
     """A sweep spec is invalid; the message names the field and says what is allowed."""
