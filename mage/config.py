@@ -140,7 +140,9 @@ class DataSource(_Section):
 class StageConfig(_Section):
     """One training stage. Stage 1 trains the IAN; stage 2 the IAN and the LLM."""
 
-    trainable: list[Literal["ian", "llm", "vision"]] = Field(default_factory=lambda: ["ian"])
+    trainable: list[Literal["ian", "llm", "vision"]] = Field(
+        default_factory=lambda: ["ian"], min_length=1, description="what trains: ian, llm, vision"
+    )
     data: list[DataSource] = Field(default_factory=list)
     epochs: float | None = Field(
         None,

@@ -25,8 +25,9 @@ import os
 from pathlib import Path
 
 from mage.config import DataSource
+from mage.template import IMAGE_TOKEN
 
-FORMAT = 3  # bump when the columns or the checks change: older tables are rebuilt
+FORMAT = 4  # bump when the columns or the checks change: older tables are rebuilt
 
 
 class DataError(ValueError):
@@ -64,6 +65,19 @@ def alternation_error(turns: list) -> str | None:
                 f"conversations[{i}] is {got}; turns must alternate human ('human') and "
                 "assistant ('gpt'), starting with the human turn"
             )
+    return None
+
+
+def image_tag_error(turns: list) -> str | None:
+    """Why the ``<image>`` tags of a record with an image are misplaced (None if they are
+    not): the image goes into a human turn once (or nowhere: it is put first); a tag in a
+    reply would become a training target."""
+    for i, turn in enumerate(turns):
+        if turn.get("from") in ASSISTANT_ROLES and IMAGE_TOKEN in turn["value"]:
+            return f"conversations[{i}] (a reply) holds {IMAGE_TOKEN}; the image tag goes in a human turn"
+    count = sum(turn["value"].count(IMAGE_TOKEN) for turn in turns)
+    if count > 1:
+        return f"holds {IMAGE_TOKEN} {count} times; a record has one image, tagged once"
     return None
 
 
@@ -108,6 +122,8 @@ def parse_records(source: DataSource, caption_from_reply: bool) -> dict[str, lis
         if not any(t.get("from") in ("gpt", "assistant") for t in turns):
             raise DataError(f"{where}: has no assistant ('gpt') turn to learn from")
         image = None
+        if item.get("image") and (bad := image_tag_error(turns)):
+            raise DataError(f"{where}: {bad}")
         if item.get("image"):
             image = os.path.normpath(os.path.join(root_abs, item["image"]))
             if not os.path.isfile(image):

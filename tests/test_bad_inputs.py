@@ -208,6 +208,42 @@ CASES = [
         "conversations[1]",
     ),
     C(
+        "check-image-tag-in-a-reply",
+        lambda c: [
+            "data",
+            "check",
+            str(
+                c.data(
+                    _record(
+                        [
+                            {"from": "human", "value": "What colour?"},
+                            {"from": "gpt", "value": "<image> red"},
+                        ]
+                    )
+                )
+            ),
+        ],  # fmt: skip
+        "conversations[1] (a reply) holds <image>",
+    ),
+    C(
+        "check-image-tagged-twice",
+        lambda c: [
+            "data",
+            "check",
+            str(
+                c.data(
+                    _record(
+                        [
+                            {"from": "human", "value": "<image>\nWhat colour? <image>"},
+                            {"from": "gpt", "value": "red"},
+                        ]
+                    )
+                )
+            ),
+        ],  # fmt: skip
+        "holds <image> 2 times",
+    ),
+    C(
         "check-missing-image",
         lambda c: ["data", "check", str(c.data(_record(_turns("human", "gpt"), "gone.png")))],
         "gone.png",
@@ -277,6 +313,11 @@ CASES = [
         "ian.depth",
     ),
     C("train-set-unknown", lambda c: ["train", "--set", "ian.deep=2", "--out", "r"], "ian.deep"),
+    C(
+        "train-nothing-trainable",
+        lambda c: ["train", "--set", "stage2.trainable=[]", "--out", "r"],
+        "stage2.trainable",
+    ),
     C("train-set-no-equals", lambda c: ["train", "--set", "ian.depth", "--out", "r"], "--set"),
     C("train-set-bad-yaml", lambda c: ["train", "--set", "ian.depth=[", "--out", "r"], "ian.depth"),
     C("train-set-negative-seed", lambda c: ["train", "--set", "seed=-3", "--out", "r"], "seed"),

@@ -174,12 +174,12 @@ def test_resume_state_holds_and_restores_the_cuda_generators(tiny, tmp_path, mon
     restored through the real checkpoint code."""
     import mage.train.seeding as seeding
 
-    saved_cuda = [torch.tensor([7], dtype=torch.uint8), torch.tensor([9], dtype=torch.uint8)]
+    saved_cuda = torch.tensor([7], dtype=torch.uint8)  # the generator of the rank's device
     restored = []
     monkeypatch.setattr(seeding, "_cuda_in_use", lambda: True)
-    monkeypatch.setattr(seeding.torch.cuda, "get_rng_state_all", lambda: saved_cuda)
-    monkeypatch.setattr(seeding.torch.cuda, "set_rng_state_all", restored.append)
-    monkeypatch.setattr(seeding.torch.cuda, "device_count", lambda: 1)  # resumed on one GPU
+    monkeypatch.setattr(seeding.torch.cuda, "get_rng_state", lambda: saved_cuda)
+    monkeypatch.setattr(seeding.torch.cuda, "set_rng_state", restored.append)
+    monkeypatch.setattr(seeding.torch.cuda, "current_device", lambda: 1)  # resumed on GPU 1
     seed_build(tiny.seed)
     model = MageModel.build(tiny)
     model.set_trainable(["ian"])
@@ -187,7 +187,11 @@ def test_resume_state_holds_and_restores_the_cuda_generators(tiny, tmp_path, mon
     manager = CheckpointManager(tmp_path / "ck", tiny.seed, "stage1")
     folder = manager.save(1, model, optimizer, scheduler, global_batch=4)
     assert manager.load(folder, model, optimizer, scheduler, global_batch=4) == 1
-    assert restored == [saved_cuda[:1]]  # saved on two GPUs: only the one it sees now
+    assert restored == [saved_cuda]  # onto the device it uses now, whatever its index
+    # a checkpoint of before held every visible device's: the current device's is restored
+    older = [torch.tensor([3], dtype=torch.uint8), torch.tensor([5], dtype=torch.uint8)]
+    seeding.set_rng_state({**seeding.rng_state(), "cuda": older})
+    assert restored[-1] is older[1]
     with pytest.raises(CheckpointError, match="global batch of 4"):
         manager.load(folder, model, optimizer, scheduler, global_batch=8)
 

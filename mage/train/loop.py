@@ -133,11 +133,12 @@ def train_stage(
     batches_in = iter(loader)
     for step in range(start, batches.total_steps):
         micro = [next(batches_in) for _ in range(sampler_probe.per_step)]
-        skipped += sum(len(b.pop("skipped", [])) for b in micro)
-        totals = [sum(c) for c in zip(*map(_counts, micro))]
+        here = sum(len(b.pop("skipped", [])) for b in micro)  # bad images left out, this rank
+        totals = [sum(c) for c in zip(*map(_counts, micro))] + [here]
         counts = _all_reduce(torch.tensor(totals, dtype=torch.float64, device=device)).cpu()
         n_targets, n_captioned = max(float(counts[0]), 1.0), float(counts[1])
         tokens += float(counts[2])
+        skipped += int(counts[3])  # every rank's, as tokens
         optimizer.zero_grad(set_to_none=True)
         sums = torch.zeros(2, dtype=torch.float64, device=device)
         for batch in micro:

@@ -47,7 +47,8 @@ def rng_state() -> dict:
         "torch": torch.get_rng_state(),
     }
     if _cuda_in_use():
-        state["cuda"] = torch.cuda.get_rng_state_all()
+        # this rank's own device: a restarted rank may land on another device index
+        state["cuda"] = torch.cuda.get_rng_state()
     return state
 
 
@@ -62,6 +63,7 @@ def set_rng_state(state: dict) -> None:
     if _cuda_in_use():
         if "cuda" not in state:
             raise KeyError("RNG state lacks the CUDA generators (saved on a machine without CUDA)")
-        # the devices this process sees now (a resume may see fewer, e.g. Ray sets
-        # CUDA_VISIBLE_DEVICES per worker): restoring a generator it lacks would raise
-        torch.cuda.set_rng_state_all(state["cuda"][: torch.cuda.device_count()])
+        saved = state["cuda"]
+        if isinstance(saved, list | tuple):  # checkpoints before: every visible device's
+            saved = saved[min(torch.cuda.current_device(), len(saved) - 1)]
+        torch.cuda.set_rng_state(saved)  # onto the device this rank uses now
