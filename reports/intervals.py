@@ -88,9 +88,16 @@ def _mme_resampler(parts: list[CategoryItems]) -> Resampler:
     return draw
 
 
-def _percent_resampler(correct: np.ndarray) -> Resampler:
+def _percent_resampler(correct: np.ndarray, rows_at_once: int = 2**22) -> Resampler:
     def draw(rng: np.random.Generator, m: int) -> np.ndarray:
-        return 100 * correct[rng.integers(len(correct), size=(m, len(correct)))].mean(1)
+        # drawn in blocks of replicates (the same numbers as one draw: numpy fills in order),
+        # so that SEED's 14k items x 2,000 replicates do not need one 200-million-int array
+        n, out = len(correct), []
+        block = max(1, rows_at_once // max(n, 1))
+        for start in range(0, m, block):
+            picks = rng.integers(n, size=(min(block, m - start), n))
+            out.append(100 * correct[picks].mean(1))
+        return np.concatenate(out) if out else np.empty(0)
 
     return draw
 
