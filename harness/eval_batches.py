@@ -59,8 +59,10 @@ LOCAL_PREFIX = "mage_local_"  # task YAMLs of harness.eval_tasks.write_local_tas
 
 def benchmark_of(task: str) -> str | None:
     """``mme`` / ``mmbench`` / ``seedbench`` for an lmms-eval task name (local copies too)."""
-    name = task.removeprefix(LOCAL_PREFIX)
-    return next((b for b in TASK_MAX_NEW_TOKENS if name.startswith(b)), None)
+    # exact names: other lmms-eval tasks that share a prefix (mmerealworld, seedbench_2_plus)
+    # have their own answer formats and must not get these budgets and reading windows
+    path = TASK_YAMLS.get(task.removeprefix(LOCAL_PREFIX))
+    return path.split("/")[0] if path else None
 
 
 def budget(

@@ -26,7 +26,7 @@ import torch
 from PIL import Image
 
 from mage.config import DataSource
-from mage.images import truncated_images_refused
+from mage.images import open_image, truncated_images_refused
 from mage.records import DataError, record_table
 from mage.template import IMAGE_TOKEN, Template
 
@@ -106,8 +106,8 @@ class ConversationDataset(torch.utils.data.Dataset):
         if record.image_path is None:
             return None, None
         try:  # a truncated file is bad data, even in a process that imported lmms-eval
-            with truncated_images_refused(), Image.open(record.image_path) as im:
-                return im.convert("RGB"), None
+            with truncated_images_refused():  # converted as evaluation converts them
+                return open_image(record.image_path), None
         except Exception as err:  # PIL raises many types for corrupt files
             message = f"{record.source} record {record.id!r}: cannot read image {record.image_path}: {err}"
             if self.on_bad_image == "skip":

@@ -48,6 +48,8 @@ _SIXTEEN_BIT = {"I;16", "I;16B", "I;16L", "I;16N", "I"}
 def _reduce_large(image: Image.Image, max_side: int | None) -> Image.Image:
     if max_side is None or max(image.size) <= max_side:
         return image
+    if image.mode in ("P", "1") or image.mode in _SIXTEEN_BIT - {"I"}:
+        return image  # Pillow cannot reduce these: `to_rgb` reduces after converting
     if image.format == "JPEG" and getattr(image, "fp", None) is not None:
         # Not decoded yet: let libjpeg decode at 1/2, 1/4 or 1/8 scale (no effect once loaded).
         scale = max_side / max(image.size)
@@ -72,9 +74,13 @@ def to_rgb(
     image = _reduce_large(image, max_side)
     if image.getexif().get(ORIENTATION, 1) != 1:  # exif_transpose copies even when upright
         image = ImageOps.exif_transpose(image)
-    mode = image.mode
-    if mode == "RGB":
+    if image.mode == "RGB":
         return image
+    return _reduce_large(_converted(image, background), max_side)  # P, 1, I;16: now
+
+
+def _converted(image: Image.Image, background: tuple[int, int, int]) -> Image.Image:
+    mode = image.mode
     if mode in _SIXTEEN_BIT:
         return _sixteen_bit_to_l(image).convert("RGB")
     if mode == "F":

@@ -383,6 +383,11 @@ CASES = [
     # ---- eval: tasks, benchmark folders, checkpoints, output folder --------------------------
     C("eval-unknown-task", lambda c: ["eval", str(c.checkpoint()), "--tasks", "gqa"], "gqa"),
     C(
+        "eval-loader-workers-negative",
+        lambda c: ["eval", str(c.checkpoint()), "--loader-workers", "-1"],
+        "--loader-workers",
+    ),
+    C(
         "eval-data-missing",
         lambda c: ["eval", str(c.checkpoint()), "--data", str(c.root / "bench")],
         "bench",

@@ -110,6 +110,19 @@ def test_task_budgets_and_the_cap():
     assert sorted(b for _, bs, _ in model.batches for b in bs) == [16, 32, 100]
 
 
+def test_harness_budgets_go_to_these_tasks_only_not_to_tasks_sharing_a_prefix():
+    """lmms-eval's mmerealworld or seedbench_2_plus answer in other formats: they keep their
+    own budgets and read their whole answers."""
+    from harness.eval_batches import benchmark_of, budget, scored_enough
+
+    for task, bench in (("mme", "mme"), ("mage_local_mmbench_en_dev_static", "mmbench"),
+                        ("mmbench_en_dev", "mmbench"), ("mage_local_seedbench", "seedbench")):  # fmt: skip
+        assert benchmark_of(task) == bench, task
+    for task in ("mmerealworld", "mme_cot_reason", "seedbench_2_plus", "mmbench_cn_dev"):
+        assert benchmark_of(task) is None and scored_enough(task, "harness") is None, task
+        assert budget(task, {"max_new_tokens": 1024}, "harness", 64, None) == 1024, task
+
+
 def test_images_reach_the_model_converted_from_any_mode():
     """RGBA is composited on the background, 16-bit greyscale scaled (the tasks'
     ``doc_to_visual`` would convert("RGB"): transparent -> black, 16-bit -> white)."""

@@ -112,3 +112,34 @@ def test_the_tower_pads_non_square_photos_with_its_mean_colour(photos):
     sixteen = tower.preprocess([open_photo(photos["sixteen_bit"])])
     eight = tower.preprocess([source("hopper").convert("L")])
     assert torch.allclose(sixteen, eight)
+
+
+@pytest.mark.parametrize("mode", ["P", "1", "I;16"])
+def test_a_large_image_in_a_mode_pillow_cannot_reduce_is_converted_then_reduced(mode):
+    """Pillow's reduce refuses palette, 1-bit and 16-bit images: one such benchmark image
+    wider than MAX_SIDE ended the whole evaluation."""
+    rgb = to_rgb(Image.new(mode, (MAX_SIDE + 904, 8)))
+    assert rgb.mode == "RGB" and max(rgb.size) <= MAX_SIDE
+
+
+def test_training_reads_an_image_as_evaluation_does(tmp_path):
+    """The training dataset and the evaluation path convert the same way: transparency on
+    white, 16-bit scaled (`Image.convert("RGB")` kept the hidden pixels and saturated)."""
+    import json
+
+    from mage.config import DataSource
+    from mage.data import ConversationDataset
+
+    rgba = Image.new("RGBA", (8, 8), (10, 200, 30, 0))  # fully transparent green
+    rgba.save(tmp_path / "a.png")
+    Image.fromarray(np.full((8, 8), 30000, dtype=np.uint16)).save(tmp_path / "b.png")
+    turns = [{"from": "human", "value": "<image>\nWhat?"}, {"from": "gpt", "value": "x"}]
+    records = [{"id": n, "image": f"{n}.png", "conversations": turns} for n in ("a", "b")]
+    (tmp_path / "d.json").write_text(json.dumps(records))
+    dataset = ConversationDataset([DataSource(path=str(tmp_path / "d.json"))],
+                                  records_dir=tmp_path / "records")  # fmt: skip
+    for i, name in enumerate(("a", "b")):
+        trained = dataset.load_image(dataset.record(i))
+        evaluated = to_rgb(Image.open(tmp_path / f"{name}.png"))
+        assert np.array_equal(np.asarray(trained), np.asarray(evaluated)), name
+    assert np.asarray(dataset.load_image(dataset.record(0)))[0, 0].tolist() == [255, 255, 255]

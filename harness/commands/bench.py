@@ -195,6 +195,12 @@ def _bench_eval(args) -> int:
     for workers in args.workers or []:
         _positive(workers=workers)
     _positive(limit=args.limit, threads=args.threads)
+    if args.loader_workers < 0:
+        from mage.config import ConfigError
+
+        raise ConfigError(
+            f"--loader-workers must be 0 (decode inline) or more, got {args.loader_workers}"
+        )
     check_data(args.data, parse_tasks(args.tasks), args.limit)
     check_checkpoint(Path(args.checkpoint))
     import torch

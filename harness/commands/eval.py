@@ -113,6 +113,10 @@ def run(args: argparse.Namespace) -> int:
     ):
         if value is not None and value < 1:
             raise EvalError(f"{name} must be a positive integer, got {value}")
+    if args.loader_workers < 0:
+        raise EvalError(
+            f"--loader-workers must be 0 (decode inline) or more, got {args.loader_workers}"
+        )
     if args.data is not None:
         os.environ.setdefault("HF_DATASETS_OFFLINE", "1")
         os.environ.setdefault("HF_HUB_OFFLINE", "1")
