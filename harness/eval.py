@@ -174,10 +174,10 @@ def evaluate(
             )
             write_outputs(out_dir, results, outcome.samples, scores, outcome.items, record)
             outcome = EvalResult(scores, outcome.items, record)
-        except (EvalError, eval_tables.EvalConsistencyError) as err:
-            outcome = f"{type(err).__name__}: {err}"
+        except Exception as err:  # whatever failed (a full disk too), every rank must hear it
             if world == 1:
                 raise
+            outcome = f"{type(err).__name__}: {err}"
     outcome = eval_parallel.broadcast(outcome)
     if isinstance(outcome, str):
         raise EvalError(f"rank 0 could not score the evaluation: {outcome}")

@@ -87,3 +87,25 @@ def stage_then_look(rank, world, job_dict, seen_file):
         "done": (folder / "done.json").is_file(),
     }
     Path(f"{seen_file}.{rank}").write_text(json.dumps(seen))
+
+
+def eval_with_rank0_failing(rank, world, checkpoint, data, out, seen_file):
+    """`harness.eval.evaluate` on every rank, rank 0's writing failing as on a full disk:
+    what each rank ends with (every rank must end, not wait for rank 0 forever)."""
+    import os
+
+    import harness.eval as ev
+
+    os.environ["HF_DATASETS_OFFLINE"] = os.environ["HF_HUB_OFFLINE"] = "1"
+    if rank == 0:
+
+        def full_disk(*args, **kwargs):
+            raise OSError(28, "No space left on device")
+
+        ev.write_outputs = full_disk
+    try:
+        ev.evaluate(checkpoint, tasks="mme", data_dir=data, out_dir=out, batch_size=4, limit=8)
+        ended = "returned"
+    except ev.EvalError as err:
+        ended = str(err)
+    Path(f"{seen_file}.{rank}").write_text(ended)

@@ -104,3 +104,18 @@ def test_a_world_size_without_a_process_group_is_refused(monkeypatch, tmp_path):
     monkeypatch.setenv("WORLD_SIZE", "2")
     with pytest.raises(EvalError, match="init_process_group"):
         evaluate(object(), tasks="mme", data_dir=tmp_path, out_dir=tmp_path / "out")
+
+
+def test_every_rank_ends_when_rank_0_fails_to_write(trained_checkpoint, test_world, tmp_path):
+    """Rank 0 alone scores and writes: any error there (a full disk, not only a scoring
+    error) reaches the other ranks, which would otherwise wait in a collective forever."""
+    from dist_helpers import eval_with_rank0_failing, spawn_ranks
+
+    data = Path(test_world.bench["mme"]).parent
+    seen = tmp_path / "ended"
+    spawn_ranks(eval_with_rank0_failing, 2, str(trained_checkpoint), str(data),
+                str(tmp_path / "out"), str(seen))  # fmt: skip
+    for rank in (0, 1):
+        ended = (tmp_path / f"ended.{rank}").read_text()
+        assert "rank 0 could not score the evaluation: OSError" in ended, (rank, ended)
+        assert "No space left on device" in ended
