@@ -190,6 +190,8 @@ def plan_sweep(spec: SweepSpec, presets: dict[str, Any] | None = None) -> SweepP
         plan.variants.append(plan.variant(overrides, "baseline", b.name))
     kinds: dict[str, str] = {}
     for v in plan.variants:  # trials find their variant by name: two of one name lose one
+        if v.name in kinds and v.kind != "baseline":
+            raise SpecError(f"two variants are named {v.name!r}: an axis repeats a value")
         if v.name in kinds:
             raise SpecError(
                 f"two variants are named {v.name!r} (a {kinds[v.name]} and a {v.kind}); "

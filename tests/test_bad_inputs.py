@@ -610,6 +610,11 @@ CASES = [
         lambda c: ["sweep", str(c.spec(axes={"ian.depth": {"values": [1, "two"]}})), "--dry-run"],
         "ian.depth",
     ),
+    C(
+        "sweep-axis-repeats-a-value",
+        lambda c: ["sweep", str(c.spec(axes={"ian.depth": {"values": [1, 1]}})), "--dry-run"],
+        "an axis repeats a value",
+    ),
     C("sweep-negative-seed", lambda c: ["sweep", str(c.spec(seeds=[0, -1])), "--dry-run"], "seeds"),
     C(
         "sweep-objective-metric-misspelt",
