@@ -119,6 +119,7 @@ class Row:
     task: str
     split: str
     enough: Callable[[str], bool] | None = None  # the task's reading window (`scored_enough`)
+    padding: bool = False  # lmms-eval's copy for equal shards across ranks: not a sample
 
 
 def plan_batches(

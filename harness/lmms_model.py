@@ -265,7 +265,10 @@ class MageLMM(lmms):
             )
             stops = stop_strings(gen_kwargs)
             enough = scored_enough(task, self.budgets)
-            rows.append(Row(i, context, value, stops, doc_to_visual, doc_id, task, split, enough))
+            padding = bool((getattr(req, "metadata", None) or {}).get("__padding_only__"))
+            rows.append(
+                Row(i, context, value, stops, doc_to_visual, doc_id, task, split, enough, padding)
+            )
         return rows
 
     def generate_until(self, requests: list[Instance]) -> list[str]:
@@ -323,12 +326,13 @@ class MageLMM(lmms):
         return collator.get_original(outputs)
 
     def _time(self, rows: list[Row], seen: set, generate_s: float, wall_s: float) -> None:
-        """Per-task model and wall time; samples counted once per (task, doc) so that
-        lmms-eval's padding copies (equal shards across ranks) are not counted."""
+        """Per-task model and wall time; samples counted once per (task, doc), leaving out
+        lmms-eval's padding copies (equal shards across ranks; a request for doc 0 on a rank
+        that got no documents), which every rank would otherwise count again."""
         task = self.timings["tasks"].setdefault(
             rows[0].task, {"samples": 0, "rows": 0, "generate_s": 0.0, "wall_s": 0.0}
         )
-        fresh = {(r.task, r.doc_id) for r in rows} - seen
+        fresh = {(r.task, r.doc_id) for r in rows if not r.padding} - seen
         seen |= fresh
         task["samples"] += len(fresh)
         task["rows"] += len(rows)

@@ -123,6 +123,20 @@ def test_harness_budgets_go_to_these_tasks_only_not_to_tasks_sharing_a_prefix():
         assert budget(task, {"max_new_tokens": 1024}, "harness", 64, None) == 1024, task
 
 
+def test_padding_requests_are_answered_but_not_counted_as_samples():
+    """lmms-eval gives a rank without documents a copy of doc 0 marked ``__padding_only__``
+    (and pads shards to equal length the same way): answered, but not a sample of its cost."""
+    model = RecordingModel()
+    lmm = MageLMM.wrap(model, batch_size=4, loader_workers=0)
+    requests = _task_requests({"mme": [{"max_new_tokens": 4}] * 3})
+    requests[2].metadata["__padding_only__"] = True
+    lmm.task_dict = {"mme": {"test": _docs(3)}}
+    lmm.reset_timings()
+    assert len(lmm.generate_until(requests)) == 3
+    assert lmm.timings["tasks"]["mme"]["samples"] == 2
+    assert lmm.timings["tasks"]["mme"]["rows"] == 3
+
+
 def test_images_reach_the_model_converted_from_any_mode():
     """RGBA is composited on the background, 16-bit greyscale scaled (the tasks'
     ``doc_to_visual`` would convert("RGB"): transparent -> black, 16-bit -> white)."""
