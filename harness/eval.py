@@ -21,6 +21,7 @@ import argparse
 import functools
 import time
 from collections.abc import Iterable
+from contextlib import nullcontext
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -137,19 +138,21 @@ def evaluate(
     lm.reset_timings()
     cli_args = argparse.Namespace(output_path=str(out_dir / "lmms_eval"), process_with_media=False)
     began = time.time()
+    keep = eval_tables.kept_mmbench_verdicts() if "mmbench" in benchmarks else nullcontext({})
     try:
-        results = simple_evaluate(
-            model=lm,
-            tasks=task_specs(benchmarks, data_dir, scoring),
-            limit=limit,
-            log_samples=True,
-            bootstrap_iters=0,
-            cli_args=cli_args,
-            verbosity="WARNING",
-            task_manager=task_manager(),
-            # as lmms-eval's own command line decides: torchrun collectives inside a group
-            distributed_executor_backend="torchrun" if world > 1 else "accelerate",
-        )
+        with keep as verdicts:  # MMBench's verdicts as lmms-eval reaches them (rank 0)
+            results = simple_evaluate(
+                model=lm,
+                tasks=task_specs(benchmarks, data_dir, scoring),
+                limit=limit,
+                log_samples=True,
+                bootstrap_iters=0,
+                cli_args=cli_args,
+                verbosity="WARNING",
+                task_manager=task_manager(),
+                # as lmms-eval's own command line decides: torchrun collectives inside a group
+                distributed_executor_backend="torchrun" if world > 1 else "accelerate",
+            )
     except Exception as err:
         hint = "" if data_dir is not None else "; " + hub_hint("the datasets could not be loaded")
         if "MME only supports pairwise evaluation" in str(err):
@@ -164,7 +167,7 @@ def evaluate(
         try:
             local = data_records if data_dir is not None else None
             details = out_dir / "lmms_eval" / "submissions"
-            outcome = _finish(results, names, local, details, extraction)
+            outcome = _finish(results, names, local, details, extraction, verdicts)
             record = build_record(
                 results, names, outcome.samples, outcome.datasets, lm, limit, wall_s, scoring
             )
@@ -198,6 +201,7 @@ def _finish(
     data_records: dict | None,
     details_dir: Path,
     extraction: str | None,
+    mmbench_verdicts: dict[int, int] | None = None,
 ):
     """Rank 0: lmms-eval's results -> tables (checked against the headlines). ``details_dir``
     is where lmms-eval's MMBench aggregation wrote its category accuracies."""
@@ -207,6 +211,8 @@ def _finish(
     for bench, task in names.items():
         if task not in results["results"] or not samples.get(task):
             raise EvalError(f"lmms-eval produced no scored samples for {task} ({bench})")
-    scores, items = eval_tables.derive_tables(results, samples, names, extraction, details_dir)
+    scores, items = eval_tables.derive_tables(
+        results, samples, names, extraction, details_dir, mmbench_verdicts
+    )
     datasets = data_records if data_records is not None else hub_records(names, results, names)
     return _Scored(scores, items, samples, datasets)

@@ -28,6 +28,8 @@ import math
 import os
 import random
 from collections import defaultdict
+from collections.abc import Iterator
+from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
@@ -125,12 +127,41 @@ def mme_tables(samples: list[dict], results: dict, task: str) -> tuple[list[dict
 
 
 # ---- MMBench ----------------------------------------------------------------------------
-def mmbench_hits(logged: list[dict], eval_method: str) -> pd.DataFrame:
+@contextmanager
+def kept_mmbench_verdicts() -> Iterator[dict[int, int]]:
+    """While lmms-eval scores MMBench, keep each circular question's verdict (main index ->
+    hit) as its own evaluator decides it. With GPT matching, deciding again for the derived
+    tables would call the API a second time and could get other answers (then the tables
+    would disagree with the reported score and the whole evaluation would be refused)."""
+    from lmms_eval.tasks.mmbench.mmbench_evals import MMBench_Evaluator
+
+    evaluator = _mmbench_evaluator(MMBench_Evaluator)
+    verdicts: dict[int, int] = {}
+    decide = evaluator.eval_sub_data
+
+    def keep(sub_data, *args, **kwargs):
+        hit = decide(sub_data, *args, **kwargs)
+        verdicts[int(sub_data["index"].min()) % CIRCULAR_OFFSET] = int(hit)
+        return hit
+
+    evaluator.eval_sub_data = keep  # on this instance only: the class stays as it is
+    try:
+        yield verdicts
+    finally:
+        del evaluator.eval_sub_data
+
+
+def mmbench_hits(
+    logged: list[dict], eval_method: str, verdicts: dict[int, int] | None = None
+) -> pd.DataFrame:
     """One row per circular question: index, category, l2-category, hit (0/1).
 
     Prepares the logged ``gpt_eval_score`` entries as ``MMBench_Evaluator.eval_result`` does
-    and lets lmms-eval's ``eval_sub_data`` decide each question over all its copies.
+    and lets lmms-eval's ``eval_sub_data`` decide each question over all its copies; with GPT
+    matching, a verdict lmms-eval already reached (``verdicts``, `kept_mmbench_verdicts`) is
+    reused instead (static matching decides again: cheap, and an independent check).
     """
+    reuse = verdicts if eval_method != "static" and verdicts else {}
     from lmms_eval.tasks.mmbench.mmbench_evals import MMBench_Evaluator
 
     evaluator = _mmbench_evaluator(MMBench_Evaluator)
@@ -142,9 +173,11 @@ def mmbench_hits(logged: list[dict], eval_method: str) -> pd.DataFrame:
     copies = dict(tuple(data.groupby(data["index"] % CIRCULAR_OFFSET)))
     out = []
     for _, main in data[data["index"] < CIRCULAR_OFFSET].iterrows():
-        hit = evaluator.eval_sub_data(
-            copies[main["index"]], answer_map, static_only=eval_method == "static"
-        )
+        hit = reuse.get(int(main["index"]))
+        if hit is None:
+            hit = evaluator.eval_sub_data(
+                copies[main["index"]], answer_map, static_only=eval_method == "static"
+            )
         out.append(
             dict(
                 index=int(main["index"]),
@@ -164,10 +197,14 @@ def _mmbench_evaluator(cls: type) -> Any:
 
 
 def mmbench_tables(
-    samples: list[dict], results: dict, task: str, eval_method: str
+    samples: list[dict],
+    results: dict,
+    task: str,
+    eval_method: str,
+    verdicts: dict[int, int] | None = None,
 ) -> tuple[list[dict], list[dict]]:
     logged = [s[MMBENCH_HEADLINE] for s in samples if MMBENCH_HEADLINE in s]
-    hits = mmbench_hits(logged, eval_method)
+    hits = mmbench_hits(logged, eval_method, verdicts)
     reported = headline(results, task, MMBENCH_HEADLINE)
     if reported is None:
         raise EvalConsistencyError(f"mmbench: lmms-eval reports no {MMBENCH_HEADLINE}")
@@ -250,7 +287,12 @@ def to_frames(rows: list[dict], items: list[dict]) -> tuple[pd.DataFrame, pd.Dat
 
 # ---- all benchmarks ---------------------------------------------------------------------
 def derive_tables(
-    results: dict, samples: dict, names: dict[str, str], mmbench_method: str, details_dir: Path
+    results: dict,
+    samples: dict,
+    names: dict[str, str],
+    mmbench_method: str,
+    details_dir: Path,
+    mmbench_verdicts: dict[int, int] | None = None,
 ) -> tuple[pd.DataFrame, pd.DataFrame]:
     """Scores and items of every evaluated benchmark ({benchmark: lmms-eval task name}).
 
@@ -262,7 +304,7 @@ def derive_tables(
         if bench == "mme":
             part = mme_tables(samples[task], results, task)
         elif bench == "mmbench":
-            part = mmbench_tables(samples[task], results, task, mmbench_method)
+            part = mmbench_tables(samples[task], results, task, mmbench_method, mmbench_verdicts)
             details = Path(details_dir) / f"{task}_results.json"
             if details.is_file():
                 check_mmbench_details(part[0], json.loads(details.read_text()))

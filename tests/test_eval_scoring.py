@@ -147,3 +147,27 @@ def test_a_failing_model_raises_instead_of_scoring_zero(bench_data_dir, tmp_path
     with pytest.raises(EvalError, match="out of memory in generate"):
         evaluate(Broken(), tasks="mme", data_dir=bench_data_dir, out_dir=tmp_path)
     assert not (tmp_path / "scores.parquet").exists()
+
+
+def test_mmbench_verdicts_lmms_eval_reached_are_reused_not_decided_again(yes_run, monkeypatch):
+    """With GPT matching, deciding each circular question again for the derived tables would
+    call the API a second time (and might be answered otherwise): the verdicts lmms-eval's
+    own evaluator reached while scoring are kept and reused."""
+    from lmms_eval.tasks.mmbench.mmbench_evals import MMBench_Evaluator
+
+    _, out = yes_run
+    lines = (out / "samples" / "mmbench_en_dev_static.jsonl").read_text().splitlines()
+    logged = [json.loads(line)["gpt_eval_score"] for line in lines]
+    evaluator = eval_tables._mmbench_evaluator(MMBench_Evaluator)
+    with eval_tables.kept_mmbench_verdicts() as verdicts:
+        evaluator.eval_result(logged, eval_method="static")  # as the task's aggregation does
+    assert "eval_sub_data" not in vars(evaluator)  # the evaluator is left as it was
+    decided = eval_tables.mmbench_hits(logged, "static")
+    assert verdicts == dict(zip(decided["index"], decided["hit"])) and len(verdicts) > 1
+
+    def no_second_decision(*args, **kwargs):
+        raise AssertionError("decided again")
+
+    monkeypatch.setattr(MMBench_Evaluator, "eval_sub_data", no_second_decision)
+    reused = eval_tables.mmbench_hits(logged, "openai", verdicts)
+    pd.testing.assert_frame_equal(reused, decided)
