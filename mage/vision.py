@@ -191,7 +191,10 @@ def _create_registry_model(spec: EncoderSpec, meta: bool) -> tuple[nn.Module, di
     apply even when its weights are not loaded (``arch_tag``)."""
     name = spec.model_name
     tag = spec.pretrained if wants_weights(spec) else None
-    arch_tag = tag or spec.arch_tag
+    # a tag open_clip knows for this model sets the architecture; a local weights file (the
+    # offline way to give OpenAI's or SigLIP's weights) keeps the registry's tag settings
+    known = tag in open_clip.list_pretrained_tags_by_model(name) if tag else False
+    arch_tag = tag if known else spec.arch_tag
     tag_cfg = open_clip.get_pretrained_cfg(name, arch_tag) if arch_tag else {}
     base = open_clip.get_model_config(name)
     native = base["vision_cfg"].get("image_size") if base else None

@@ -219,3 +219,21 @@ def test_hf_tower_loads_a_local_directory(tmp_path):
     pixels = tower.preprocess(_images(2))
     assert torch.equal(pixels, tiny.preprocess(_images(2)))
     assert torch.allclose(tower(pixels), tiny(pixels), atol=1e-6)
+
+
+@pytest.mark.parametrize(
+    "encoder_id",
+    [i for i, s in ENCODERS.items() if s.backend == "open_clip" and s.model_config is None],
+)
+def test_a_local_weights_file_keeps_the_registry_tags_architecture(encoder_id):
+    """Offline, `vision.pretrained` names a local file: OpenAI's CLIP must still get
+    QuickGELU and SigLIP its own mean, std and resize mode, as with the tag itself."""
+    from mage.config import VisionConfig
+    from mage.vision import _create_registry_model
+
+    def built(pretrained: str | None) -> tuple:
+        spec = resolve_encoder(VisionConfig(encoder=encoder_id, pretrained=pretrained))
+        model, kwargs = _create_registry_model(spec, meta=True)
+        return kwargs["quick_gelu"], model.visual.preprocess_cfg
+
+    assert built("/data/local-weights.bin") == built("none")
