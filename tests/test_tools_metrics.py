@@ -98,6 +98,14 @@ def test_wrong_tool_malformed_and_half_right(eval_set):
         '<tool_call>{"name": "image_generation", "arguments": {"prompt": 7}}</tool_call>',
     )
     assert (bad_args["parse_rate"], bad_args["tool_name_accuracy"]) == (0.0, 1.0)
+    # arguments that are not an object: the name still counts (and parses for none else)
+    text_args = score_item(
+        generation, '<tool_call>{"name": "image_generation", "arguments": "hi"}</tool_call>'
+    )
+    assert (text_args["parse_rate"], text_args["tool_name_accuracy"]) == (0.0, 1.0)
+    # the first call is scored: a malformed one after it does not undo it
+    trailing = score_item(generation, gold(generation) + '<tool_call>{"name": oops}</tool_call>')
+    assert trailing == score_item(generation, gold(generation))
 
 
 def test_reworded_but_equivalent_call_is_faithful(eval_set):

@@ -123,3 +123,32 @@ def test_validate_false_reads_unknown_tools_and_bad_arguments():
         '<tool_call>{"name": "nope", "arguments": {"x": 1}}</tool_call>', validate=False
     )
     assert (call.name, call.arguments) == ("nope", {"x": 1})
+
+
+def test_validate_false_reads_the_name_of_a_call_whose_arguments_are_not_an_object():
+    reply = '<tool_call>{"name": "image_generation", "arguments": "hello"}</tool_call>'
+    with pytest.raises(SchemaViolation):
+        parse_tool_calls(reply)
+    (call,) = parse_tool_calls(reply, validate=False)
+    assert (call.name, call.arguments) == ("image_generation", {})
+
+
+def test_first_reads_the_first_call_whatever_follows():
+    reply = GEN + '<tool_call>{"name": oops}</tool_call>'
+    with pytest.raises(MalformedJSON):
+        parse_tool_calls(reply)
+    (call,) = parse_tool_calls(reply, first=True)
+    assert call.name == "image_generation"
+
+
+@pytest.mark.parametrize(
+    "body",
+    [
+        '{"name": "text_to_speech", "name": "image_generation", "arguments": {}}',
+        '{"name": "image_generation", "arguments": {"prompt": "x", " prompt ": "y"}}',
+    ],
+)
+def test_a_repeated_key_is_malformed_not_the_last_one_read(body):
+    """json keeps the last of a repeated key: the call would silently be another one."""
+    with pytest.raises(MalformedJSON, match="appears twice"):
+        parse_tool_calls(f"<tool_call>{body}</tool_call>", validate=False)

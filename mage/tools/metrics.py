@@ -88,7 +88,7 @@ def score_item(
         raise ValueError(f"eval record {record.get('id')!r} has no 'tool_target' with a 'name'")
     scores = dict.fromkeys(METRICS, 0.0)
     try:
-        loose = parse_tool_calls(reply, validate=False)[0]
+        loose = parse_tool_calls(reply, validate=False, first=True)[0]
     except ToolCallError:
         return scores
     scores["tool_name_accuracy"] = float(loose.name == target["name"])
@@ -98,7 +98,7 @@ def score_item(
             token_f1(loose.arguments.get(k, ""), v) for k, v in wanted.items()
         ) / len(wanted)
     try:
-        call = parse_tool_calls(reply, tools)[0]
+        call = parse_tool_calls(reply, tools, first=True)[0]
     except ToolCallError:
         return scores
     scores["parse_rate"] = 1.0

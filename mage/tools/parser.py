@@ -68,32 +68,48 @@ def _name(value: str) -> str:
     return re.sub(r"\s*_\s*", "_", value.strip())
 
 
+class _DuplicateKey(ValueError):
+    pass
+
+
+def _unique(pairs: list[tuple[str, Any]]) -> dict[str, Any]:
+    """A JSON object whose keys are all different (json keeps the last of a repeated key,
+    so ``{"name": "a", "name": "b"}`` would be read as a call to b)."""
+    keys = [k for k, _ in pairs]
+    repeated = sorted({k for k in keys if keys.count(k) > 1})
+    if repeated:
+        raise _DuplicateKey(f"the key {repeated[0]!r} appears twice")
+    return dict(pairs)
+
+
 def _clean(value: Any) -> Any:
     if isinstance(value, str):
         return " ".join(value.split())
     if isinstance(value, dict):
-        return {_name(str(k)): _clean(v) for k, v in value.items()}
+        return _unique([(_name(str(k)), _clean(v)) for k, v in value.items()])
     if isinstance(value, list):
         return [_clean(v) for v in value]
     return value
 
 
-def _decode(body: str, index: int) -> tuple[str, dict[str, Any]]:
-    """(name, arguments) of one call body, or MalformedJSON saying what is wrong."""
+def _decode(body: str, index: int, strict: bool = True) -> tuple[str, dict[str, Any]]:
+    """(name, arguments) of one call body, or MalformedJSON saying what is wrong; not
+    ``strict``: arguments that are not an object read as none (the name still counts)."""
     where = f"tool call {index + 1}"
     try:
-        data = json.loads(body)
+        data = _clean(json.loads(body, object_pairs_hook=_unique))
     except json.JSONDecodeError as err:
         snippet = body.strip()[:120]
         raise MalformedJSON(
             f"{where}: invalid JSON ({err.msg} at char {err.pos}) in {snippet!r}; "
             f"write {CALL_FORMAT}"
         ) from None
+    except _DuplicateKey as err:  # also keys that differ only by spacing (" name ")
+        raise MalformedJSON(f"{where}: {err}; write {CALL_FORMAT}") from None
     if not isinstance(data, dict):
         raise MalformedJSON(
             f"{where}: expected a JSON object, got {type(data).__name__}; write {CALL_FORMAT}"
         )
-    data = _clean(data)
     missing = [k for k in ("name", "arguments") if k not in data]
     extra = sorted(set(data) - {"name", "arguments"})
     if missing or extra:
@@ -103,6 +119,8 @@ def _decode(body: str, index: int) -> tuple[str, dict[str, Any]]:
         )
     if not isinstance(data["name"], str) or not data["name"]:
         raise MalformedJSON(f"{where}: 'name' must be a non-empty string, got {data['name']!r}")
+    if not isinstance(data["arguments"], dict) and not strict:
+        return _name(data["name"]), {}
     if not isinstance(data["arguments"], dict):
         raise SchemaViolation(
             f"{where} ({data['name']}): 'arguments' must be a JSON object, "
@@ -112,12 +130,14 @@ def _decode(body: str, index: int) -> tuple[str, dict[str, Any]]:
 
 
 def parse_tool_calls(
-    text: str, tools: Mapping[str, Tool] | None = None, validate: bool = True
+    text: str, tools: Mapping[str, Tool] | None = None, validate: bool = True, first: bool = False
 ) -> list[ToolCall]:
     """Every ``<tool_call>`` block of ``text``, in order, checked against ``tools``' schemas.
 
-    ``validate=False`` skips the registry (unknown names and bad arguments pass): the
-    metrics use it to score the tool name of a call whose arguments are wrong."""
+    ``validate=False`` skips the registry (unknown names and bad arguments, even arguments
+    that are not an object, pass): the metrics use it to score the tool name of a call whose
+    arguments are wrong. ``first``: only the first call, whatever follows it (the metrics
+    score the first call; a malformed later one does not undo it)."""
     calls: list[ToolCall] = []
     position = 0
     while True:
@@ -140,7 +160,7 @@ def parse_tool_calls(
             raise MalformedJSON(
                 f"tool call {len(calls) + 1}: '{OPEN}' opened twice before '{CLOSE}'"
             )
-        name, arguments = _decode(text[opening.end() : closing.start()], len(calls))
+        name, arguments = _decode(text[opening.end() : closing.start()], len(calls), validate)
         if validate:
             tool = get_tool(name, tools)
             try:
@@ -150,6 +170,8 @@ def parse_tool_calls(
         before = text[position : opening.start()]
         calls.append(ToolCall(name, arguments, opening.start(), closing.end(), before))
         position = closing.end()
+        if first:
+            break
     if not calls:
         raise NoToolCall(
             f"no tool call in the reply {text[:120]!r}; a call is written {CALL_FORMAT}"
