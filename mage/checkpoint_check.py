@@ -77,9 +77,15 @@ def check_checkpoint(directory: str | Path) -> None:
     for path in sorted(directory.rglob("*.json")):
         _json(path, "part of the checkpoint")
     try:
-        read_meta(directory)  # the format this version reads
+        meta = read_meta(directory)  # the format this version reads
     except CheckpointFormatError as err:
         raise CheckpointError(str(err)) from None
+    adapter = directory / "llm_adapter" / "adapter_config.json"
+    if meta.get("lora_active") and not adapter.is_file():
+        raise CheckpointError(
+            f"{adapter}: missing; mage.json says the LLM carries a LoRA adapter, so "
+            f"{directory} is not a whole checkpoint"
+        )
     try:
         MageConfig.from_dict(_json(directory / "config.json", "the model's MageConfig"))
     except ConfigError as err:

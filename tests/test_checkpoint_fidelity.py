@@ -243,3 +243,29 @@ def test_a_checkpoint_holds_its_curve_before_it_is_marked_complete(tiny, tmp_pat
     assert history[:2] == seen[1]  # the resumed run kept the first session's steps
     curve = _curves_so_far(tmp_path / "s2", cfg, "stage2")
     assert [r["step"] for r in curve if r["metric"] == "loss"] == [1, 2, 3, 4]
+
+
+def test_a_lora_checkpoint_without_its_adapter_is_refused_naming_the_file(tiny, tmp_path):
+    from mage.checkpoint_check import CheckpointError as DamagedCheckpoint
+    from mage.checkpoint_check import check_checkpoint
+
+    cfg = tiny.with_overrides({"llm.lora.enabled": True, "llm.lora.r": 4})
+    model = MageModel.build(cfg)
+    model.enable_lora()
+    model.save_pretrained(tmp_path / "ck")
+    check_checkpoint(tmp_path / "ck")  # whole
+    (tmp_path / "ck" / "llm_adapter" / "adapter_config.json").unlink()
+    with pytest.raises(DamagedCheckpoint, match=r"adapter_config.json: missing; mage.json says"):
+        check_checkpoint(tmp_path / "ck")
+
+
+def test_a_tower_that_does_not_train_in_a_stage_stays_in_eval_mode(tiny, tmp_path):
+    """vision.frozen: false alone does not train the tower (a stage's trainable list does):
+    in train mode its batch-norm statistics would drift and be saved."""
+    cfg = tiny.with_overrides({"vision.frozen": False, "stage1.steps": 2})
+    seed_build(cfg.seed)
+    model = MageModel.build(cfg)
+    modes = []
+    train_stage(model, cfg, "stage1", tmp_path / "s1", callback=lambda s, m: modes.append(
+        (model.vision.training, model.projector.training)))  # fmt: skip
+    assert modes == [(False, True), (False, True)]

@@ -127,8 +127,8 @@ def train_stage(
         seed=stable_seed(cfg.seed, stage, start, rank),
     )
     model.train()
-    if model.vision.frozen:
-        model.vision.eval()
+    if model.vision.frozen or "vision" not in stage_cfg.trainable:
+        model.vision.eval()  # a tower this stage does not train keeps its batch-norm statistics
     started, tokens, skipped = time.perf_counter(), 0.0, 0
     batches_in = iter(loader)
     for step in range(start, batches.total_steps):
