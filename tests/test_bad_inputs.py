@@ -120,6 +120,12 @@ def _turns(*roles: str) -> list[dict]:
     return [{"from": r, "value": "<image>\nhi" if i == 0 else "a"} for i, r in enumerate(roles)]
 
 
+def _check_turns(question: str, reply: str) -> Callable[[Ctx], list[str]]:
+    """`data check` of one record with an image and these two turns."""
+    turns = [{"from": "human", "value": question}, {"from": "gpt", "value": reply}]
+    return lambda c: ["data", "check", str(c.data(_record(turns)))]
+
+
 def _record(turns: list[dict], image: str | None = "img0.png") -> list[dict]:
     return [{"id": "r0", **({"image": image} if image else {}), "conversations": turns}]
 
@@ -209,38 +215,12 @@ CASES = [
     ),
     C(
         "check-image-tag-in-a-reply",
-        lambda c: [
-            "data",
-            "check",
-            str(
-                c.data(
-                    _record(
-                        [
-                            {"from": "human", "value": "What colour?"},
-                            {"from": "gpt", "value": "<image> red"},
-                        ]
-                    )
-                )
-            ),
-        ],  # fmt: skip
+        _check_turns("What colour?", "<image> red"),
         "conversations[1] (a reply) holds <image>",
     ),
     C(
         "check-image-tagged-twice",
-        lambda c: [
-            "data",
-            "check",
-            str(
-                c.data(
-                    _record(
-                        [
-                            {"from": "human", "value": "<image>\nWhat colour? <image>"},
-                            {"from": "gpt", "value": "red"},
-                        ]
-                    )
-                )
-            ),
-        ],  # fmt: skip
+        _check_turns("<image>\nWhat colour? <image>", "red"),
         "holds <image> 2 times",
     ),
     C(
