@@ -207,8 +207,16 @@ def resolve_encoder(vision: Any, assets_dir: str | None = None) -> EncoderSpec:
 
 
 def encoder_grid(vision: Any) -> int | None:
+    """Patches per side of a registered tower's grid at the config's ``image_size`` (the
+    registry's grid scaled with the input; None when unknown or not a whole grid)."""
     spec = ENCODERS.get(vision.encoder)
-    return spec.grid_size if spec else None
+    if spec is None or spec.grid_size is None:
+        return None
+    size = getattr(vision, "image_size", None)
+    if size is None or not spec.image_size or size == spec.image_size:
+        return spec.grid_size
+    scaled = spec.grid_size * size / spec.image_size
+    return int(scaled) if scaled == int(scaled) else None
 
 
 # --------------------------------------------------------------------------------------

@@ -65,3 +65,11 @@ def test_epochs_without_steps_run_whole_epochs_and_steps_given_beside_them_cap()
     assert cfg.stage2.steps == 7
     reloaded = MageConfig.from_dict({"stage2": {"epochs": 2}})  # a config file's stage
     assert reloaded.stage2.steps is None and reloaded.stage2.epochs == 2
+
+
+def test_the_stride_check_reads_the_grid_at_the_configured_image_size():
+    """CLIP ViT-L/14 at 280 px has a 20x20 grid, not the registry's 24x24 at 336 px."""
+    small = get_preset("mage-7b").with_overrides({"vision.image_size": 280, "ian.stride": 5})
+    assert small.ian.stride == 5
+    with pytest.raises(ConfigError, match=r"does not divide the 20x20 patch grid"):
+        get_preset("mage-7b").with_overrides({"vision.image_size": 280, "ian.stride": 3})
