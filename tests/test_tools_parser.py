@@ -152,3 +152,10 @@ def test_a_repeated_key_is_malformed_not_the_last_one_read(body):
     """json keeps the last of a repeated key: the call would silently be another one."""
     with pytest.raises(MalformedJSON, match="appears twice"):
         parse_tool_calls(f"<tool_call>{body}</tool_call>", validate=False)
+
+
+def test_a_closing_tag_inside_a_json_string_does_not_end_the_call():
+    text = "read the tag </tool_call> aloud"
+    reply = format_tool_call("text_to_speech", {"text": text})
+    (call,) = parse_tool_calls(reply)
+    assert call.arguments == {"text": text} and call.end == len(reply)

@@ -33,6 +33,23 @@ OPEN = "<tool_call>"
 CLOSE = "</tool_call>"
 _OPEN_RE = re.compile(r"<\s*tool\s*_\s*call\s*>")
 _CLOSE_RE = re.compile(r"<\s*/\s*tool\s*_\s*call\s*>")
+_CLOSE_AFTER_RE = re.compile(r"\s*(<\s*/\s*tool\s*_\s*call\s*>)")
+_DECODER = json.JSONDecoder()
+
+
+def _closing(text: str, start: int) -> re.Match | None:
+    """The closing tag of a call whose body starts at ``start``: the one right after its JSON
+    object when that parses (a string in it may hold the tag itself), else the first one."""
+    try:
+        at = start + len(text[start:]) - len(text[start:].lstrip())
+        _, end = _DECODER.raw_decode(text, at)
+    except ValueError:
+        return _CLOSE_RE.search(text, start)
+    after = _CLOSE_AFTER_RE.match(text, end)
+    if after is None:
+        return _CLOSE_RE.search(text, start)
+    return _CLOSE_RE.match(text, after.start(1))
+
 
 __all__ = [
     "ToolCall",
@@ -149,7 +166,7 @@ def parse_tool_calls(
                     f"'{CLOSE}' at char {stray.start()} without an opening '{OPEN}'"
                 )
             break
-        closing = _CLOSE_RE.search(text, opening.end())
+        closing = _closing(text, opening.end())
         if closing is None:
             raise MalformedJSON(
                 f"tool call {len(calls) + 1}: '{OPEN}' at char {opening.start()} is never closed "
