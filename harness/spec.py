@@ -110,7 +110,28 @@ class ObjectiveSpec(_Strict):
             raise ValueError(
                 f"metric {self.metric!r} is not a {self.benchmark} metric; known: {list(known)}"
             )
+        # a headline is stored for the whole benchmark only, a per-category metric never is
+        whole = self.metric in objective_headlines() or self.benchmark == "train"
+        if whole and self.category != "all":
+            raise ValueError(
+                f"category {self.category!r}: {self.benchmark} {self.metric} is a score of the "
+                "whole benchmark (category 'all'); for one category use a per-category metric "
+                f"({', '.join(m for m in known if m not in objective_headlines())})"
+            )
+        if self.benchmark != "tools" and not whole and self.category == "all":
+            raise ValueError(
+                f"{self.benchmark} {self.metric} is stored per category: give `category` (for "
+                f"example count), or use a whole-benchmark metric "
+                f"({', '.join(m for m in known if m in objective_headlines())})"
+            )
         return self
+
+
+def objective_headlines() -> tuple[str, ...]:
+    """The metrics stored for a whole benchmark only (category ``all``)."""
+    from harness.eval_tables import MMBENCH_HEADLINE, MME_HEADLINES, SEED_HEADLINES
+
+    return (*MME_HEADLINES, MMBENCH_HEADLINE, *SEED_HEADLINES)
 
 
 def objective_metrics() -> dict[str, tuple[str, ...]]:

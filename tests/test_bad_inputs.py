@@ -606,6 +606,32 @@ CASES = [
         "'mme_p' is not a mme metric",
     ),
     C(
+        "sweep-objective-headline-with-a-category",
+        lambda c: [
+            "sweep",
+            str(
+                c.spec(
+                    objective={
+                        "benchmark": "mme",
+                        "metric": "mme_perception_score",
+                        "category": "colour",
+                    }
+                )
+            ),  # fmt: skip
+            "--dry-run",
+        ],
+        "is a score of the whole benchmark",
+    ),
+    C(
+        "sweep-objective-per-category-metric-without-one",
+        lambda c: [
+            "sweep",
+            str(c.spec(objective={"benchmark": "mme", "metric": "acc"})),
+            "--dry-run",
+        ],
+        "is stored per category",
+    ),
+    C(
         "sweep-optuna-int-axis-half-step",
         lambda c: _optuna_sweep(c, {"low": 0, "high": 3, "step": 0.5}),
         "Optuna cannot search",
