@@ -144,11 +144,7 @@ def check_sweep_folder(plan: SweepPlan, sweep_dir: str | Path) -> None:
     sweep_dir = Path(sweep_dir).resolve()
     _check_spec(sweep_dir, plan.spec)
     _check_plan(sweep_dir, plan)
-    spec = plan.spec
-    try:
-        _mmbench_scoring(plan, store.read_manifest(sweep_dir))
-    finally:
-        plan.spec = spec  # a check: the plan stays as it was
+    _decided_scoring(plan.spec, store.read_manifest(sweep_dir))
 
 
 def run_sweep(
@@ -238,15 +234,14 @@ def _prepare_shared_inputs(plan: SweepPlan, sweep_dir: Path) -> None:
         torch.set_num_threads(threads)
 
 
-def _mmbench_scoring(plan: SweepPlan, manifest: dict) -> SweepPlan:
-    """Decide the MMBench scoring method once, for every trial and every later session: the
-    spec's, else the one the sweep started with, else the driver's environment (a GPT judge
-    if it has an API key). The trials get it through the plan's spec."""
+def _decided_scoring(spec: SweepSpec, manifest: dict) -> str | None:
+    """The MMBench scoring method, decided once for every trial and every later session:
+    the spec's, else the one the sweep started with, else the driver's environment (a GPT
+    judge if it has an API key); SpecError when this environment cannot score with it."""
     from harness.eval_tasks import EvalError, mmbench_choice, mmbench_scoring_from_env
 
-    spec = plan.spec
     if "mmbench" not in spec.tasks:
-        return plan
+        return None
     scoring = spec.mmbench_scoring or manifest.get("mmbench_scoring") or mmbench_scoring_from_env()
     try:
         mmbench_choice(scoring)  # a GPT judge needs its key here (and in the workers)
@@ -254,7 +249,15 @@ def _mmbench_scoring(plan: SweepPlan, manifest: dict) -> SweepPlan:
         raise SpecError(
             f"mmbench_scoring: this sweep scores MMBench with {scoring!r}: {err}"
         ) from None
-    plan.spec = spec.model_copy(update={"mmbench_scoring": scoring})
+    return scoring
+
+
+def _mmbench_scoring(plan: SweepPlan, manifest: dict) -> SweepPlan:
+    """The plan with the decided MMBench scoring method (`_decided_scoring`) in its spec,
+    which is how the trials get it."""
+    scoring = _decided_scoring(plan.spec, manifest)
+    if scoring is not None:
+        plan.spec = plan.spec.model_copy(update={"mmbench_scoring": scoring})
     return plan
 
 

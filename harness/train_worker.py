@@ -185,11 +185,11 @@ def _curves_so_far(folder: Path, cfg, stage: str) -> list[dict]:
     latest = CheckpointManager(folder / "checkpoints", cfg.seed, stage).latest()
     if latest is None:
         return []
-    history = CheckpointManager.saved_history(latest)
-    if history is not None:
-        return [row for h in history for row in _curve_rows(stage, int(h["step"]), h)]
     saved = latest / "curves.parquet"
-    return pd.read_parquet(saved).to_dict("records") if saved.is_file() else []
+    if saved.is_file():
+        return pd.read_parquet(saved).to_dict("records")
+    history = CheckpointManager.saved_history(latest) or []
+    return [row for h in history for row in _curve_rows(stage, int(h["step"]), h)]
 
 
 # --------------------------------------------------------------------------------------

@@ -50,36 +50,31 @@ def worker_group(spec: SweepSpec) -> WorkerGroup | None:
     return WorkerGroup(res.workers, res.cpus_per_worker, res.gpus_per_worker, spec.max_failures)
 
 
-def _final(record: store.TrialRecord, spec: SweepSpec) -> dict[str, Any]:
+def _final_result(key: str, status: str, steps: int, value: float | None) -> dict[str, Any]:
     """A trial's last result: its objective when it was scored (a failed trial has none,
-    and the searcher is told it failed: `harness.experiment.MageOptunaSearch`)."""
-    value = record.objectives.get(spec.primary.key)
-    final = {
-        "trial_key": record.trial_id,
-        "trial_status": record.status,
+    NaN, and the searcher is told it failed: `harness.experiment.MageOptunaSearch`)."""
+    ok = value is not None and math.isfinite(value)
+    return {
+        "trial_key": key,
+        "trial_status": status,
         "trial_final": 1,
-        "global_step": record.steps,
+        "global_step": steps,
         "train_loss": math.nan,
         **STAGE_METRICS_UNSET,
+        "objective": float(value) if ok else math.nan,
     }
-    ok = value is not None and math.isfinite(value)
-    final["objective"] = float(value) if ok else math.nan  # NaN: failed (see above)
-    return final
+
+
+def _final(record: store.TrialRecord, spec: SweepSpec) -> dict[str, Any]:
+    value = record.objectives.get(spec.primary.key)
+    return _final_result(record.trial_id, record.status, record.steps, value)
 
 
 def _refused(config: dict[str, Any]) -> dict[str, Any]:
-    """The final result of a sampled point whose config is invalid: failed, no objective
-    (Optuna is told the trial failed); there is no variant to store it under."""
+    """The final result of a sampled point whose config is invalid: failed, no objective;
+    there is no variant to store it under."""
     sampled = ",".join(f"{k}={v}" for k, v in config.items() if not k.startswith("__"))
-    return {
-        "trial_key": f"invalid:{sampled}",
-        "trial_status": "failed",
-        "trial_final": 1,
-        "global_step": 0,
-        "train_loss": math.nan,
-        **STAGE_METRICS_UNSET,
-        "objective": math.nan,
-    }
+    return _final_result(f"invalid:{sampled}", "failed", 0, None)
 
 
 def tune_trainable(config: dict[str, Any], *, sweep_dir: str, plan: SweepPlan, trial_fn: TrialFn):

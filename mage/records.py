@@ -122,9 +122,9 @@ def parse_records(source: DataSource, caption_from_reply: bool) -> dict[str, lis
         if not any(t.get("from") in ("gpt", "assistant") for t in turns):
             raise DataError(f"{where}: has no assistant ('gpt') turn to learn from")
         image = None
-        if item.get("image") and (bad := image_tag_error(turns)):
-            raise DataError(f"{where}: {bad}")
         if item.get("image"):
+            if bad := image_tag_error(turns):
+                raise DataError(f"{where}: {bad}")
             image = os.path.normpath(os.path.join(root_abs, item["image"]))
             if not os.path.isfile(image):
                 raise DataError(f"{where}: image file not found: {image}")

@@ -183,15 +183,14 @@ def _control_line(summary: Summary, label: str, effects: list[Effect]) -> str:
         if not part:
             untested_only += [h.label] if every else []
             continue
-        untested = max(n_main, len(every)) - len(part)
-        note = f" ({untested} not tested)" if untested else ""
-        every = every + [None] * (max(n_main, len(every)) - len(every))
+        total = max(n_main, len(every))
+        note = f" ({total - len(part)} not tested)" if total > len(part) else ""
         above = [e for e in part if e.significant and e.diff > 0]
         below = [e for e in part if e.significant and e.diff < 0]
-        if len(above) == len(every):
+        if len(above) == total:
             lo, hi = min(e.diff for e in above), max(e.diff for e in above)
             worst = max(e.p_value for e in above)
-            if len(every) == 1:
+            if total == 1:
                 parts.append(f"the main variant is above it on {h.label} ({lo:+.1f}, {_p(worst)})")
             else:
                 bound = _p(worst).replace("=", "≤")
@@ -200,15 +199,13 @@ def _control_line(summary: Summary, label: str, effects: list[Effect]) -> str:
                     f"each {bound})"
                 )
         elif above:
-            parts.append(
-                f"{len(above)} of {len(every)} main variants are above it on {h.label}{note}"
-            )
+            parts.append(f"{len(above)} of {total} main variants are above it on {h.label}{note}")
         elif note:
             parts.append(f"no tested main variant is above it on {h.label}{note}")
         else:
             none.append(h.label)
         if below:
-            parts.append(f"{len(below)} of {len(every)} are below it on {h.label}")
+            parts.append(f"{len(below)} of {total} are below it on {h.label}")
     if none:
         parts.append(f"no main variant is above it beyond seed spread on {', '.join(none)}")
     if untested_only:

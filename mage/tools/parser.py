@@ -33,22 +33,18 @@ OPEN = "<tool_call>"
 CLOSE = "</tool_call>"
 _OPEN_RE = re.compile(r"<\s*tool\s*_\s*call\s*>")
 _CLOSE_RE = re.compile(r"<\s*/\s*tool\s*_\s*call\s*>")
-_CLOSE_AFTER_RE = re.compile(r"\s*(<\s*/\s*tool\s*_\s*call\s*>)")
+_CLOSE_AFTER_RE = re.compile(r"\s*<\s*/\s*tool\s*_\s*call\s*>")  # right after the JSON
 _DECODER = json.JSONDecoder()
 
 
 def _closing(text: str, start: int) -> re.Match | None:
-    """The closing tag of a call whose body starts at ``start``: the one right after its JSON
+    """The end of a call whose body starts at ``start``: the closing tag right after its JSON
     object when that parses (a string in it may hold the tag itself), else the first one."""
     try:
-        at = start + len(text[start:]) - len(text[start:].lstrip())
-        _, end = _DECODER.raw_decode(text, at)
+        _, end = _DECODER.raw_decode(text, len(text) - len(text[start:].lstrip()))
     except ValueError:
         return _CLOSE_RE.search(text, start)
-    after = _CLOSE_AFTER_RE.match(text, end)
-    if after is None:
-        return _CLOSE_RE.search(text, start)
-    return _CLOSE_RE.match(text, after.start(1))
+    return _CLOSE_AFTER_RE.match(text, end) or _CLOSE_RE.search(text, start)
 
 
 __all__ = [

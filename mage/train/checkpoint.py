@@ -94,14 +94,12 @@ class CheckpointManager:
         optimizer,
         scheduler,
         global_batch: int,
-        metrics: dict | None = None,
         history: list[dict] | None = None,
     ) -> Path:
-        """Every rank calls this at the same step; returns the checkpoint folder. ``metrics``
-        (the step's loss and learning rate) come back from `saved_metrics`: a run resumed at
-        its last step still reports how it ended. ``history`` (every step's metrics so far,
-        the training curve) comes back from `saved_history`; it is saved before the
-        ``complete`` marker, so a resumable checkpoint always has its curve."""
+        """Every rank calls this at the same step; returns the checkpoint folder. ``history``
+        (every step's metrics so far: the training curve, and in its last entry how the run
+        stood, which a run resumed at its last step reports) comes back from `saved_history`;
+        it is saved before the ``complete`` marker, so a resumable checkpoint has its curve."""
         folder = self.root / f"step-{step:08d}"
         rank = _rank()
         if rank == 0 and folder.exists():  # a save of this step that crashed half-way
@@ -119,7 +117,6 @@ class CheckpointManager:
                 "world_size": _world(),
                 "global_batch": global_batch,
                 "stage": self.stage,
-                "metrics": dict(metrics or {}),
                 "history": [dict(h) for h in history or []],
             }
             torch.save(state, folder / "train_state.pt")
@@ -161,17 +158,13 @@ class CheckpointManager:
         return int(state["step"])
 
     @staticmethod
-    def saved_metrics(folder: Path) -> dict:
-        """The metrics of the step a checkpoint was saved at ({} for older checkpoints)."""
-        state = torch.load(Path(folder) / "train_state.pt", weights_only=False)
-        return dict(state.get("metrics") or {})
-
-    @staticmethod
     def saved_history(folder: Path) -> list[dict] | None:
-        """Every step's metrics up to a checkpoint (None for checkpoints older than that)."""
+        """Every step's metrics up to a checkpoint; None for a checkpoint written before the
+        curve was kept (then only its last step's metrics, if any, as a one-entry list)."""
         state = torch.load(Path(folder) / "train_state.pt", weights_only=False)
-        history = state.get("history")
-        return None if history is None else [dict(h) for h in history]
+        if "history" in state:
+            return [dict(h) for h in state["history"]]
+        return [dict(state["metrics"])] if state.get("metrics") else None
 
     @staticmethod
     def _check_keys(folder: Path, model_state: dict) -> None:

@@ -107,8 +107,8 @@ def train_stage(
     start, metrics, history = 0, {}, []
     if (latest := checkpoints.latest()) is not None:
         start = checkpoints.load(latest, model, optimizer, scheduler, batches.global_batch)
-        metrics = checkpoints.saved_metrics(latest)  # what it ends with if no step is left
         history = checkpoints.saved_history(latest) or []
+        metrics = dict(history[-1]) if history else {}  # what it ends with if no step is left
     sampler = RankMicroBatches(batches, rank, world, stage_cfg.batch_size, start)
     collate = Collator(
         model.tokenizer,
@@ -179,7 +179,7 @@ def train_stage(
         )
         if save:
             folder = checkpoints.save(
-                done, model, optimizer, scheduler, batches.global_batch, metrics, history
+                done, model, optimizer, scheduler, batches.global_batch, history
             )
             metrics["checkpoint"] = str(folder)
         stop = callback is not None and callback(done, dict(metrics)) is False
