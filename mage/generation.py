@@ -72,11 +72,22 @@ def preprocess_image(model: MageModel, image: Any) -> torch.Tensor | None:
 
 
 def image_tokens(model: MageModel, images: Sequence[Any]) -> torch.Tensor | None:
-    """Projected image tokens of the rows that have an image (None when none has)."""
-    present = [preprocess_image(model, im) for im in images if im is not None]
+    """Projected image tokens of the rows that have an image (None when none has).
+
+    One image object in several rows is encoded once: benchmarks ask several questions of
+    one image (MME two, MMBench's circular copies up to four), and the evaluation's loader
+    hands a batch's repeated image over as one object (`harness.eval_batches.BatchSource`)."""
+    present = [im for im in images if im is not None]
     if not present:
         return None
-    return model.encode_images(torch.stack(present).to(model.device))
+    slot: dict[int, int] = {}
+    order = [slot.setdefault(id(im), len(slot)) for im in present]
+    unique = list({id(im): im for im in present}.values())  # in slot order
+    pixels = torch.stack([preprocess_image(model, im) for im in unique]).to(model.device)
+    tokens = model.encode_images(pixels)
+    if len(unique) == len(present):
+        return tokens
+    return tokens[torch.tensor(order, device=tokens.device)]
 
 
 def stop_position(text: str, stops: Sequence[str] | None) -> int | None:

@@ -311,3 +311,44 @@ def test_a_mage_model_answers_alike_at_any_batch_size_with_text_only_rows():
         answers.append(lmm.generate_until(requests))
     assert answers[0] == answers[1] == answers[2] and len(answers[0]) == 6
     assert len(set(answers[0])) > 1 and all(answers[0])  # rows answer their own prompts
+
+
+def test_questions_of_one_image_share_a_batch_and_its_encoding(monkeypatch):
+    """MME asks two questions of each image (adjacent documents): with prompts of equal length
+    they land in one batch, whose loader hands the equal pixels over as one tensor, encoded
+    once; the answers are those of batch 1, where every image is encoded on its own."""
+    from harness.lmms_model import MageLMM
+    from mage.model import MageModel
+    from mage.presets import get_preset
+
+    torch.manual_seed(0)
+    model = MageModel.build(get_preset("tiny-test"))
+    # docs 2k and 2k+1: equal pixels in separate image objects (as a dataset decodes them)
+    docs = [{"image": Image.new("RGB", (24, 16), (70 * (i // 2), 90, 200 - 60 * (i // 2)))}
+            for i in range(6)]  # fmt: skip
+    contexts = [f"Is it {word}?" for word in ("red", "big", "odd", "far", "low", "new")]
+    assert len({len(model.tokenizer(c)["input_ids"]) for c in contexts}) == 1
+    requests = [
+        Instance(
+            "generate_until",
+            (contexts[i], {"max_new_tokens": 3, "until": []}, lambda d: [d["image"]], i, "t",
+             "test"),
+            idx=0,
+            metadata={"task": "t", "doc_id": i, "repeats": 1},
+        )
+        for i in range(6)
+    ]  # fmt: skip
+    encoded: list[int] = []
+    real = model.encode_images
+    monkeypatch.setattr(
+        model, "encode_images", lambda pixels: (encoded.append(len(pixels)), real(pixels))[1]
+    )
+    answers = {}
+    for batch_size, workers in [(1, 0), (2, 1), (6, 1), (6, 0)]:
+        encoded.clear()
+        lmm = MageLMM.wrap(model, batch_size=batch_size, loader_workers=workers)
+        lmm.task_dict = {"t": {"test": docs}}
+        answers[batch_size, workers] = lmm.generate_until(requests)
+        want = {1: [1] * 6, 2: [1, 1, 1], 6: [3]}[batch_size]
+        assert encoded == want, (batch_size, workers, encoded)
+    assert len(set(map(tuple, answers.values()))) == 1
