@@ -484,6 +484,11 @@ CASES = [
         "bench",
     ),
     C(
+        "bench-eval-repeats-zero",
+        lambda c: ["bench", "eval", str(c.checkpoint()), "--data", str(c.bench), "--repeats", "0"],
+        "--repeats",
+    ),
+    C(
         "bench-generate-samples-zero",
         lambda c: ["bench", "generate", "--samples", "0"],
         "--samples",

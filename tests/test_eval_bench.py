@@ -43,3 +43,44 @@ def test_runs_and_answer_comparison():
     assert result["examples"] == [{"task": "mme", "doc_id": 1, "reference": "No", "this_run": None}]
     with pytest.raises(ValueError, match="checkpoint folder"):
         bench_eval(object(), "data", workers=(1, 2))
+
+
+def test_repeats_report_each_runs_best_round_and_any_round_that_differs(
+    bench_data_dir,  # noqa: F811
+    monkeypatch,
+):
+    """Rounds run the whole plan in turn; a run's row is its fastest round, and a batching bug
+    that shows in one round only still marks the run as differing."""
+    import harness.bench_eval as be
+
+    monkeypatch.setenv("HF_DATASETS_OFFLINE", "1")
+    monkeypatch.setenv("HF_HUB_OFFLINE", "1")
+    calls: list[int] = []
+
+    class FlakyInRoundTwo(YesOrRandomLetterModel):
+        def generate(self, images, questions, max_new_tokens, stop=None):
+            answers = super().generate(images, questions, max_new_tokens)
+            return ["No" if a == "Yes" and flaky[0] else a for a in answers]
+
+    flaky = [False]
+    real = be._row
+
+    def timed_row(record, batch_size, workers, wall):
+        calls.append(batch_size)
+        row = real(record, batch_size, workers, wall)
+        row["samples_per_s"] = 100.0 * len(calls)  # later rounds "faster"
+        flaky[0] = len(calls) == 2  # the 3rd run (batch 1, round 2) answers differently
+        return row
+
+    monkeypatch.setattr(be, "_row", timed_row)
+    rows = bench_eval(
+        FlakyInRoundTwo(), bench_data_dir, tasks=("mme",), batch_sizes=(1, 4), limit=4, repeats=2
+    )
+    assert calls == [1, 4, 1, 4]  # round by round, every configuration in each
+    one, four = rows
+    assert one["samples_per_s_rounds"] == [100.0, 300.0] and one["samples_per_s"] == 300.0
+    assert four["samples_per_s_rounds"] == [200.0, 400.0] and four["speedup"] == 400 / 300
+    assert one["answers_identical"] is False and one["n_different"] == 4  # round 2's answers
+    assert four["answers_identical"] is True
+    with pytest.raises(ValueError, match="repeats"):
+        bench_eval(object(), "data", repeats=0)

@@ -68,7 +68,8 @@ def register(sub: argparse._SubParsersAction) -> None:
         help="samples/s at several batch sizes and worker counts, answers checked equal",
         description="Scores the same data once per --batch-size on one worker, then at the "
         "largest batch size on each other --workers count; every answer is compared with "
-        "the first run (exit 1 if any differs).",
+        "the first run (exit 1 if any differs). With --repeats N the whole plan runs N "
+        "rounds and each run reports its best round (a busy machine only slows runs down).",
     )
     ev.add_argument("checkpoint", help="a MAGE checkpoint folder")
     ev.add_argument("--data", required=True, help="folder with mme/, mmbench/, seedbench/")
@@ -79,6 +80,12 @@ def register(sub: argparse._SubParsersAction) -> None:
     ev.add_argument("--max-new-tokens-cap", type=int, default=None)
     ev.add_argument("--loader-workers", type=int, default=1)
     ev.add_argument("--threads", type=int, default=1, help="CPU threads (torch) per worker")
+    ev.add_argument(
+        "--repeats",
+        type=int,
+        default=1,
+        help="rounds of the whole plan; each run reports its best round (default 1)",
+    )
     ev.add_argument("--json", action="store_true", help="print JSON instead of a table")
     ev.set_defaults(func=_bench_eval)
 
@@ -194,7 +201,7 @@ def _bench_eval(args) -> int:
         _positive(batch_size=size)
     for workers in args.workers or []:
         _positive(workers=workers)
-    _positive(limit=args.limit, threads=args.threads)
+    _positive(limit=args.limit, threads=args.threads, repeats=args.repeats)
     if args.loader_workers < 0:
         from mage.config import ConfigError
 
@@ -220,6 +227,7 @@ def _bench_eval(args) -> int:
         max_new_tokens_cap=args.max_new_tokens_cap,
         loader_workers=args.loader_workers,
         threads=args.threads,
+        repeats=args.repeats,
     )
     _print_rows(rows, args.json)
     return 0 if all(row["answers_identical"] for row in rows) else 1
