@@ -183,11 +183,14 @@ class MageModel(nn.Module):
             out.ce_tokens = (targets != IGNORE_INDEX).sum()
             out.ce_loss = out.ce_sum / out.ce_tokens.clamp(min=1)
         weight = self.config.loss.mse_weight if mse_weight is None else mse_weight
+        terms = None
         if image_tokens is not None and caption_ids is not None:
             terms = self.mse_terms(image_tokens, caption_ids, caption_mask)
             if terms is not None:
                 out.mse_sum, out.mse_count = terms
                 out.mse_loss = out.mse_sum / out.mse_count
+        if terms is None and weight > 0 and self._sharded_llm_target():
+            self._idle_caption_forward()
         out.loss = out.ce_loss
         if out.ce_loss is not None and out.mse_loss is not None and weight > 0:
             out.loss = out.ce_loss + weight * out.mse_loss
@@ -202,6 +205,27 @@ class MageModel(nn.Module):
         size = self.vision.image_size
         blank = torch.zeros(1, 3, size, size, device=self.device)
         return self.encode_images(blank).float().sum()
+
+    def _sharded_llm_target(self) -> bool:
+        """Training under FSDP with the MSE target read from the LLM's hidden states."""
+        from torch.distributed.fsdp import FSDPModule
+
+        return (
+            self.training
+            and self.config.loss.mse_target == "last_hidden"
+            and isinstance(self, FSDPModule)
+        )
+
+    def _idle_caption_forward(self) -> None:
+        """The caption forward of `mse_terms` on one pad token, unused, for a micro-batch
+        without captions: under FSDP each sharded decoder layer gathers its weights in every
+        forward, so a rank that skipped this forward while another ran it would leave that
+        one waiting on collectives forever (stage 2 with ``loss.mse_in_stage2`` mixes
+        captioned and uncaptioned records)."""
+        pad = self.tokenizer.pad_token_id or 0
+        ids = torch.full((1, 1), pad, dtype=torch.long, device=self.device)
+        with torch.no_grad():
+            self._run_llm(self.llm.get_input_embeddings()(ids), torch.ones_like(ids))
 
     def mse_terms(self, image_tokens, caption_ids, caption_mask):
         """``(sum over captioned samples of the MSE between mean-pooled image tokens and the

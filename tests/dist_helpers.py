@@ -11,6 +11,7 @@ from __future__ import annotations
 import json
 import shutil
 import tempfile
+from datetime import timedelta
 from pathlib import Path
 
 import torch
@@ -20,7 +21,14 @@ import torch.multiprocessing as mp
 
 def _entry(rank: int, world: int, init_file: str, fn, args) -> None:
     torch.set_num_threads(1)
-    dist.init_process_group("gloo", init_method=f"file://{init_file}", rank=rank, world_size=world)
+    # a collective one rank never joins fails after 3 minutes instead of hanging the suite
+    dist.init_process_group(
+        "gloo",
+        init_method=f"file://{init_file}",
+        rank=rank,
+        world_size=world,
+        timeout=timedelta(minutes=3),
+    )
     try:
         fn(rank, world, *args)
     finally:
