@@ -167,6 +167,32 @@ def check_folder(data_dir: str | Path, benchmark: str, limit: int | None) -> dic
     }
 
 
+# The dataset column whose values name the categories of a per-category score
+# (`harness.eval_tables`): (benchmark, metric), or (benchmark, None) for every metric.
+CATEGORY_COLUMNS: dict[tuple[str, str | None], str] = {
+    ("mme", None): "category",
+    ("mmbench", "acc"): "category",
+    ("mmbench", "l2_acc"): "L2-category",
+    ("seedbench", None): "question_type_id",
+}
+
+
+def categories(data_dir: str | Path, benchmark: str, metric: str) -> set[str] | None:
+    """The category names a per-category ``metric`` of ``data_dir/<benchmark>`` can have, as
+    the results table writes them; None when the folder or its column is not there."""
+    import datasets
+
+    column = CATEGORY_COLUMNS.get((benchmark, metric)) or CATEGORY_COLUMNS.get((benchmark, None))
+    folder = Path(data_dir) / benchmark
+    if column is None or not (folder / "dataset_dict.json").is_file():
+        return None
+    dataset = datasets.load_from_disk(str(folder))
+    split = OFFICIAL[benchmark].split
+    if split not in dataset or column not in dataset[split].column_names:
+        return None
+    return {str(value) for value in dataset[split].unique(column)}
+
+
 # ---- content hash, once per folder --------------------------------------------------------
 _HASHES: dict[str, str] = {}
 

@@ -54,6 +54,7 @@ from harness.experiment import (  # noqa: F401  (check_memory, check_search: the
     tell_study_retried,
 )
 from harness.plan import SweepPlan, plan_sweep
+from harness.preflight import check_objective_categories
 from harness.progress import SweepProgress, SweepSummary, summarize
 from harness.ray_cluster import start_ray
 from harness.spec import SpecError, SweepSpec, load_spec, parse_spec
@@ -214,6 +215,7 @@ def _prepare_shared_inputs(plan: SweepPlan, sweep_dir: Path) -> None:
     started = time.time()
     what = "the synthetic world, its assets and" if plan.spec.world else "the"
     print(f"preparing {what} training data (once; cached) ...", file=sys.stderr)
+    eval_dir = None
     try:
         seen = set()
         for config in configs:
@@ -225,11 +227,13 @@ def _prepare_shared_inputs(plan: SweepPlan, sweep_dir: Path) -> None:
             if key not in seen:
                 seen.add(key)
                 try:
-                    prepare_data(plan.spec, config, records_dir(sweep_dir))
+                    data = prepare_data(plan.spec, config, records_dir(sweep_dir))
+                    eval_dir = eval_dir or data.eval_dir
                 except (DataError, ConfigError, FileNotFoundError) as err:
                     # that variant's trials fail with this cause; the sweep goes on
                     print(f"  {config.name}: {err}", file=sys.stderr)
         print(f"training data ready ({time.time() - started:.0f} s)", file=sys.stderr)
+        check_objective_categories(plan.spec, eval_dir)  # the world's benchmarks exist now
     finally:
         torch.set_num_threads(threads)
 

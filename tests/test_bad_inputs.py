@@ -637,6 +637,15 @@ CASES = [
         "is stored per category",
     ),
     C(
+        "sweep-objective-category-misspelt",
+        lambda c: [
+            "sweep",
+            str(c.spec(objective={"benchmark": "mme", "metric": "acc", "category": "colour"})),
+            "--dry-run",
+        ],
+        "category 'colour' is not in",
+    ),
+    C(
         "sweep-optuna-int-axis-half-step",
         lambda c: _optuna_sweep(c, {"low": 0, "high": 3, "step": 0.5}),
         "Optuna cannot search",

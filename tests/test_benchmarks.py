@@ -135,3 +135,48 @@ def test_the_command_needs_the_hub_and_says_so(tmp_path, capsys, monkeypatch):
     assert main(["data", "benchmarks", str(tmp_path / "b"), "--tasks", "mme"]) == 1
     err = capsys.readouterr().err
     assert "needs the Hugging Face Hub" in err and not (tmp_path / "b" / "mme").exists()
+
+
+def test_a_per_category_objective_must_name_a_category_of_the_benchmark_folder(world_bench):
+    """Checked once the world's benchmarks exist, before any trial: a misspelt category
+    would otherwise fail every trial after it trained."""
+    from harness.preflight import InputError, check_objective_categories
+    from harness.spec import parse_spec
+
+    mme = benchmarks.categories(world_bench, "mme", "acc")
+    assert mme and {"existence", "count", "position", "color"} <= mme and "colour" not in mme
+    seed = benchmarks.categories(world_bench, "seedbench", "acc")
+    assert seed and all(c.isdigit() for c in seed)  # as the results table writes question_type_id
+    assert benchmarks.categories(world_bench, "mmbench", "l2_acc")
+    assert benchmarks.categories(world_bench.parent, "mme", "acc") is None  # no folder there
+
+    def spec(*objectives):
+        return parse_spec(
+            {"name": "s", "base": "tiny-test", "axes": {"ian.depth": {"values": [1]}},
+             "seeds": [0], "objective": list(objectives)}
+        )  # fmt: skip
+
+    good = {"benchmark": "mme", "metric": "acc", "category": "count"}
+    check_objective_categories(spec(good), world_bench)
+    check_objective_categories(spec({**good, "category": "colour"}), None)  # Hub data: unknown
+    bad = spec(good, {"benchmark": "mme", "metric": "score", "category": "colour"})
+    with pytest.raises(InputError, match=r"objective\[1\] \(mme/score/colour\).*'color'"):
+        check_objective_categories(bad, world_bench)
+
+
+def test_a_world_sweep_refuses_a_misspelt_category_once_its_world_is_prepared(
+    test_world, test_assets, tmp_path
+):
+    from harness import sweep
+    from harness.plan import plan_sweep
+    from harness.preflight import InputError
+    from harness.spec import parse_spec
+
+    spec = parse_spec(
+        {"name": "s", "base": "world-test", "assets_dir": str(test_assets),
+         "world": {"size": "test", "seed": 0, "dir": str(test_world.root)},
+         "axes": {"ian.depth": {"values": [1]}}, "seeds": [0], "tasks": ["mme"],
+         "objective": [{"benchmark": "mme", "metric": "acc", "category": "colour"}]}
+    )  # fmt: skip
+    with pytest.raises(InputError, match="category 'colour' is not in"):
+        sweep._prepare_shared_inputs(plan_sweep(spec), tmp_path / "sweep")
