@@ -117,6 +117,10 @@ def test_welch_test_matches_scipy_and_needs_two_seeds():
     assert one.diff == pytest.approx(330.5 - np.mean(b)) and math.isnan(one.p_value)
     flat = welch_test([5.0, 5.0], [5.0, 5.0])
     assert flat.p_value == 1.0 and (flat.low, flat.high) == (0.0, 0.0)
+    # no spread on either side: not p = 0, but what 3 seeds against 3 can show at best
+    apart = welch_test([50.0, 50.0, 50.0], [60.0, 60.0, 60.0])
+    assert apart.p_value == pytest.approx(2 / 20) and (apart.low, apart.high) == (-10.0, -10.0)
+    assert welch_test([50.0] * 4, [60.0] * 4).p_value == pytest.approx(2 / 70)
 
 
 def test_hierarchical_bootstrap_widths_and_bounds():
