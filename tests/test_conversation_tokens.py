@@ -278,3 +278,34 @@ def test_encode_text_is_unchanged_for_prompts(tokenizers):
     expected = tok(before, add_special_tokens=False)["input_ids"] + [IMAGE_TOKEN_ID] * N_IMAGE
     expected += tok(after, add_special_tokens=False)["input_ids"]
     assert encode_text(text, tok, N_IMAGE) == expected
+
+
+def test_smollm2_conversations_are_what_its_own_chat_template_writes():
+    """SmolLM2-Instruct (the shipped GGUF) is trained on ChatML: the `smollm2` template
+    gives the text its tokenizer's chat template writes, without a BOS in front (its BOS is
+    the <|im_start|> the text opens with), labels on each reply and its <|im_end|>, and the
+    inference prompt ends where the chat template's generation prompt does."""
+    from mage.presets import get_preset
+
+    cfg = get_preset("smollm2-test")
+    assert cfg.llm_spec().template == "smollm2"
+    tok = load_tokenizer(cfg.llm_spec())
+    template = get_template("smollm2")
+    roles = {"human": "user", "gpt": "assistant"}
+    messages = [{"role": roles[t["from"]], "content": t["value"]} for t in TEXT_ONLY]
+    text = "".join(p for p, _ in template.segments(TEXT_ONLY, eos=tok.eos_token))
+    assert text + "\n" == tok.apply_chat_template(messages, tokenize=False)
+    ids, labels = encode_conversation(TEXT_ONLY, tok, template, N_IMAGE, 4096)
+    assert ids == tok(text, add_special_tokens=False)["input_ids"]  # no BOS added
+    target = [i for i, label in zip(ids, labels) if label != IGNORE_INDEX]
+    assert tok.decode(target) == "".join(f"{r}<|im_end|>" for r in REPLIES)
+    question = TEXT_ONLY[0]["value"]
+    prompt = template.prompt(question)
+    assert prompt == tok.apply_chat_template(
+        [{"role": "user", "content": question}], tokenize=False, add_generation_prompt=True
+    )
+    model = SimpleNamespace(template=template, tokenizer=tok, num_image_tokens=N_IMAGE)
+    assert (
+        prompt_ids(model, question, has_image=False)
+        == ids[: len(prompt_ids(model, question, False))]
+    )
