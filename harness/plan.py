@@ -163,6 +163,12 @@ def _random_points(spec: SweepSpec, base: MageConfig) -> list[dict[str, Any]]:
             points.append(point)
         if len(points) == spec.num_samples:
             break
+    if len(points) < spec.num_samples:  # else the sweep would run fewer variants, silently
+        raise SpecError(
+            f"num_samples: {spec.num_samples} distinct points asked, but {100 * spec.num_samples} "
+            f"draws found only {len(points)} (the axes' values, steps and integer fields allow "
+            f"no more); lower num_samples to {len(points)}, or widen the axes or refine a step"
+        )
     return points
 
 

@@ -183,6 +183,15 @@ def test_random_search_draws_the_same_plan_for_the_same_seed():
         assert 0.01 <= o["loss.mse_weight"] <= 10
 
 
+def test_random_search_refuses_more_samples_than_the_axes_hold():
+    """ian.depth 0..3 in steps of 2 holds 2 points: 3 samples would silently plan 2."""
+    axes = {"ian.depth": {"low": 0, "high": 3, "step": 2}}
+    data = spec_with(axes=axes, search="random", num_samples=3, baselines=[], report={})
+    with pytest.raises(SpecError, match=r"num_samples: 3 distinct points .* only 2"):
+        plan_of(data)
+    assert len(plan_of({**data, "num_samples": 2}).variants) == 2
+
+
 def test_optuna_space_types_and_trial_count():
     pytest.importorskip("optuna")
     from optuna.distributions import CategoricalDistribution, FloatDistribution, IntDistribution
