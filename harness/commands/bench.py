@@ -193,7 +193,7 @@ def _bench_records(args) -> int:
 def _bench_eval(args) -> int:
     import os
 
-    from harness.commands.eval import check_data
+    from harness.commands.eval import check_data, check_loader_workers
     from harness.eval_tasks import parse_tasks
     from mage.checkpoint_check import check_checkpoint
 
@@ -202,12 +202,7 @@ def _bench_eval(args) -> int:
     for workers in args.workers or []:
         _positive(workers=workers)
     _positive(limit=args.limit, threads=args.threads, repeats=args.repeats)
-    if args.loader_workers < 0:
-        from mage.config import ConfigError
-
-        raise ConfigError(
-            f"--loader-workers must be 0 (decode inline) or more, got {args.loader_workers}"
-        )
+    check_loader_workers(args.loader_workers)
     check_data(args.data, parse_tasks(args.tasks), args.limit)
     check_checkpoint(Path(args.checkpoint))
     import torch

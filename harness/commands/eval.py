@@ -80,6 +80,13 @@ def is_eval_dir(path: Path) -> bool:
     return (path / "lmms_eval_results.json").is_file() or (path / "lmms_eval").is_dir()
 
 
+def check_loader_workers(value: int) -> None:
+    from harness.eval_tasks import EvalError
+
+    if value < 0:
+        raise EvalError(f"--loader-workers must be 0 (decode inline) or more, got {value}")
+
+
 def check_data(data_dir: str, benchmarks: list[str], limit: int | None) -> None:
     """`check_local_data`, with a damaged benchmark folder reported as that folder's fault."""
     from harness.cli import is_project_error
@@ -113,10 +120,7 @@ def run(args: argparse.Namespace) -> int:
     ):
         if value is not None and value < 1:
             raise EvalError(f"{name} must be a positive integer, got {value}")
-    if args.loader_workers < 0:
-        raise EvalError(
-            f"--loader-workers must be 0 (decode inline) or more, got {args.loader_workers}"
-        )
+    check_loader_workers(args.loader_workers)
     if args.data is not None:
         os.environ.setdefault("HF_DATASETS_OFFLINE", "1")
         os.environ.setdefault("HF_HUB_OFFLINE", "1")
