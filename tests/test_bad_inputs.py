@@ -484,6 +484,19 @@ CASES = [
         "bench",
     ),
     C(
+        "bench-eval-loader-workers-negative",
+        lambda c: [
+            "bench",
+            "eval",
+            str(c.checkpoint()),
+            "--data",
+            str(c.bench),
+            "--loader-workers",
+            "-1",
+        ],
+        "--loader-workers",
+    ),
+    C(
         "bench-eval-repeats-zero",
         lambda c: ["bench", "eval", str(c.checkpoint()), "--data", str(c.bench), "--repeats", "0"],
         "--repeats",
