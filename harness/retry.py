@@ -90,10 +90,12 @@ def prepare_retries(sweep_dir: str | Path, plan: SweepPlan, failed: bool) -> lis
     is, with a message."""
     sweep_dir = Path(sweep_dir)
     targets: dict[str, dict] = {}
+    # trials with a record: their folder names (trial ids), listed once, nothing parsed
+    stored = {path.parent.name for path in store.record_paths(sweep_dir)}
     root = sweep_dir / RETRIED
     for folder in sorted(root.iterdir()) if root.is_dir() else []:
         record = _latest_attempt(sweep_dir, folder.name)
-        if record is not None and store.stored_trial(sweep_dir, folder.name) is None:
+        if record is not None and folder.name not in stored:
             targets[record.trial_id] = _target(record)
     for record in store.load_records(sweep_dir) if failed else []:
         if record.status != "failed" or record.trial_id in targets:
@@ -116,7 +118,7 @@ def prepare_retries(sweep_dir: str | Path, plan: SweepPlan, failed: bool) -> lis
     for variant in plan.variants:
         for seed in plan.seeds:
             trial_id = variant.trial_id(seed)
-            if trial_id not in targets and store.stored_trial(sweep_dir, trial_id) is None:
+            if trial_id not in targets and trial_id not in stored:
                 targets[trial_id] = {
                     "trial_id": trial_id,
                     "variant_id": variant.variant_id,
