@@ -18,9 +18,9 @@
   strings travel with each row: rows of one batch may differ.
 - Reading window (`scored_enough`, harness budgets only): MME's scorer
   (``parse_pred_ans``) lower-cases, strips and drops dots, then reads the first 4
-  characters; SEED's reads the first character of the stripped answer. A row of those tasks
-  ends as soon as its answer has that many characters, so the score is the one the full
-  answer would get and a rambling row (``Yes at the top right ...``) no longer holds its
+  characters (an answer that starts with "yes" or "no" is decided already); SEED's reads
+  the first character of the stripped answer. A row of those tasks ends as soon as its
+  answer is decided, so the score is the one the full answer would get and a rambling row (``Yes at the top right ...``) no longer holds its
   batch for 14 more decode steps. The stored answer is then that prefix. MMBench's
   ``can_infer`` reads the whole answer: no window.
 - Order (`plan_batches`): lmms-eval's own ``Collator``, grouped by task (so that the time of
@@ -89,8 +89,12 @@ def budget(
 
 def _mme_read(answer: str) -> bool:
     """MME's ``parse_pred_ans`` decides from the first 4 characters of the normalised answer
-    once it has them (shorter ones are compared whole)."""
-    return len(answer.lower().strip().replace(".", "")) >= 4
+    once it has them (shorter ones are compared whole). It has decided sooner once the
+    answer starts with "yes" (exactly "yes", or "yes" within the first 4) or "no" (exactly
+    "no", or "no" first in the first 4, where "yes" no longer fits): a "Yes" need not wait
+    for its end-of-sequence token."""
+    normal = answer.lower().strip().replace(".", "")
+    return len(normal) >= 4 or normal.startswith(("yes", "no"))
 
 
 def _seed_read(answer: str) -> bool:
