@@ -186,11 +186,17 @@ def categories(data_dir: str | Path, benchmark: str, metric: str) -> set[str] | 
     folder = Path(data_dir) / benchmark
     if column is None or not (folder / "dataset_dict.json").is_file():
         return None
-    dataset = datasets.load_from_disk(str(folder))
-    split = OFFICIAL[benchmark].split
-    if split not in dataset or column not in dataset[split].column_names:
-        return None
-    return {str(value) for value in dataset[split].unique(column)}
+    try:
+        dataset = datasets.load_from_disk(str(folder))
+        split = OFFICIAL[benchmark].split
+        if split not in dataset or column not in dataset[split].column_names:
+            return None
+        return {str(value) for value in dataset[split].unique(column)}
+    except Exception as err:  # a damaged folder: say which, in one line
+        raise BenchmarkDataError(
+            f"{folder}: cannot read its {column!r} column ({type(err).__name__}: {err}); save "
+            "the benchmark again"
+        ) from None
 
 
 # ---- content hash, once per folder --------------------------------------------------------

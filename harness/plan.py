@@ -166,8 +166,9 @@ def _random_points(spec: SweepSpec, base: MageConfig) -> list[dict[str, Any]]:
     if len(points) < spec.num_samples:  # else the sweep would run fewer variants, silently
         raise SpecError(
             f"num_samples: {spec.num_samples} distinct points asked, but {100 * spec.num_samples} "
-            f"draws found only {len(points)} (the axes' values, steps and integer fields allow "
-            f"no more); lower num_samples to {len(points)}, or widen the axes or refine a step"
+            f"draws found only {len(points)} (the axes' values, steps and integer fields hold "
+            f"about that many); lower num_samples to {len(points)}, or widen the axes or refine "
+            "a step"
         )
     return points
 

@@ -49,6 +49,8 @@ STAGE_PACKAGES = ("torch", "transformers", "open_clip_torch", "peft", "tokenizer
 # ... and, in addition, an evaluation's scores
 EVAL_CODE = (
     "harness.eval",
+    "harness.eval_batches",  # batching and reading windows shape the stored answers
+    "harness.eval_parallel",
     "harness.eval_tasks",
     "harness.eval_outputs",
     "harness.eval_tables",

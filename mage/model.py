@@ -168,6 +168,9 @@ class MageModel(nn.Module):
         mse_weight: float | None = None,
     ) -> MageOutput:
         image_tokens = self.encode_images(pixel_values) if pixel_values is not None else None
+        # before the LLM, where a rank with images runs the tower: under FSDP a trainable
+        # tower gathers its weights in the same order on every rank
+        idle = self._idle_image_path() if image_tokens is None and self.training else None
         logits = self._run_llm(self.embed(input_ids, image_tokens), attention_mask).logits
         out = MageOutput(None, None, None, logits)
         if labels is not None:
@@ -178,8 +181,8 @@ class MageModel(nn.Module):
                 ignore_index=IGNORE_INDEX,
                 reduction="sum",
             )
-            if image_tokens is None and self.training:
-                out.ce_sum = out.ce_sum + 0.0 * self._idle_image_path()
+            if idle is not None:
+                out.ce_sum = out.ce_sum + 0.0 * idle
             out.ce_tokens = (targets != IGNORE_INDEX).sum()
             out.ce_loss = out.ce_sum / out.ce_tokens.clamp(min=1)
         weight = self.config.loss.mse_weight if mse_weight is None else mse_weight

@@ -149,6 +149,11 @@ def test_a_per_category_objective_must_name_a_category_of_the_benchmark_folder(w
     assert seed and all(c.isdigit() for c in seed)  # as the results table writes question_type_id
     assert benchmarks.categories(world_bench, "mmbench", "l2_acc")
     assert benchmarks.categories(world_bench.parent, "mme", "acc") is None  # no folder there
+    damaged = world_bench.parent.parent / "damaged"
+    (damaged / "mme").mkdir(parents=True, exist_ok=True)
+    (damaged / "mme" / "dataset_dict.json").write_text('{"splits": ["test"]}')
+    with pytest.raises(BenchmarkDataError, match=r"damaged/mme: cannot read its 'category'"):
+        benchmarks.categories(damaged, "mme", "acc")
 
     def spec(*objectives):
         return parse_spec(

@@ -163,13 +163,18 @@ def test_an_update_below_bf16_spacing_still_moves_a_weight_trained_in_bf16(tmp_p
     assert moved > 0 and lost > 0.5 * moved
 
 
-@pytest.mark.parametrize("mse_target", ["input_embeddings", "last_hidden"])
-def test_a_rank_whose_micro_batch_has_no_image_trains_with_the_others(tmp_path, mse_target):
+@pytest.mark.parametrize(
+    "mse_target, tower",
+    [("input_embeddings", "frozen"), ("last_hidden", "frozen"), ("input_embeddings", "trained")],
+)
+def test_a_rank_whose_micro_batch_has_no_image_trains_with_the_others(tmp_path, mse_target, tower):
     """One record with an image, one text-only, one per rank every step: the text-only rank
     still runs the tower and connector (times 0), so FSDP's collectives match on both ranks
     (without it gloo aborts on a size mismatch), and the losses are those of one worker.
     With the MSE target read from the LLM's last hidden states (a forward of the caption
-    through the sharded decoder layers), the rank without a caption runs that forward too."""
+    through the sharded decoder layers), the rank without a caption runs that forward too.
+    A trained tower is an FSDP unit of its own: the text-only rank runs it before the LLM,
+    as the other rank does, so both gather its weights in the same order."""
     data = write_tiny_dataset(tmp_path / "data", n=2)
     records = json.loads(data.read_text())
     records[1] = {"id": "text", "conversations": [
@@ -178,6 +183,8 @@ def test_a_rank_whose_micro_batch_has_no_image_trains_with_the_others(tmp_path, 
     data.write_text(json.dumps(records))
     cfg = _config(data, epochs=4, batch_size=2, grad_accum=1, group_by="none")  # 1 per rank
     cfg = cfg.with_overrides({"loss.mse_target": mse_target})
+    if tower == "trained":
+        cfg = cfg.with_overrides({"stage2.trainable": ["ian", "llm", "vision"]})
     losses_file = tmp_path / "losses.json"
     spawn_ranks(train_and_record, 2, cfg.to_dict(), str(tmp_path / "two"), str(losses_file))
     one = _one_worker(cfg, tmp_path / "one")

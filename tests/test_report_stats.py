@@ -121,6 +121,10 @@ def test_welch_test_matches_scipy_and_needs_two_seeds():
     apart = welch_test([50.0, 50.0, 50.0], [60.0, 60.0, 60.0])
     assert apart.p_value == pytest.approx(2 / 20) and (apart.low, apart.high) == (-10.0, -10.0)
     assert welch_test([50.0] * 4, [60.0] * 4).p_value == pytest.approx(2 / 70)
+    assert welch_test([50.0] * 2, [60.0] * 3).p_value == pytest.approx(0.2)  # scipy's two-sided
+    # equal floats whose sample variance is not exactly 0 (61.7 x 3) are constant too
+    assert welch_test([61.7] * 3, [62.3] * 3).p_value == pytest.approx(0.1)
+    assert welch_test([1.5] * 30, [2.5] * 30).p_value > 0  # closed form: no enumeration
 
 
 def test_hierarchical_bootstrap_widths_and_bounds():
