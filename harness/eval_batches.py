@@ -20,8 +20,8 @@
   (``parse_pred_ans``) lower-cases, strips and drops dots, then reads the first 4
   characters (an answer that starts with "yes" or "no" is decided already); SEED's reads
   the first character of the stripped answer. A row of those tasks ends as soon as its
-  answer is decided, so the score is the one the full answer would get and a rambling row (``Yes at the top right ...``) no longer holds its
-  batch for 14 more decode steps. The stored answer is then that prefix. MMBench's
+  answer is decided, so the score is the one the full answer would get and a rambling row
+  (``Yes at the top right ...``) no longer holds its batch for 14 more decode steps. The stored answer is then that prefix. MMBench's
   ``can_infer`` reads the whole answer: no window.
 - Order (`plan_batches`): lmms-eval's own ``Collator``, grouped by task (so that the time of
   each benchmark is measured apart) and sorted longest prompt first, as lmms-eval's models
@@ -190,11 +190,12 @@ class BatchSource(torch.utils.data.Dataset):
 
     def __getitem__(self, k: int) -> Batch:
         images = []
-        seen: dict[bytes, torch.Tensor] = {}
+        seen: dict[tuple, torch.Tensor] = {}
         for row in self.batches[k]:
             image = doc_image(self.task_dict, row, self.background)
             if image is not None and self.preprocess is not None:
                 image = self.preprocess(image)
+            if isinstance(image, torch.Tensor):
                 # rows with equal pixels get one tensor, which generation encodes once
                 image = seen.setdefault(_content_key(image), image)
             images.append(image)
@@ -202,10 +203,8 @@ class BatchSource(torch.utils.data.Dataset):
         return Batch(k, _one_storage(images) if in_worker else images)
 
 
-def _content_key(image: Any) -> Any:
+def _content_key(image: torch.Tensor) -> tuple:
     """Equal for tensors of equal shape, dtype and values (a digest: a batch holds few)."""
-    if not isinstance(image, torch.Tensor):
-        return id(image)
     data = image.detach().cpu().contiguous().view(torch.uint8).numpy()
     return (tuple(image.shape), str(image.dtype), hashlib.blake2b(data, digest_size=16).digest())
 

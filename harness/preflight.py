@@ -149,23 +149,26 @@ def _check_benchmarks(spec, eval_dir: str | None, problems: _Problems) -> None:
         problems.add(f"{field}: {root / 'tools_eval.json'} not found (needed by task 'tools')")
 
 
-def check_objective_categories(spec, eval_dir: str | Path | None) -> None:
+def check_objective_categories(spec, eval_dir: str | Path | None, problems=None) -> None:
     """A per-category objective names a category of the benchmark folder: a misspelt one
-    would fail every trial after it trained. `InputError` naming the objective and the
-    categories there; nothing to check without a saved folder (Hub data, no world yet)."""
+    would fail every trial after it trained. Each one that does not is added to
+    ``problems`` (a `_Problems`), or, without it, raised as one `InputError` naming the
+    objective and the categories there; nothing to check without a saved folder (Hub data,
+    no world yet)."""
     from harness.benchmarks import categories
 
-    problems = _Problems()
-    for i, objective in enumerate(spec.objective):
-        if objective.category == "all" or eval_dir is None:
+    found = problems if problems is not None else _Problems()
+    for i, objective in enumerate(spec.objective if eval_dir is not None else []):
+        if objective.category == "all":
             continue
         known = categories(eval_dir, objective.benchmark, objective.metric)
         if known is not None and objective.category not in known:
-            problems.add(
+            found.add(
                 f"objective[{i}] ({objective.key}): category {objective.category!r} is not in "
                 f"{Path(eval_dir) / objective.benchmark}; its categories: {sorted(known)}"
             )
-    problems.raise_if_any(f"sweep {spec.name}: objective")
+    if problems is None:
+        found.raise_if_any(f"sweep {spec.name}: objective")
 
 
 def check_plan_inputs(plan, images: bool = False) -> None:
@@ -200,8 +203,9 @@ def check_plan_inputs(plan, images: bool = False) -> None:
             _check_sources(fresh, problems, prefix)
             sources += fresh
             _check_assets(cfg, Path(cfg.assets_dir or default_assets_dir()), problems, prefix)
-        _check_benchmarks(spec, spec.eval_data_dir or plan.base.data_dir, problems)
-        problems.run(check_objective_categories, spec, spec.eval_data_dir or plan.base.data_dir)
+        eval_dir = spec.eval_data_dir or plan.base.data_dir
+        _check_benchmarks(spec, eval_dir, problems)
+        problems.run(check_objective_categories, spec, eval_dir, problems)
         if images and not problems.items:
             _check_images(sources, problems)
     ids: set[tuple[str, str]] = set()

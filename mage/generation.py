@@ -80,14 +80,13 @@ def image_tokens(model: MageModel, images: Sequence[Any]) -> torch.Tensor | None
     present = [im for im in images if im is not None]
     if not present:
         return None
-    slot: dict[int, int] = {}
-    order = [slot.setdefault(id(im), len(slot)) for im in present]
-    unique = list({id(im): im for im in present}.values())  # in slot order
-    pixels = torch.stack([preprocess_image(model, im) for im in unique]).to(model.device)
-    tokens = model.encode_images(pixels)
+    unique = {id(im): im for im in present}  # first appearance order
+    pixels = [preprocess_image(model, im) for im in unique.values()]
+    tokens = model.encode_images(torch.stack(pixels).to(model.device))
     if len(unique) == len(present):
         return tokens
-    return tokens[torch.tensor(order, device=tokens.device)]
+    slot = {key: i for i, key in enumerate(unique)}
+    return tokens[torch.tensor([slot[id(im)] for im in present], device=tokens.device)]
 
 
 def stop_position(text: str, stops: Sequence[str] | None) -> int | None:

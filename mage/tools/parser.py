@@ -132,9 +132,9 @@ def _decode(body: str, index: int, strict: bool = True) -> tuple[str, dict[str, 
         )
     if not isinstance(data["name"], str) or not data["name"]:
         raise MalformedJSON(f"{where}: 'name' must be a non-empty string, got {data['name']!r}")
-    if not isinstance(data["arguments"], dict) and not strict:
-        return _name(data["name"]), {}
     if not isinstance(data["arguments"], dict):
+        if not strict:  # the name still counts
+            return _name(data["name"]), {}
         raise SchemaViolation(
             f"{where} ({data['name']}): 'arguments' must be a JSON object, "
             f"got {type(data['arguments']).__name__}"
