@@ -31,9 +31,11 @@
 - Images (`BatchSource`): each row's doc is fetched from the task's dataset, its images are
   converted with `mage.images.to_rgb` (on the doc, before the task's ``doc_to_visual`` picks
   and ``convert("RGB")``s them, which would drop transparency and saturate 16-bit photos),
-  and, for a `MageModel`, preprocessed into the tower's input tensor; rows of a batch whose
-  tensors are equal get one tensor object, which `mage.generation.image_tokens` encodes once
-  (at batch 32 the world's MME encodes 500 images for 1,000 questions instead of 1,000).
+  and, for a `MageModel`, preprocessed into the tower's input tensor. Rows of a batch whose
+  images have equal pixels get one object, preprocessed once, which
+  `mage.generation.image_tokens` encodes once (at batch 32 the world's MME encodes 500 images
+  for 1,000 questions instead of 1,000) and `mage.prefill` reads as "these rows may share
+  their prompt's prefix".
   `loader` runs this in DataLoader worker processes, so decoding overlaps generation.
 """
 
@@ -190,23 +192,34 @@ class BatchSource(torch.utils.data.Dataset):
 
     def __getitem__(self, k: int) -> Batch:
         images = []
-        seen: dict[tuple, torch.Tensor] = {}
+        seen: dict[tuple, Any] = {}
         for row in self.batches[k]:
             image = doc_image(self.task_dict, row, self.background)
+            key = _content_key(image)
+            if key is not None and key in seen:
+                # rows with equal pixels get one object: preprocessed once, encoded once
+                images.append(seen[key])
+                continue
             if image is not None and self.preprocess is not None:
                 image = self.preprocess(image)
-            if isinstance(image, torch.Tensor):
-                # rows with equal pixels get one tensor, which generation encodes once
-                image = seen.setdefault(_content_key(image), image)
+            if key is not None:
+                seen[key] = image
             images.append(image)
         in_worker = torch.utils.data.get_worker_info() is not None
         return Batch(k, _one_storage(images) if in_worker else images)
 
 
-def _content_key(image: torch.Tensor) -> tuple:
-    """Equal for tensors of equal shape, dtype and values (a digest: a batch holds few)."""
-    data = image.detach().cpu().contiguous().view(torch.uint8).numpy()
-    return (tuple(image.shape), str(image.dtype), hashlib.blake2b(data, digest_size=16).digest())
+def _content_key(image: Any) -> tuple | None:
+    """Equal for images of equal mode, size and pixels (a digest: a batch holds few); None
+    for what is neither a PIL image nor a tensor."""
+    if isinstance(image, Image.Image):
+        head, data = ("pil", image.mode, image.size), image.tobytes()
+    elif isinstance(image, torch.Tensor):
+        head = ("tensor", tuple(image.shape), str(image.dtype))
+        data = image.detach().cpu().contiguous().view(torch.uint8).numpy().tobytes()
+    else:
+        return None
+    return (*head, hashlib.blake2b(data, digest_size=16).digest())
 
 
 def _one_storage(images: list) -> list:

@@ -5,7 +5,8 @@ left-padded, so every row's last prompt token sits in the same column; each row 
 token budget and stop strings, and a row that ends (EOS, budget, or a stop string in its
 decoded text) leaves the batch: its entries are dropped from the KV cache
 (``Cache.batch_select_indices``), so the remaining rows no longer pay decode steps for it.
-A row may also end once its answer so far satisfies its ``enough`` predicate: an evaluation
+The prompts go through the LLM in `mage.prefill.prefill`, which runs once what rows of one
+image share (MME's two questions, MMBench's circular copies). A row may also end once its answer so far satisfies its ``enough`` predicate: an evaluation
 passes one when the benchmark's scorer reads only the first characters of an answer
 (`harness.eval_batches.scored_enough`), so later tokens cannot change the score.
 Each row's answer depends only on its own prompt and image, so it is the answer that batch
@@ -19,41 +20,17 @@ off the generation loop).
 
 from __future__ import annotations
 
-import functools
-import inspect
 from collections.abc import Callable, Sequence
 from typing import TYPE_CHECKING, Any
 
 import torch
-from transformers import LlamaForCausalLM
 
-from mage.data import IMAGE_TOKEN_ID, encode_text, pad_left
+from mage.data import IMAGE_TOKEN_ID, encode_text
+from mage.prefill import CACHE_ARG, prefill
 from mage.template import IMAGE_TOKEN
 
 if TYPE_CHECKING:
     from mage.model import MageModel
-
-# transformers renamed `past_key_values` to `cache` during 5.x; use whichever this one has.
-CACHE_ARG = (
-    "cache"
-    if "cache" in inspect.signature(LlamaForCausalLM.forward).parameters
-    else "past_key_values"
-)
-
-
-def keeps_last_logits(llm: Any) -> dict[str, int]:
-    """``{"logits_to_keep": 1}`` when the causal LM accepts it, else ``{}``.
-
-    Without it the prefill computes logits at every prompt position, of which generation
-    reads only the last: at a 32k vocabulary, batch 32 and ~650 prompt tokens that is a
-    2.7 GB float32 tensor, and the LM head's work grows with the prompt."""
-    base = llm.get_base_model() if hasattr(llm, "get_base_model") else llm  # PEFT passes it on
-    return {"logits_to_keep": 1} if _takes_logits_to_keep(type(base)) else {}
-
-
-@functools.cache
-def _takes_logits_to_keep(llm_class: type) -> bool:
-    return "logits_to_keep" in inspect.signature(llm_class.forward).parameters
 
 
 def prompt_ids(model: MageModel, question: str, has_image: bool) -> list[int]:
@@ -160,18 +137,8 @@ def generate(
         seqs = [prompt_ids(model, q, im is not None) for q, im in zip(questions, images)]
     else:
         seqs = _checked_prompts(model, prompts, images)
-    ids, mask = pad_left(seqs, model.tokenizer.pad_token_id)
-    ids, mask = ids.to(model.device), mask.to(model.device)
-    embeds = model.embed(ids, image_tokens(model, images))
-    positions = (mask.cumsum(-1) - 1).clamp(min=0)
-    out = model.llm(
-        inputs_embeds=embeds,
-        attention_mask=mask,
-        position_ids=positions,
-        use_cache=True,
-        **keeps_last_logits(model.llm),
-    )
-    positions = positions[:, -1:]
+    start = prefill(model, seqs, list(images), image_tokens(model, images))
+    mask, positions = start.mask, start.positions
     eos = model.tokenizer.eos_token_id
     tokens: list[list[int]] = [[] for _ in range(n)]
     answers: list[str | None] = [None] * n
@@ -179,7 +146,7 @@ def generate(
     for row, budget in enumerate(budgets):
         if budget < 1:
             answers[row] = ""
-    logits, cache = out.logits[:, -1], getattr(out, CACHE_ARG)
+    logits, cache = start.logits, start.cache
     droppable = hasattr(cache, "batch_select_indices")  # else finished rows ride along
     while True:
         next_ids = logits.argmax(-1)

@@ -318,8 +318,8 @@ def test_a_mage_model_answers_alike_at_any_batch_size_with_text_only_rows():
 
 def test_questions_of_one_image_share_a_batch_and_its_encoding(monkeypatch):
     """MME asks two questions of each image (adjacent documents): with prompts of equal length
-    they land in one batch, whose loader hands the equal pixels over as one tensor, encoded
-    once; the answers are those of batch 1, where every image is encoded on its own."""
+    they land in one batch, whose loader hands the equal pixels over as one tensor, preprocessed
+    and encoded once; the answers are those of batch 1, where every image is encoded on its own."""
     from harness.lmms_model import MageLMM
     from mage.model import MageModel
     from mage.presets import get_preset
@@ -346,12 +346,22 @@ def test_questions_of_one_image_share_a_batch_and_its_encoding(monkeypatch):
     monkeypatch.setattr(
         model, "encode_images", lambda pixels: (encoded.append(len(pixels)), real(pixels))[1]
     )
+    preprocessed: list[int] = []  # counted in this process: loader_workers=0 only
+    tower_preprocess = model.vision.preprocess
+    monkeypatch.setattr(
+        model.vision,
+        "preprocess",
+        lambda images: (preprocessed.append(len(images)), tower_preprocess(images))[1],
+    )
     answers = {}
     for batch_size, workers in [(1, 0), (2, 1), (6, 1), (6, 0)]:
         encoded.clear()
+        preprocessed.clear()
         lmm = MageLMM.wrap(model, batch_size=batch_size, loader_workers=workers)
         lmm.task_dict = {"t": {"test": docs}}
         answers[batch_size, workers] = lmm.generate_until(requests)
         want = {1: [1] * 6, 2: [1, 1, 1], 6: [3]}[batch_size]
         assert encoded == want, (batch_size, workers, encoded)
+        if workers == 0:  # equal pixels are preprocessed once per batch too
+            assert len(preprocessed) == sum(want), (batch_size, preprocessed)
     assert len(set(map(tuple, answers.values()))) == 1

@@ -8,7 +8,7 @@ import torch
 from model_fixtures import write_tiny_dataset
 from PIL import Image
 
-from mage import generation
+from mage import generation, prefill
 from mage.config import DataSource
 from mage.model import MageModel
 from mage.presets import get_preset
@@ -141,7 +141,7 @@ def test_the_prefill_computes_logits_at_the_last_position_only(trained):
         model.generate(images, QUESTIONS, max_new_tokens=2)
     finally:
         handle.remove()
-    assert generation.keeps_last_logits(model.llm) == {"logits_to_keep": 1}
+    assert prefill.keeps_last_logits(model.llm) == {"logits_to_keep": 1}
     assert shapes[0][:2] == (len(QUESTIONS), 1), shapes  # not [rows, prompt length]
 
 
@@ -157,3 +157,56 @@ def test_prompt_ids_given_by_the_caller_are_what_the_rows_answer(trained):
     swapped = [ids[-1], *ids[1:-1], ids[0]]  # row 0 has an image but no placeholders
     with pytest.raises(ValueError, match=r"prompts\[0\] has 0 image placeholder ids"):
         model.generate(images, QUESTIONS, 5, prompts=swapped)
+
+
+def test_rows_of_one_image_share_their_prefix_and_answer_as_alone(trained, monkeypatch):
+    """MME asks two questions of an image, MMBench one question with its options rotated: the
+    tokens such rows share go through the LLM once, and every answer stays batch 1's."""
+    _, model, images = trained  # the untrained model rambles: every logit of a row counts
+    asked = [
+        (images[0], "What color is the square?"),
+        (images[1], "Is the square red?"),
+        (images[0], "What color is the circle?"),  # shares the image and "What color is the"
+        (images[1], "Is the square blue? Answer yes or no."),
+        (images[2], "What"),  # alone with its image: shares nothing
+        (None, "What color is the square?"),
+        (None, "What color?"),
+    ]
+    rows = [im for im, _ in asked], [q for _, q in asked]
+    seqs = [generation.prompt_ids(model, q, im is not None) for im, q in asked]
+    shared = prefill.shared_prefixes(seqs, rows[0])
+    assert shared[4] == 0 and shared[0] == shared[2] > model.num_image_tokens + 3
+    assert shared[5] == shared[6] > 0 and prefill.worth_sharing(seqs, rows[0], shared)
+    calls = []
+    handle = model.llm.register_forward_pre_hook(
+        lambda m, a, kw: calls.append(tuple(kw["inputs_embeds"].shape[:2])), with_kwargs=True
+    )
+    try:
+        batched = model.generate(*rows, max_new_tokens=6)
+    finally:
+        handle.remove()
+    # first pass: one row per shared prefix (3 groups), as wide as the longest shared prefix;
+    # second pass: every row, only its own tokens
+    longest = max(len(s) for s in seqs)
+    assert calls[0] == (3, max(shared)) and calls[1][0] == 7 and calls[1][1] < longest
+    single = [model.generate([im], [q], max_new_tokens=6)[0] for im, q in asked]
+    assert batched == single
+    # the first logits equal a one-pass prefill's to float rounding
+    tokens = generation.image_tokens(model, rows[0])
+    shared_start = prefill.prefill(model, seqs, rows[0], tokens)
+    monkeypatch.setattr(prefill, "MIN_SHARED_FRACTION", 2.0)  # sharing never pays
+    one_pass = prefill.prefill(model, seqs, rows[0], tokens)
+    assert one_pass.mask.shape[1] == longest
+    torch.testing.assert_close(shared_start.logits, one_pass.logits, rtol=1e-4, atol=1e-4)
+    assert shared_start.positions.tolist() == [[len(s) - 1] for s in seqs]
+
+
+def test_a_batch_shares_only_when_it_saves_a_tenth_of_its_tokens(trained):
+    _, model, images = trained
+    seqs = [list(range(1, 21)) for _ in range(2)] + [[9] * 200]
+    one = [images[0], images[0], images[1]]
+    shared = prefill.shared_prefixes(seqs, one)
+    assert shared == [19, 19, 0]  # each row keeps a token of its own
+    assert not prefill.worth_sharing(seqs, one, shared)  # 19 of 240 tokens saved
+    assert prefill.worth_sharing(seqs[:2], one[:2], shared[:2])  # 19 of 40
+    assert prefill.shared_prefixes(seqs[:2], [images[0], images[1]]) == [0, 0]
