@@ -7,6 +7,7 @@ import torch
 from test_eval_benchdata import YesOrRandomLetterModel, bench_data_dir  # noqa: F401
 
 from harness.bench_eval import bench_eval, compare_answers, plan_runs
+from harness.commands.bench import stdout_to_stderr
 
 torch.set_num_threads(1)
 
@@ -84,3 +85,19 @@ def test_repeats_report_each_runs_best_round_and_any_round_that_differs(
     assert four["answers_identical"] is True
     with pytest.raises(ValueError, match="repeats"):
         bench_eval(object(), "data", repeats=0)
+
+
+def test_library_prints_stay_off_the_json_on_stdout(capfd):
+    """lmms-eval prints MMBench's summary to stdout, and evaluation workers inherit it: while a
+    bench runs both go to stderr, so ``bench eval --json`` prints a document that parses."""
+    import json
+    import subprocess
+    import sys
+
+    with stdout_to_stderr():
+        print("Category Acc. (dev):")
+        subprocess.run([sys.executable, "-c", "print('from a worker')"], check=True)
+    print(json.dumps([{"batch_size": 1}]))
+    out, err = capfd.readouterr()
+    assert json.loads(out) == [{"batch_size": 1}]
+    assert "Category Acc." in err and "from a worker" in err

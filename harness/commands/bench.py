@@ -4,7 +4,11 @@ never tests)."""
 from __future__ import annotations
 
 import argparse
+import contextlib
 import json
+import os
+import sys
+from collections.abc import Iterator
 from pathlib import Path
 
 from harness.commands.overrides import add_override_argument, parse_overrides, preset_config
@@ -212,18 +216,19 @@ def _bench_eval(args) -> int:
     torch.set_num_threads(args.threads)
     os.environ.setdefault("HF_DATASETS_OFFLINE", "1")
     os.environ.setdefault("HF_HUB_OFFLINE", "1")
-    rows = bench_eval(
-        args.checkpoint,
-        args.data,
-        args.tasks.split(","),
-        batch_sizes=args.batch_size or [1, 8],
-        workers=args.workers or [1],
-        limit=args.limit,
-        max_new_tokens_cap=args.max_new_tokens_cap,
-        loader_workers=args.loader_workers,
-        threads=args.threads,
-        repeats=args.repeats,
-    )
+    with stdout_to_stderr():
+        rows = bench_eval(
+            args.checkpoint,
+            args.data,
+            args.tasks.split(","),
+            batch_sizes=args.batch_size or [1, 8],
+            workers=args.workers or [1],
+            limit=args.limit,
+            max_new_tokens_cap=args.max_new_tokens_cap,
+            loader_workers=args.loader_workers,
+            threads=args.threads,
+            repeats=args.repeats,
+        )
     _print_rows(rows, args.json)
     return 0 if all(row["answers_identical"] for row in rows) else 1
 
@@ -268,6 +273,23 @@ def _bench_generate(args) -> int:
     )
     _print_rows(rows, args.json)
     return 0
+
+
+@contextlib.contextmanager
+def stdout_to_stderr() -> Iterator[None]:
+    """While a bench runs, what libraries print goes to stderr (lmms-eval prints MMBench's
+    summary; worker processes inherit the descriptor), so stdout holds only the result table
+    or the ``--json`` document."""
+    sys.stdout.flush()
+    saved = os.dup(1)
+    os.dup2(2, 1)
+    try:
+        with contextlib.redirect_stdout(sys.stderr):
+            yield
+    finally:
+        sys.stdout.flush()
+        os.dup2(saved, 1)
+        os.close(saved)
 
 
 def _print_rows(rows: list[dict], json_out: bool) -> None:
