@@ -83,7 +83,12 @@ def register(sub: argparse._SubParsersAction) -> None:
     ev.add_argument("--limit", type=int, default=64)
     ev.add_argument("--max-new-tokens-cap", type=int, default=None)
     ev.add_argument("--loader-workers", type=int, default=1)
-    ev.add_argument("--threads", type=int, default=1, help="CPU threads (torch) per worker")
+    ev.add_argument(
+        "--threads",
+        type=int,
+        default=None,
+        help="torch CPU threads per worker (default: cores / workers, as `mage-harness eval`)",
+    )
     ev.add_argument(
         "--repeats",
         type=int,
@@ -195,8 +200,6 @@ def _bench_records(args) -> int:
 
 
 def _bench_eval(args) -> int:
-    import os
-
     from harness.commands.eval import check_data, check_loader_workers
     from harness.eval_tasks import parse_tasks
     from mage.checkpoint_check import check_checkpoint
@@ -213,7 +216,8 @@ def _bench_eval(args) -> int:
 
     from harness.bench_eval import bench_eval
 
-    torch.set_num_threads(args.threads)
+    # one worker runs in this process; more get cores / workers each from `launch`
+    torch.set_num_threads(args.threads or max(1, os.cpu_count() or 1))
     os.environ.setdefault("HF_DATASETS_OFFLINE", "1")
     os.environ.setdefault("HF_HUB_OFFLINE", "1")
     with stdout_to_stderr():
