@@ -21,8 +21,9 @@
   characters (an answer that starts with "yes" or "no" is decided already); SEED's reads
   the first character of the stripped answer. A row of those tasks ends as soon as its
   answer is decided, so the score is the one the full answer would get and a rambling row
-  (``Yes at the top right ...``) no longer holds its batch for 14 more decode steps. The stored answer is then that prefix. MMBench's
-  ``can_infer`` reads the whole answer: no window.
+  (``Yes at the top right ...``) no longer holds its batch for 14 more decode steps. The
+  stored answer is then that prefix. MMBench's ``can_infer`` reads the whole answer: no
+  window.
 - Order (`plan_batches`): lmms-eval's own ``Collator``, grouped by task (so that the time of
   each benchmark is measured apart) and sorted longest prompt first, as lmms-eval's models
   do (less padding; a batch that does not fit fails first), prompts of equal length in

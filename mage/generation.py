@@ -6,8 +6,9 @@ token budget and stop strings, and a row that ends (EOS, budget, or a stop strin
 decoded text) leaves the batch: its entries are dropped from the KV cache
 (``Cache.batch_select_indices``), so the remaining rows no longer pay decode steps for it.
 The prompts go through the LLM in `mage.prefill.prefill`, which runs once what rows of one
-image share (MME's two questions, MMBench's circular copies). A row may also end once its answer so far satisfies its ``enough`` predicate: an evaluation
-passes one when the benchmark's scorer reads only the first characters of an answer
+image share (MME's two questions, MMBench's circular copies). A row may also end once its
+answer so far satisfies its ``enough`` predicate: an evaluation passes one when the
+benchmark's scorer reads only the first characters of an answer
 (`harness.eval_batches.scored_enough`), so later tokens cannot change the score.
 Each row's answer depends only on its own prompt and image, so it is the answer that batch
 size 1 gives (``mage-harness bench eval`` checks this on real checkpoints).

@@ -15,8 +15,10 @@ A row is laid out as ``[its shared prefix, left-padded][the rest, left-padded]``
 mask hides both pads and positions count real tokens only, so every row sees exactly the
 tokens and positions of a one-pass prefill: the same answer, up to floating-point rounding (as
 between batch sizes; ``mage-harness bench eval`` compares every answer with batch 1's). A
-batch shares only when that saves at least `MIN_SHARED_FRACTION` of its prompt tokens, since
-the second pass costs a call of its own; batch size 1 never shares.
+batch shares only when that saves at least `MIN_SHARED_FRACTION` of the prefill's work, pads
+included, without widening the KV cache by more than `MIN_CACHE_GROWTH` (`worth_sharing`), and
+only on an LLM whose layers all attend in full (`full_attention_only`); batch size 1 never
+shares.
 """
 
 from __future__ import annotations
@@ -40,7 +42,8 @@ CACHE_ARG = (
     if "cache" in inspect.signature(LlamaForCausalLM.forward).parameters
     else "past_key_values"
 )
-MIN_SHARED_FRACTION = 0.1
+MIN_SHARED_FRACTION = 0.1  # sharing must save this much of the prefill's token slots ...
+MIN_CACHE_GROWTH = 0.25  # ... and may widen the KV cache by at most this much
 
 
 def keeps_last_logits(llm: Any) -> dict[str, int]:
@@ -89,15 +92,35 @@ def shared_prefixes(seqs: list[list[int]], images: list[Any]) -> list[int]:
 
 
 def worth_sharing(seqs: list[list[int]], images: list[Any], shared: list[int]) -> bool:
-    """True when running each shared prefix once saves `MIN_SHARED_FRACTION` of the tokens."""
-    rows_of: dict[int, int] = {}
-    length_of: dict[int, int] = {}
-    for image, length in zip(images, shared):
-        if length:
-            rows_of[id(image)] = rows_of.get(id(image), 0) + 1
-            length_of[id(image)] = length
-    saved = sum(length_of[key] * (count - 1) for key, count in rows_of.items())
-    return saved >= MIN_SHARED_FRACTION * sum(len(s) for s in seqs)
+    """True when the two passes cost at least `MIN_SHARED_FRACTION` less than one: counted in
+    token slots as the LLM runs them, pads included (one row per shared prefix, as wide as
+    the longest, then every row as wide as the longest rest), and with a KV cache at most
+    that fraction wider than one pass leaves. A row that shares nothing makes the rest as
+    wide as its whole prompt, so a batch of a few pairs and some lone rows runs in one pass."""
+    if not any(shared):
+        return False
+    longest = max(len(s) for s in seqs)
+    width = max(shared)
+    rest = max(len(s) - k for s, k in zip(seqs, shared))
+    prefixes = len({id(image) for image, k in zip(images, shared) if k})
+    two_passes = prefixes * width + len(seqs) * rest
+    one_pass = len(seqs) * longest
+    return (
+        two_passes <= (1 - MIN_SHARED_FRACTION) * one_pass
+        and width + rest <= (1 + MIN_CACHE_GROWTH) * longest
+    )
+
+
+def full_attention_only(llm: Any) -> bool:
+    """Whether every layer attends to every earlier token. Sliding-window layers (Mistral,
+    Gemma 3, ...) count columns, not tokens: the pads between a row's shared prefix and its
+    rest would shift that window, so such models always prefill in one pass."""
+    base = llm.get_base_model() if hasattr(llm, "get_base_model") else llm  # PEFT passes it on
+    config = base.config
+    if getattr(config, "sliding_window", None) and getattr(config, "use_sliding_window", True):
+        return False
+    layer_types = getattr(config, "layer_types", None) or ["full_attention"]
+    return all(kind == "full_attention" for kind in layer_types)
 
 
 def prefill(
@@ -110,7 +133,7 @@ def prefill(
     or None in ``images``; ``image_tokens``: the projected tokens of the rows that have an
     image, in row order) through the LLM, sharing what rows of one image share."""
     shared = shared_prefixes(seqs, images)
-    if not worth_sharing(seqs, images, shared):
+    if not (full_attention_only(model.llm) and worth_sharing(seqs, images, shared)):
         shared = [0] * len(seqs)
     pad = model.tokenizer.pad_token_id
     head_ids, head_mask = pad_left([s[:k] for s, k in zip(seqs, shared)], pad)

@@ -164,49 +164,84 @@ def test_rows_of_one_image_share_their_prefix_and_answer_as_alone(trained, monke
     tokens such rows share go through the LLM once, and every answer stays batch 1's."""
     _, model, images = trained  # the untrained model rambles: every logit of a row counts
     asked = [
-        (images[0], "What color is the square?"),
-        (images[1], "Is the square red?"),
-        (images[0], "What color is the circle?"),  # shares the image and "What color is the"
-        (images[1], "Is the square blue? Answer yes or no."),
-        (images[2], "What"),  # alone with its image: shares nothing
-        (None, "What color is the square?"),
+        (images[0], "What color is the square in this picture?"),
+        (images[1], "Is the square in this picture red? Answer yes or no."),
+        (images[0], "What color is the circle in this picture?"),  # shares "What color is the"
+        (images[1], "Is the square in this picture blue? Answer yes or no."),
+        (None, "What color is the square?"),  # text-only rows form a group too
         (None, "What color?"),
     ]
-    rows = [im for im, _ in asked], [q for _, q in asked]
+    pictures, questions = [im for im, _ in asked], [q for _, q in asked]
     seqs = [generation.prompt_ids(model, q, im is not None) for im, q in asked]
-    shared = prefill.shared_prefixes(seqs, rows[0])
-    assert shared[4] == 0 and shared[0] == shared[2] > model.num_image_tokens + 3
-    assert shared[5] == shared[6] > 0 and prefill.worth_sharing(seqs, rows[0], shared)
+    shared = prefill.shared_prefixes(seqs, pictures)
+    assert shared[0] == shared[2] > model.num_image_tokens + 3 and shared[1] == shared[3]
+    assert shared[4] == shared[5] > 0 and prefill.worth_sharing(seqs, pictures, shared)
     calls = []
     handle = model.llm.register_forward_pre_hook(
         lambda m, a, kw: calls.append(tuple(kw["inputs_embeds"].shape[:2])), with_kwargs=True
     )
     try:
-        batched = model.generate(*rows, max_new_tokens=6)
+        batched = model.generate(pictures, questions, max_new_tokens=6)
     finally:
         handle.remove()
     # first pass: one row per shared prefix (3 groups), as wide as the longest shared prefix;
     # second pass: every row, only its own tokens
     longest = max(len(s) for s in seqs)
-    assert calls[0] == (3, max(shared)) and calls[1][0] == 7 and calls[1][1] < longest
+    assert calls[0] == (3, max(shared)) and calls[1][0] == 6 and calls[1][1] < longest
     single = [model.generate([im], [q], max_new_tokens=6)[0] for im, q in asked]
     assert batched == single
     # the first logits equal a one-pass prefill's to float rounding
-    tokens = generation.image_tokens(model, rows[0])
-    shared_start = prefill.prefill(model, seqs, rows[0], tokens)
+    tokens = generation.image_tokens(model, pictures)
+    shared_start = prefill.prefill(model, seqs, pictures, tokens)
     monkeypatch.setattr(prefill, "MIN_SHARED_FRACTION", 2.0)  # sharing never pays
-    one_pass = prefill.prefill(model, seqs, rows[0], tokens)
+    one_pass = prefill.prefill(model, seqs, pictures, tokens)
     assert one_pass.mask.shape[1] == longest
     torch.testing.assert_close(shared_start.logits, one_pass.logits, rtol=1e-4, atol=1e-4)
     assert shared_start.positions.tolist() == [[len(s) - 1] for s in seqs]
 
 
-def test_a_batch_shares_only_when_it_saves_a_tenth_of_its_tokens(trained):
+def test_a_batch_shares_only_when_it_saves_a_tenth_of_the_padded_work(trained):
     _, model, images = trained
-    seqs = [list(range(1, 21)) for _ in range(2)] + [[9] * 200]
-    one = [images[0], images[0], images[1]]
-    shared = prefill.shared_prefixes(seqs, one)
-    assert shared == [19, 19, 0]  # each row keeps a token of its own
-    assert not prefill.worth_sharing(seqs, one, shared)  # 19 of 240 tokens saved
-    assert prefill.worth_sharing(seqs[:2], one[:2], shared[:2])  # 19 of 40
-    assert prefill.shared_prefixes(seqs[:2], [images[0], images[1]]) == [0, 0]
+    pair = [list(range(1, 21)) for _ in range(2)]
+    one = [images[0], images[0]]
+    assert prefill.shared_prefixes(pair, one) == [19, 19]  # each row keeps a token of its own
+    assert prefill.worth_sharing(pair, one, [19, 19])  # 21 slots instead of 40
+    assert prefill.shared_prefixes(pair, [images[0], images[1]]) == [0, 0]
+    # a lone row makes the second pass as wide as its whole prompt: one pass is cheaper
+    seqs, pictures = [*pair, [9] * 24], [*one, images[1]]
+    shared = prefill.shared_prefixes(seqs, pictures)
+    assert shared == [19, 19, 0] and not prefill.worth_sharing(seqs, pictures, shared)
+
+
+def test_sliding_window_llms_prefill_in_one_pass(trained):
+    """A sliding window counts columns: the pads between a shared prefix and the rest of a row
+    would move it, and answers would change (seen with a 6-token window)."""
+    from types import SimpleNamespace
+
+    from transformers import Gemma3TextConfig, MistralConfig, MistralForCausalLM, Qwen2Config
+
+    model = trained[1]
+    assert prefill.full_attention_only(model.llm)
+    assert prefill.full_attention_only(SimpleNamespace(config=Qwen2Config()))  # window unused
+    assert not prefill.full_attention_only(SimpleNamespace(config=Gemma3TextConfig()))
+    llm = model.llm
+    config = MistralConfig(
+        vocab_size=llm.get_input_embeddings().num_embeddings,
+        hidden_size=64,
+        intermediate_size=128,
+        num_hidden_layers=2,
+        num_attention_heads=4,
+        num_key_value_heads=4,
+        sliding_window=6,
+        initializer_range=0.08,
+    )
+    torch.manual_seed(0)
+    model.llm = MistralForCausalLM(config).eval()
+    try:
+        assert not prefill.full_attention_only(model.llm)
+        image = trained[2][0]
+        asked = ["what color is the square", "what color is the circle now please"]
+        batched = model.generate([image, image], asked, max_new_tokens=6)
+        assert batched == [model.generate([image], [q], max_new_tokens=6)[0] for q in asked]
+    finally:
+        model.llm = llm

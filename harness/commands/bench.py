@@ -87,7 +87,8 @@ def register(sub: argparse._SubParsersAction) -> None:
         "--threads",
         type=int,
         default=None,
-        help="torch CPU threads per worker (default: cores / workers, as `mage-harness eval`)",
+        help="torch CPU threads per worker (default, as `mage-harness eval`: torch's own for "
+        "one worker, cores / workers for more)",
     )
     ev.add_argument(
         "--repeats",
@@ -216,8 +217,8 @@ def _bench_eval(args) -> int:
 
     from harness.bench_eval import bench_eval
 
-    # one worker runs in this process; more get cores / workers each from `launch`
-    torch.set_num_threads(args.threads or max(1, os.cpu_count() or 1))
+    if args.threads:  # else torch's own default here, and cores / workers each in `launch`
+        torch.set_num_threads(args.threads)
     os.environ.setdefault("HF_DATASETS_OFFLINE", "1")
     os.environ.setdefault("HF_HUB_OFFLINE", "1")
     with stdout_to_stderr():
