@@ -33,6 +33,11 @@ def load_tokenizer(spec: LLMSpec):
     return tok
 
 
+def base_llm(llm: torch.nn.Module) -> torch.nn.Module:
+    """The causal LM under a PEFT (LoRA) wrapper, or ``llm`` itself."""
+    return llm.get_base_model() if hasattr(llm, "get_base_model") else llm
+
+
 def load_llm(cfg: MageConfig, device: str | torch.device | None = None):
     """Return ``(model, tokenizer)`` for ``cfg.llm``.
 

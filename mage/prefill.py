@@ -32,6 +32,7 @@ import torch
 from transformers import LlamaForCausalLM
 
 from mage.data import pad_left
+from mage.llm import base_llm
 
 if TYPE_CHECKING:
     from mage.model import MageModel
@@ -52,8 +53,7 @@ def keeps_last_logits(llm: Any) -> dict[str, int]:
     Without it the prefill computes logits at every prompt position, of which generation
     reads only the last: at a 32k vocabulary, batch 32 and ~650 prompt tokens that is a
     2.7 GB float32 tensor, and the LM head's work grows with the prompt."""
-    base = llm.get_base_model() if hasattr(llm, "get_base_model") else llm  # PEFT passes it on
-    return {"logits_to_keep": 1} if _takes_logits_to_keep(type(base)) else {}
+    return {"logits_to_keep": 1} if _takes_logits_to_keep(type(base_llm(llm))) else {}
 
 
 @functools.cache
@@ -115,8 +115,7 @@ def full_attention_only(llm: Any) -> bool:
     """Whether every layer attends to every earlier token. Sliding-window layers (Mistral,
     Gemma 3, ...) count columns, not tokens: the pads between a row's shared prefix and its
     rest would shift that window, so such models always prefill in one pass."""
-    base = llm.get_base_model() if hasattr(llm, "get_base_model") else llm  # PEFT passes it on
-    config = base.config
+    config = base_llm(llm).config
     if getattr(config, "sliding_window", None) and getattr(config, "use_sliding_window", True):
         return False
     layer_types = getattr(config, "layer_types", None) or ["full_attention"]
@@ -162,7 +161,7 @@ def prefill(
             **keep,
         )
         cache = getattr(out, CACHE_ARG)
-        rows_slot = [slot.get(id(image), 0) if k else 0 for image, k in zip(images, shared)]
+        rows_slot = [slot[id(image)] if k else 0 for image, k in zip(images, shared)]
         cache.batch_select_indices(torch.tensor(rows_slot, device=mask.device))
         cache_arg = {CACHE_ARG: cache}
     out = model.llm(

@@ -32,7 +32,7 @@ import torch
 import torch.distributed as dist
 from torch import nn
 
-from mage.llm import DTYPES
+from mage.llm import DTYPES, base_llm
 
 
 def compute_dtype(cfg) -> torch.dtype:
@@ -43,17 +43,13 @@ def distributed() -> bool:
     return dist.is_available() and dist.is_initialized()
 
 
-def _base_llm(llm: nn.Module) -> nn.Module:
-    return llm.get_base_model() if hasattr(llm, "get_base_model") else llm
-
-
 def decoder_layers(llm: nn.Module) -> list[nn.Module]:
     """The LLM's decoder layers (the classes transformers lists in ``_no_split_modules``),
     or their activation-checkpoint wrappers."""
-    names = set(getattr(_base_llm(llm), "_no_split_modules", None) or [])
+    names = set(getattr(base_llm(llm), "_no_split_modules", None) or [])
     if not names:
         raise ValueError(
-            f"{type(_base_llm(llm)).__name__} does not list its decoder layers "
+            f"{type(base_llm(llm)).__name__} does not list its decoder layers "
             "(_no_split_modules); it cannot be sharded per layer"
         )
     layers = []
