@@ -169,7 +169,9 @@ class StageConfig(_Section):
     group_by: Literal["none", "length", "modality_length"] = Field(
         "none",
         description="epoch order: LLaVA-style megabatches of one global batch sorted by length "
-        "(and of one modality: image or text-only); none = plain permutation",
+        "(and of one modality: image or text-only); none = plain permutation. Weighted draws "
+        "(steps without epochs): either value sorts the draws of 16 steps by length, then "
+        "shuffles the batches cut from them",
     )
     loader_workers: int = Field(
         2, ge=0, description="DataLoader worker processes per rank (0 = load in the loop)"

@@ -8,6 +8,7 @@ import json
 import shutil
 from collections import Counter
 
+import numpy as np
 import pytest
 import torch
 from dist_helpers import spawn_ranks, stage_then_look, train_and_record, two_worker_runs
@@ -132,6 +133,30 @@ def test_weights_repeat_a_source_per_epoch_and_batches_must_divide_among_workers
         RankMicroBatches(stream, 0, 3, batch_size=5)
     draws = WeightedDraws([4, 6], [1.0, 1.0], 8, steps=2, seed=0, stage="stage1")
     assert draws.indices(1) == draws.indices(1) and len(draws.indices(0)) == 8
+
+
+def test_grouped_weighted_draws_keep_the_samples_and_pad_less():
+    from mage.train.pipeline import GROUP_STEPS
+
+    words = np.random.default_rng(0).integers(2, 80, size=300)
+    plain = WeightedDraws([100, 200], [0.3, 0.7], 8, steps=64, seed=1, stage="stage2")
+    grouped = WeightedDraws([100, 200], [0.3, 0.7], 8, steps=64, seed=1, stage="stage2",
+                            num_words=words)  # fmt: skip
+    for block in range(64 // GROUP_STEPS):
+        steps = range(block * GROUP_STEPS, (block + 1) * GROUP_STEPS)
+        # the same draws, in other batches
+        assert Counter(i for s in steps for i in plain.indices(s)) == Counter(
+            i for s in steps for i in grouped.indices(s)
+        )
+
+    def padded(draws):
+        return sum(len(b) * max(words[b]) for b in map(draws.indices, range(64)))
+
+    assert padded(grouped) < 0.7 * padded(plain)
+    # a pure function of the step: resuming mid-block gives the same batch
+    again = WeightedDraws([100, 200], [0.3, 0.7], 8, steps=64, seed=1, stage="stage2",
+                          num_words=words)  # fmt: skip
+    assert again.indices(37) == grouped.indices(37) and len(grouped.indices(5)) == 8
 
 
 def test_an_update_below_bf16_spacing_still_moves_a_weight_trained_in_bf16(tmp_path):

@@ -78,10 +78,26 @@ def test_second_prepare_is_cached(test_world, test_assets):
 
 def test_assets_for_another_world_are_refused(test_world, test_assets, tmp_path):
     other = generate_world(tmp_path / "other", seed=1, size="test")
-    with pytest.raises(AssetsError, match="another world or config"):
+    with pytest.raises(AssetsError, match="another world or recipe .training inputs"):
         prepare_assets(other, test_assets, size="test", progress=False)
     with pytest.raises(AssetsError, match="were prepared for world"):
         check_assets(test_assets, other)
+
+
+def test_assets_of_a_changed_recipe_name_the_changed_component(
+    test_world, test_assets, tmp_path, monkeypatch
+):
+    from dataclasses import replace
+
+    from mage.world import asset_recipes, assets
+
+    copy = tmp_path / "assets"
+    shutil.copytree(test_assets, copy)
+    test_recipe = asset_recipes.ASSET_CONFIGS["test"]
+    changed = replace(test_recipe, llm=replace(test_recipe.llm, steps=test_recipe.llm.steps + 1))
+    monkeypatch.setitem(assets.ASSET_CONFIGS, "test", changed)
+    with pytest.raises(AssetsError, match="as it was before its world-llm changed"):
+        prepare_assets(test_world, copy, size="test", progress=False)
 
 
 def test_tampered_fingerprint_is_refused(test_world, test_assets, tmp_path):

@@ -8,7 +8,7 @@ from collections import Counter
 
 import numpy as np
 
-from mage.world import textlm
+from mage.world import text, textlm
 
 
 def _mcq_records(test_world) -> list[dict]:
@@ -62,3 +62,66 @@ def test_schedule_draws_lookup_kinds_first_then_the_mix(test_world):
     assert "option_lookup" not in later and {"yes_no", "mcq"} <= later
     again = textlm.batch_schedule(lengths, kinds, cfg, seed=0)
     assert [next(again) for _ in range(cfg.steps)] == batches  # deterministic
+
+
+def test_reordered_caption_keeps_every_object_and_changes_the_order():
+    caption = "A small red circle at the top left, a large blue cross at the top right and a small green square at the bottom left."
+    objects = {"small red circle at the top left", "large blue cross at the top right",
+               "small green square at the bottom left"}  # fmt: skip
+    seen = set()
+    for seed in range(12):
+        out = text.reordered_caption(caption, np.random.default_rng(seed))
+        assert out[0].isupper() and out.endswith(".")
+        parts = re.split(r", | and ", out.removesuffix("."))
+        assert {p.lower().removeprefix("a ") for p in parts} == objects
+        seen.add(out)
+    assert caption in seen and len(seen) > 2  # every order is drawn, the caption's own too
+    single = "A large yellow triangle at the bottom left."
+    assert text.reordered_caption(single, np.random.default_rng(0)) == single
+
+
+def test_describe_drills_put_the_reordered_objects_in_place_of_the_image(test_world):
+    records = json.loads(test_world.stage2.read_text())
+    cfg = textlm.TextLMConfig(
+        steps=1, final_steps=1, final_kind_weights=(("caption", 0.5), ("describe", 0.5))
+    )
+    conversations, kinds = textlm.training_pool(records, cfg, seed=0)
+    captions = [r for r in records if r.get("kind") == "caption"]
+    drills = [c for c, k in zip(conversations, kinds) if k == "describe"]
+    assert len(drills) == len(captions) > 0
+    for record, (human, reply) in zip(captions, drills):
+        assert reply["value"] == record["caption"]
+        context = human["value"].split("\n")[0]
+        assert "<image>" not in human["value"]
+        words = sorted(re.findall(r"\w+", context.lower()))
+        assert words == sorted(re.findall(r"\w+", record["caption"].lower()))
+
+
+def test_the_final_phase_leaves_the_earlier_phases_draws_as_they_were(test_world):
+    records = json.loads(test_world.stage2.read_text())
+    before = textlm.TextLMConfig(steps=30, lookup_steps=5, batch_size=8)
+    after = textlm.TextLMConfig(
+        steps=30, lookup_steps=5, batch_size=8, final_steps=4,
+        final_kind_weights=(("yes_no", 0.5), ("describe", 0.5)),
+    )  # fmt: skip
+    batches = []
+    for cfg in (before, after):
+        conversations, kinds = textlm.training_pool(records, cfg, seed=0)
+        lengths = [len(c[0]["value"]) for c in conversations]
+        schedule = textlm.batch_schedule(lengths, kinds, cfg, seed=0)
+        batches.append([[conversations[i] for i in next(schedule)] for _ in range(cfg.steps)])
+    assert batches[0] == batches[1]
+
+
+def test_train_text_llm_runs_the_final_phase_after_the_others(test_world):
+    from mage.world.vocab import world_tokenizer
+
+    records = json.loads(test_world.stage2.read_text())
+    cfg = textlm.TextLMConfig(
+        steps=3, num_layers=1, batch_size=4, warmup=1, final_steps=2,
+        final_kind_weights=(("describe", 1.0),),
+    )  # fmt: skip
+    seen: list[int] = []
+    model, log = textlm.train_text_llm(records, world_tokenizer(), cfg, seed=0, on_step=seen.append)
+    assert seen == [0, 1, 2, 3, 4]
+    assert log["final_steps"] == 2 and not model.training

@@ -29,7 +29,8 @@ import time
 from pathlib import Path
 
 SIZES = ("test", "demo")
-RECIPES = ("test", "demo", "demo-plain")  # mage.world.asset_recipes.ASSET_CONFIGS (a test checks)
+# mage.world.asset_recipes.ASSET_CONFIGS (a test checks)
+RECIPES = ("test", "demo", "demo-lookup", "demo-plain")
 
 
 def register(sub: argparse._SubParsersAction) -> None:
@@ -110,7 +111,11 @@ def register(sub: argparse._SubParsersAction) -> None:
         "--recipe",
         choices=RECIPES,
         default=None,
-        help="asset recipe (default: --size); demo-plain: the earlier world LLM, not drilled on lettered choice (see docs/cpu-world.md)",
+        help=(
+            "asset recipe (default: --size); demo-lookup: the world LLM before its "
+            "describe-from-context phase; demo-plain: the earlier world LLM, not drilled on "
+            "lettered choice (see docs/cpu-world.md)"
+        ),
     )
     prep.add_argument(
         "--features", action="store_true", help="also cache encoder features of training images"

@@ -16,7 +16,11 @@ resumes mid-epoch from its step and gives the same batches on 1 or 8 workers:
   it is split, so micro-batches hold similar lengths and pad less. Grouping reorders; it never
   changes which records an epoch holds.
 - `WeightedDraws` (``steps`` only): each global batch drawn with replacement, a source by its
-  weight, then a record uniformly (the synthetic world's mixes).
+  weight, then a record uniformly (the synthetic world's mixes). With ``group_by`` set, the
+  draws of ``GROUP_STEPS`` consecutive steps are pooled, sorted by length, cut into global
+  batches again and those shuffled (a megabatch, as LLaVA's length grouping does): the same
+  samples, but a batch pads little (one batch is padded to its longest sample, and the
+  world's tool calls are 3-4 times as long as its yes/no questions).
 
 Rank ``r`` of N takes every N-th sample of the global batch (after the length sort: balanced
 lengths), in micro-batches of at most ``batch_size``; every rank runs the same number of
@@ -49,22 +53,46 @@ class GlobalBatches:
         raise NotImplementedError
 
 
-class WeightedDraws(GlobalBatches):
-    """Batches drawn with replacement: a source by its weight, then one of its records."""
+GROUP_STEPS = 16  # steps whose draws `WeightedDraws` pools before sorting them by length
 
-    def __init__(self, sizes, weights, global_batch: int, steps: int, seed: int, stage: str):
+
+class WeightedDraws(GlobalBatches):
+    """Batches drawn with replacement: a source by its weight, then one of its records;
+    with ``num_words``, grouped by length over blocks of `GROUP_STEPS` steps."""
+
+    def __init__(
+        self, sizes, weights, global_batch: int, steps: int, seed: int, stage: str,
+        num_words: np.ndarray | None = None,
+    ):  # fmt: skip
         self.sizes, self.weights = list(sizes), torch.tensor(list(weights), dtype=torch.float)
         self.offsets = np.cumsum([0, *self.sizes])
         self.global_batch, self.total_steps = global_batch, steps
         self.seed, self.stage = seed, stage
+        self.num_words = num_words
+        self._block: tuple[int, list[list[int]]] | None = None
 
-    def indices(self, step: int) -> list[int]:
+    def draws(self, step: int) -> list[int]:
+        """Step ``step``'s own draws, before any grouping."""
         gen = torch.Generator().manual_seed(stable_seed(self.seed, self.stage, step, 0))
         parts = torch.multinomial(self.weights, self.global_batch, replacement=True, generator=gen)
         return [
             int(self.offsets[p]) + int(torch.randint(self.sizes[p], (1,), generator=gen))
             for p in parts.tolist()
         ]
+
+    def indices(self, step: int) -> list[int]:
+        if self.num_words is None:
+            return self.draws(step)
+        block, within = divmod(step, GROUP_STEPS)
+        if self._block is None or self._block[0] != block:  # a pure function of the block
+            first = block * GROUP_STEPS
+            pool = [i for s in range(first, first + GROUP_STEPS) for i in self.draws(s)]
+            pool.sort(key=lambda i: -int(self.num_words[i]))
+            size = self.global_batch
+            batches = [pool[k : k + size] for k in range(0, len(pool), size)]
+            rng = np.random.default_rng(stable_seed(self.seed, self.stage, "group", block))
+            self._block = (block, [batches[k] for k in rng.permutation(len(batches))])
+        return list(self._block[1][within])
 
 
 class EpochStream(GlobalBatches):
@@ -148,9 +176,12 @@ class EpochStream(GlobalBatches):
 def global_batches(dataset, stage_cfg, seed: int, stage: str) -> GlobalBatches:
     """The stage's batches: an epoch stream when ``epochs`` is set, else weighted draws."""
     size = stage_cfg.global_batch_size
-    if stage_cfg.epochs is None:
-        return WeightedDraws(dataset.sizes, dataset.weights, size, stage_cfg.steps, seed, stage)
     grouped = stage_cfg.group_by != "none"
+    if stage_cfg.epochs is None:
+        return WeightedDraws(
+            dataset.sizes, dataset.weights, size, stage_cfg.steps, seed, stage,
+            num_words=dataset.column("num_words") if grouped else None,
+        )  # fmt: skip
     return EpochStream(
         dataset.sizes,
         dataset.weights,

@@ -74,6 +74,20 @@ _LOOKUP_LLM = replace(
     ),
 )
 
+# The world LLM every demo variant starts from: the lookup LLM, then a last phase of 800
+# steps with its own schedule that adds describe-from-context drills (the caption's objects
+# in a random order in the prompt, the caption as the reply) to the mix, so that the LLM
+# reads what its context says (docs/cpu-world.md, "Describe from context").
+_DESCRIBE_LLM = replace(
+    _LOOKUP_LLM,
+    final_steps=800,
+    final_lr=3e-4,
+    final_kind_weights=(
+        *((kind, round(weight * 0.85, 4)) for kind, weight in _LOOKUP_LLM.kind_weights),
+        ("describe", 0.15),
+    ),
+)
+
 ASSET_CONFIGS = {
     # seconds: enough to exercise every code path, not to learn much
     "test": AssetConfig(
@@ -83,7 +97,10 @@ ASSET_CONFIGS = {
         threads=1,
     ),
     # the embedded default
-    "demo": AssetConfig(**_DEMO_ENCODERS, llm=_LOOKUP_LLM),
+    "demo": AssetConfig(**_DEMO_ENCODERS, llm=_DESCRIBE_LLM),
+    # the same encoders with the world LLM before the describe phase (reads less: the
+    # smoke budget's VLM does not separate from blind with it)
+    "demo-lookup": AssetConfig(**_DEMO_ENCODERS, llm=_LOOKUP_LLM),
     # the same encoders with the earlier world LLM that cannot pick lettered options
     "demo-plain": AssetConfig(**_DEMO_ENCODERS, llm=_PLAIN_LLM),
 }

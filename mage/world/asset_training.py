@@ -62,10 +62,13 @@ def build_llm(name, paths: WorldPaths, info, cfg: AssetConfig, out: Path, bar) -
         lookup = cfg.llm.lookup_steps
         phases = [("option-lookup drills", lookup)] if lookup else []
         phases.append(("question mix", cfg.llm.steps - lookup))
+        if cfg.llm.final_steps:
+            phases.append(("mix with describe-from-context", cfg.llm.final_steps))
         tasks = [bar.add_task(f"pretrain world-llm (text): {p}", total=n) for p, n in phases]
+        ends = np.cumsum([n for _, n in phases])
 
         def on_step(step: int) -> None:
-            bar.advance(tasks[0] if step < lookup else tasks[-1])
+            bar.advance(tasks[int(np.searchsorted(ends, step, side="right"))])
 
     model, log = textlm.train_text_llm(
         records, tokenizer, cfg.llm, seed=info["seed"], on_step=on_step

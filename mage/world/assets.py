@@ -90,11 +90,19 @@ def prepare_assets(
     key = json_sha256({"size": size, "components": fingerprints})
     manifest = _read_json(out_dir / "assets.json")
     if manifest is not None and manifest.get("key") != key:
+        held = (str(manifest.get("world_training_hash"))[:12], manifest.get("size"))
+        changed = [
+            n for n in COMPONENTS if (manifest.get("components") or {}).get(n) != fingerprints[n]
+        ]
+        what = (
+            f"recipe {size!r} as it was before its {', '.join(changed)} changed"
+            if held == (training_hash[:12], size)
+            else f"training inputs {held[0]}, recipe {held[1]!r}"
+        )
         raise AssetsError(
-            f"{out_dir} holds assets prepared for another world or config (training inputs "
-            f"{str(manifest.get('world_training_hash'))[:12]}, size {manifest.get('size')!r}; "
-            f"wanted {training_hash[:12]}, size {size!r}). Use another --out folder, or "
-            "delete this one to rebuild."
+            f"{out_dir} holds assets prepared for another world or recipe ({what}; wanted "
+            f"training inputs {training_hash[:12]}, recipe {size!r}). Use another --out "
+            "folder, or delete this one to rebuild."
         )
     if manifest is not None:
         check_assets(out_dir, paths)

@@ -25,6 +25,7 @@ tests check them against lmms-eval itself (mage/ does not import lmms-eval).
 
 from __future__ import annotations
 
+import re
 from dataclasses import dataclass
 
 import numpy as np
@@ -124,6 +125,17 @@ class ShortAnswer:
 def caption(scene: Scene) -> str:
     """``"A large red circle at the top left and a small blue cross at the bottom right."``"""
     parts = [f"a {o.phrase} at the {o.quadrant}" for o in scene.objects]
+    text = parts[0] if len(parts) == 1 else ", ".join(parts[:-1]) + " and " + parts[-1]
+    return text[0].upper() + text[1:] + "."
+
+
+def reordered_caption(caption_text: str, rng: np.random.Generator) -> str:
+    """``caption_text`` with its objects listed in a random order (the inverse of `caption`'s
+    joining, then the same joining): the same facts, in another order than the caption's
+    quadrant order."""
+    body = caption_text.removesuffix(".")
+    parts = [p[0].lower() + p[1:] for p in re.split(r", | and ", body)]
+    parts = [parts[i] for i in rng.permutation(len(parts))]
     text = parts[0] if len(parts) == 1 else ", ".join(parts[:-1]) + " and " + parts[-1]
     return text[0].upper() + text[1:] + "."
 
