@@ -23,7 +23,7 @@ $(STAMP): pyproject.toml
 	touch $(STAMP)
 
 # The embedded default: the synthetic world and its assets (the shipped prepared assets are
-# copied when they match, else they are trained: about 12 min on 2 cores), the smoke sweep, its
+# copied when they match, else they are trained: about 17 min on 2 cores), the smoke sweep, its
 # report, and whether its numbers equal the committed store's (said, never a failure). Each
 # step prints its own duration; without a terminal, one line per finished step.
 demo: setup

@@ -56,9 +56,9 @@ _DEMO_ENCODERS = dict(
 # A world LLM taught the world's questions from text (caption in the prompt) at lr 1e-3:
 # text-only yes/no 0.757, but lettered multiple choice stays at chance (0.261) (format 2).
 _PLAIN_LLM = textlm.TextLMConfig(steps=2000, num_layers=4, mcq_hint_rate=0.5)
-# The world LLM every demo variant starts from: option-lookup drills alone first, then the
-# mix with some drills and hinted questions kept, all at lr 3e-4 (docs/cpu-world.md,
-# "Lettered choice"): text-only MCQ 0.482, yes/no 0.850 as prepared; about 16 min on 1 thread.
+# The world LLM before its last phase (recipe demo-lookup): option-lookup drills alone
+# first, then the mix with some drills and hinted questions kept, all at lr 3e-4
+# (docs/cpu-world.md, "Lettered choice"): text-only MCQ 0.482, yes/no 0.850 as prepared.
 _LOOKUP_LLM = replace(
     _PLAIN_LLM,
     steps=5000,
