@@ -90,14 +90,14 @@ def prepare_assets(
     key = json_sha256({"size": size, "components": fingerprints})
     manifest = _read_json(out_dir / "assets.json")
     if manifest is not None and manifest.get("key") != key:
-        held = (str(manifest.get("world_training_hash"))[:12], manifest.get("size"))
+        held_hash, held_size = manifest.get("world_training_hash"), manifest.get("size")
         changed = [
             n for n in COMPONENTS if (manifest.get("components") or {}).get(n) != fingerprints[n]
         ]
         what = (
             f"recipe {size!r} as it was before its {', '.join(changed)} changed"
-            if held == (training_hash[:12], size)
-            else f"training inputs {held[0]}, recipe {held[1]!r}"
+            if (held_hash, held_size) == (training_hash, size)
+            else f"training inputs {str(held_hash)[:12]}, recipe {held_size!r}"
         )
         raise AssetsError(
             f"{out_dir} holds assets prepared for another world or recipe ({what}; wanted "

@@ -124,20 +124,22 @@ class ShortAnswer:
 
 def caption(scene: Scene) -> str:
     """``"A large red circle at the top left and a small blue cross at the bottom right."``"""
-    parts = [f"a {o.phrase} at the {o.quadrant}" for o in scene.objects]
+    return _join_objects([f"a {o.phrase} at the {o.quadrant}" for o in scene.objects])
+
+
+def _join_objects(parts: list[str]) -> str:
+    """``["a x", "a y", "a z"]`` -> ``"A x, a y and a z."``"""
     text = parts[0] if len(parts) == 1 else ", ".join(parts[:-1]) + " and " + parts[-1]
     return text[0].upper() + text[1:] + "."
 
 
 def reordered_caption(caption_text: str, rng: np.random.Generator) -> str:
-    """``caption_text`` with its objects listed in a random order (the inverse of `caption`'s
-    joining, then the same joining): the same facts, in another order than the caption's
-    quadrant order."""
+    """``caption_text`` with its objects listed in a random order (the inverse of
+    `_join_objects`, then the same joining): the same facts, in another order than the
+    caption's quadrant order."""
     body = caption_text.removesuffix(".")
     parts = [p[0].lower() + p[1:] for p in re.split(r", | and ", body)]
-    parts = [parts[i] for i in rng.permutation(len(parts))]
-    text = parts[0] if len(parts) == 1 else ", ".join(parts[:-1]) + " and " + parts[-1]
-    return text[0].upper() + text[1:] + "."
+    return _join_objects([parts[i] for i in rng.permutation(len(parts))])
 
 
 # --------------------------------------------------------------------------------------

@@ -216,7 +216,7 @@ def train_text_llm(
     schedule = batch_schedule([len(ids) for ids, _ in encoded], kinds, cfg, seed)
     start = time.perf_counter()
     losses = _train(model, encoded, schedule, cfg.steps, cfg.lr, cfg.warmup, tokenizer, on_step)
-    model, final_losses = final_phase(model, records, tokenizer, cfg, seed, on_step, cfg.steps)
+    final_losses = final_phase(model, encoded, kinds, tokenizer, cfg, seed, on_step, cfg.steps)
     log = {
         "steps": cfg.steps,
         "lookup_steps": cfg.lookup_steps,
@@ -229,25 +229,21 @@ def train_text_llm(
 
 
 def final_phase(
-    model, records: list[dict], tokenizer, cfg: TextLMConfig, seed: int, on_step=None,
-    first_step: int = 0,
-) -> tuple[LlamaForCausalLM, list[float]]:  # fmt: skip
-    """The last phase on a trained ``model``: ``cfg.final_steps`` steps drawn by
-    ``cfg.final_kind_weights``, a fresh optimizer warming up to ``cfg.final_lr`` then a
-    cosine decay. A function of the model and the config alone, so it can also be run on
-    weights that the earlier phases wrote to disk."""
+    model, encoded: list, kinds: list[str], tokenizer, cfg: TextLMConfig, seed: int,
+    on_step=None, first_step: int = 0,
+) -> list[float]:  # fmt: skip
+    """The last phase on the trained ``model`` (in place), over the encoded `training_pool`:
+    ``cfg.final_steps`` steps drawn by ``cfg.final_kind_weights``, a fresh optimizer warming
+    up to ``cfg.final_lr`` then a cosine decay; returns the losses."""
     if not cfg.final_steps:
-        return model, []
-    conversations, kinds = training_pool(records, cfg, seed)
-    encoded = [encode(c, tokenizer, cfg.max_length) for c in conversations]
+        return []
     rng = np.random.default_rng([seed, 31])
     weights = _kind_weights(kinds, dict(cfg.final_kind_weights))
     schedule = _length_grouped_batches([len(i) for i, _ in encoded], weights, cfg.batch_size, rng)
     step_hook = (lambda s: on_step(first_step + s)) if on_step else None
-    losses = _train(
+    return _train(
         model, encoded, schedule, cfg.final_steps, cfg.final_lr, cfg.warmup, tokenizer, step_hook
     )
-    return model, losses
 
 
 def _train(model, encoded, schedule, steps: int, lr: float, warmup: int, tokenizer, on_step):
