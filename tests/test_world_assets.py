@@ -198,8 +198,7 @@ def test_shipped_demo_assets_match_the_recipe():
 
     folder = assets.SHIPPED_DIR / "demo-seed0"
     shipped = [n for n in COMPONENTS if (folder / n / "fingerprint.json").is_file()]
-    if not shipped:
-        pytest.skip("no shipped demo assets")
+    assert shipped == list(COMPONENTS)  # all three: `make demo` trains none of them
     cfg = asset_recipes.ASSET_CONFIGS["demo"]
     for name in shipped:
         stamp = json.loads((folder / name / "fingerprint.json").read_text())
@@ -208,7 +207,7 @@ def test_shipped_demo_assets_match_the_recipe():
         assert stamp["weights_sha256"] == asset_recipes.weights_sha256(folder / name), name
         assert stamp["threads"] == cfg.threads
     total = sum(p.stat().st_size for p in folder.rglob("*") if p.is_file())
-    assert total < 8 * 2**20  # a few MB in the repository
+    assert total < 12 * 2**20  # about 11 MB, 4 MB of it world-resnet's unused head
 
 
 def test_assets_follow_the_training_inputs_only(test_world, test_assets, tmp_path):

@@ -20,11 +20,12 @@ weights whose SHA-256 is not the recorded one: stale encoders or features would 
 misalign with the images. The recipes, fingerprints and reproducibility rules are in
 `mage.world.asset_recipes`; how each component is trained is in `mage.world.asset_training`.
 
-Shipped: the repository carries the ``demo`` recipe's prepared world-vit and world-llm for
-the demo world (`SHIPPED_DIR`; world-resnet, 5.7 MB of which 4 MB is a head the tower does not
-use, is built on first use, about 40 s on 2 cores); a shipped component whose fingerprint is
-the one this code would build (recipe, threads, world training inputs) is copied instead of
-trained (the LLM takes about 10 min on 2 cores), its weights checked against the SHA-256 its
+Shipped: the repository carries the ``demo`` recipe's three prepared components for the demo
+world (`SHIPPED_DIR`, about 11 MB; world-resnet's 5.7 MB include a 3 MB attention-pool head
+the tower does not use, kept because it is what the recipe writes). A shipped component whose
+fingerprint is the one this code would build (recipe, threads, world training inputs) is
+copied instead of trained (on 2 cores the LLM takes about 15 min, world-vit 83 s,
+world-resnet 52 s), its weights checked against the SHA-256 its
 ``fingerprint.json`` records. ``mage-harness prepare --from-recipe`` trains every component
 and says whether the weights equal the shipped ones.
 """
