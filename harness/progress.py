@@ -57,6 +57,8 @@ class SweepProgress(Callback):
         self._best: float | None = None
         self._finished: set[str] = set()
         self._earlier: int | None = None  # trials a resumed experiment had finished before
+        self._slots = 1  # the most trials seen running at once
+        self._walls: list[float] = []  # this session's finished trials' own wall times
 
     def __getstate__(self) -> dict:  # Tune pickles its RunConfig; never the live display
         state = self.__dict__.copy()
@@ -88,6 +90,7 @@ class SweepProgress(Callback):
     def on_step_end(self, iteration, trials, **info) -> None:
         if self._earlier is None:  # first loop step: no trial of this session has ended yet
             self._earlier = sum(t.status == "TERMINATED" for t in trials)
+        self._slots = max(self._slots, sum(t.status == "RUNNING" for t in trials))
         if self._live is not None:
             self._live.update(self._line(trials))
 
@@ -129,17 +132,26 @@ class SweepProgress(Callback):
         if record is not None:
             who = f"{record.variant_name} seed {record.seed}"
             status = f"{record.status} in {record.wall_s:.0f} s"
+            self._walls.append(record.wall_s)
             if record.status == "failed" and record.error:
                 tail = f" | {record.error.splitlines()[0][:160]}"
-            else:
+            elif record.objectives:
                 tail = " | " + ", ".join(score_text(k, v) for k, v in record.objectives.items())
         left = self.total - done
-        # the rate of this session's trials: a resumed sweep's earlier ones took no time here
-        eta = f", about {_clock(elapsed / this_session * left)} left" if left > 0 else ""
+        eta = f", about {_clock(self._time_left(elapsed, this_session, left))} left" if left else ""
         return (
             f"{self.name}: trial {done}/{self.total} {who}: {status}{tail} | "
             f"elapsed {_clock(elapsed)}{eta}"
         )
+
+    def _time_left(self, elapsed: float, finished: int, left: int) -> float:
+        """The trials left at this session's pace. With stored wall times: their mean times the
+        trials left, shared by the slots that ran at once (trials that run side by side finish
+        together, so elapsed / finished would count the first ones' time twice); else elapsed
+        / finished (a resumed sweep's earlier trials took no time here)."""
+        if self._walls:
+            return sum(self._walls) / len(self._walls) * left / min(self._slots, left)
+        return elapsed / finished * left
 
     def on_experiment_end(self, trials, **info) -> None:
         if self._live is not None:

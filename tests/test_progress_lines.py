@@ -109,6 +109,34 @@ def test_a_resumed_sweep_counts_the_trials_of_earlier_sessions(tmp_path, monkeyp
     assert line.endswith("elapsed 00:01:40, about 00:05:00 left"), line  # 3 left at 100 s
 
 
+def test_the_time_left_shares_the_trials_left_among_the_slots_that_run_at_once(tmp_path):
+    """Two trials of about 120 s run side by side: when the first ends, 20 are left, 10
+    rounds of 2, about 20 min (elapsed / finished would say 40 min)."""
+    import harness.progress as progress_module
+
+    for seed, wall in ((0, 120.0), (1, 124.0)):
+        record = store.TrialRecord(
+            trial_id=f"abc-s{seed}", variant_id="abc", variant_name="main", seed=seed,
+            status="ok", wall_s=wall, objectives={},
+        )  # fmt: skip
+        store.write_trial(tmp_path / "sweep", record)
+    now = [1000.0]
+    progress = SweepProgress("smoke:main", total=21, sweep_dir=tmp_path / "sweep")
+    running = [types.SimpleNamespace(status="RUNNING")] * 2
+    log = tmp_path / "log.txt"
+    with stdout_to(log), pytest.MonkeyPatch.context() as patch:
+        patch.setattr(progress_module.time, "time", lambda: now[0])
+        progress.setup()
+        progress.on_step_end(0, running)
+        now[0] += 122.0
+        progress.on_trial_result(1, [], None, {"trial_final": 1, "trial_key": "abc-s0"})
+        now[0] += 2.0
+        progress.on_trial_result(2, [], None, {"trial_final": 1, "trial_key": "abc-s1"})
+    first, second = log.read_text().splitlines()
+    assert first.endswith("elapsed 00:02:02, about 00:20:00 left"), first  # 120 s x 20 / 2
+    assert second.endswith("elapsed 00:02:04, about 00:19:19 left"), second  # 122 s x 19 / 2
+
+
 def test_the_clock_counts_hours_past_a_day():
     from harness.progress import _clock
 
