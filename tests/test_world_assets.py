@@ -142,11 +142,16 @@ def test_default_cache_name_follows_the_recipe(monkeypatch):
         asset_recipes.assets_cache_name("huge", 0)
 
 
-def test_prepare_offers_every_recipe():
+def test_prepare_and_the_spec_offer_every_recipe():
+    import typing
+
     from harness.commands import data
+    from harness.spec import WorldSpec
     from mage.world.asset_recipes import ASSET_CONFIGS
 
     assert set(data.RECIPES) == set(ASSET_CONFIGS)
+    literal = typing.get_args(WorldSpec.model_fields["assets"].annotation)[0]
+    assert set(typing.get_args(literal)) == set(ASSET_CONFIGS)
 
 
 def test_weights_are_hashed_and_checked(test_world, test_assets, tmp_path):
