@@ -80,7 +80,7 @@ class WorldSpec(_Strict):
     size: Literal["test", "demo"] = "demo"
     seed: int = Field(0, ge=0)
     dir: str | None = Field(None, description="default: $MAGE_WORLD_DIR or the user cache")
-    assets: Literal["test", "demo", "demo-lookup", "demo-plain"] | None = Field(
+    assets: Literal["test", "demo", "demo-4layer", "demo-lookup", "demo-plain"] | None = Field(
         None,
         description="asset recipe (mage.world.asset_recipes.ASSET_CONFIGS); default: the world's size",
     )

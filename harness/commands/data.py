@@ -30,7 +30,7 @@ from pathlib import Path
 
 SIZES = ("test", "demo")
 # mage.world.asset_recipes.ASSET_CONFIGS (a test checks)
-RECIPES = ("test", "demo", "demo-lookup", "demo-plain")
+RECIPES = ("test", "demo", "demo-4layer", "demo-lookup", "demo-plain")
 
 
 def register(sub: argparse._SubParsersAction) -> None:
@@ -112,7 +112,8 @@ def register(sub: argparse._SubParsersAction) -> None:
         choices=RECIPES,
         default=None,
         help=(
-            "asset recipe (default: --size); demo-lookup: the world LLM before its "
+            "asset recipe (default: --size); demo-4layer: the demo's earlier 4-layer world "
+            "LLM; demo-lookup: that LLM before its "
             "describe-from-context phase; demo-plain: the earlier world LLM, not drilled on "
             "lettered choice (see docs/cpu-world.md)"
         ),
