@@ -212,7 +212,7 @@ def test_shipped_demo_assets_match_the_recipe():
         assert stamp["weights_sha256"] == asset_recipes.weights_sha256(folder / name), name
         assert stamp["threads"] == cfg.threads
     total = sum(p.stat().st_size for p in folder.rglob("*") if p.is_file())
-    assert total < 12 * 2**20  # about 11 MB, 3 MB of it world-resnet's unused attention pool
+    assert total < 9 * 2**20  # about 8 MB, 3 MB of it world-resnet's unused attention pool
 
 
 def test_assets_follow_the_training_inputs_only(test_world, test_assets, tmp_path):

@@ -21,7 +21,7 @@ misalign with the images. The recipes, fingerprints and reproducibility rules ar
 `mage.world.asset_recipes`; how each component is trained is in `mage.world.asset_training`.
 
 Shipped: the repository carries the ``demo`` recipe's three prepared components for the demo
-world (`SHIPPED_DIR`, about 11 MB; world-resnet's 5.7 MB include a 3 MB attention-pool head
+world (`SHIPPED_DIR`, about 8 MB; world-resnet's 5.7 MB include a 3 MB attention-pool head
 the tower does not use, kept because it is what the recipe writes). A shipped component whose
 fingerprint is the one this code would build (recipe, threads, world training inputs) is
 copied instead of trained (on 2 cores the LLM takes about 15 min, world-vit 83 s,
