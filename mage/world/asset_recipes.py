@@ -75,9 +75,10 @@ _LOOKUP_LLM = replace(
 )
 
 # The 4-layer world LLM (recipe demo-4layer; the demo's until the 2-layer one below): the
-# lookup LLM, then a last phase of 800 steps with its own schedule that adds describe-from-context drills (the caption's objects
-# in a random order in the prompt, the caption as the reply) to the mix, so that the LLM
-# reads what its context says (docs/cpu-world.md, "Describe from context").
+# lookup LLM, then a last phase of 800 steps with its own schedule that adds
+# describe-from-context drills (the caption's objects in a random order in the prompt, the
+# caption as the reply) to the mix, so that the LLM reads what its context says
+# (docs/cpu-world.md, "Describe from context").
 _DESCRIBE_LLM = replace(
     _LOOKUP_LLM,
     final_steps=800,

@@ -24,8 +24,8 @@ Shipped: the repository carries the ``demo`` recipe's three prepared components 
 world (`SHIPPED_DIR`, about 8 MB; world-resnet's 5.7 MB include a 3 MB attention-pool head
 the tower does not use, kept because it is what the recipe writes). A shipped component whose
 fingerprint is the one this code would build (recipe, threads, world training inputs) is
-copied instead of trained (on 2 cores the LLM takes about 15 min, world-vit 83 s,
-world-resnet 52 s), its weights checked against the SHA-256 its
+copied instead of trained (on 2 cores the LLM takes about 8.5 min, world-vit 42 s,
+world-resnet 32 s), its weights checked against the SHA-256 its
 ``fingerprint.json`` records. ``mage-harness prepare --from-recipe`` trains every component
 and says whether the weights equal the shipped ones.
 """
