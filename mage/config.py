@@ -48,6 +48,12 @@ class VisionConfig(_Section):
     drop_cls: bool | None = None
     image_size: int | None = Field(None, gt=0)
     frozen: bool = True
+    feature_cache: str | None = Field(
+        None,
+        description="folder of precomputed tower outputs of the training images ({assets}, "
+        "{data} filled in): training reads them instead of decoding images and running the "
+        "tower; needs a frozen tower (mage.feature_cache)",
+    )
 
     @field_validator("encoder")
     @classmethod
@@ -257,6 +263,37 @@ class MageConfig(_Section):
             )
         return self
 
+    @model_validator(mode="after")
+    def _feature_cache_needs_a_frozen_tower(self) -> MageConfig:
+        if self.vision.feature_cache is None:
+            return self
+        training = [s for s in ("stage1", "stage2") if "vision" in getattr(self, s).trainable]
+        if not self.vision.frozen or training:
+            where = (
+                f"{training[0]}.trainable holds 'vision'" if training else "vision.frozen is false"
+            )
+            raise ValueError(
+                f"vision.feature_cache needs a frozen tower, but {where}: cached features "
+                "would not follow the tower's training; set vision.feature_cache to null"
+            )
+        return self
+
+    def data_root(self) -> str | None:
+        """What ``{data}`` stands for: ``data_dir``, else ``$MAGE_DATA_DIR`` (None: neither)."""
+        return self.data_dir or os.environ.get("MAGE_DATA_DIR")
+
+    def feature_cache_dir(self) -> str | None:
+        """``vision.feature_cache`` with ``{assets}`` and ``{data}`` filled in."""
+        folder = registry.fill_placeholders(self.vision.feature_cache, self.assets_dir)
+        if folder and "{data}" in folder:
+            root = self.data_root()
+            if root is None:
+                raise ConfigError(
+                    "vision.feature_cache uses {data} but neither data_dir nor $MAGE_DATA_DIR is set"
+                )
+            folder = folder.replace("{data}", root)
+        return folder
+
     def encoder_spec(self) -> registry.EncoderSpec:
         """The vision registry entry with this config's overrides and paths filled in."""
         return registry.resolve_encoder(self.vision, self.assets_dir)
@@ -266,7 +303,7 @@ class MageConfig(_Section):
 
     def data_sources(self, stage: str) -> list[DataSource]:
         """The stage's data sources with ``{data}`` filled in (configs stay machine-free)."""
-        root = self.data_dir or os.environ.get("MAGE_DATA_DIR")
+        root = self.data_root()
         sources = []
         for source in getattr(self, stage).data:
             fields = source.model_dump()

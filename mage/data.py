@@ -49,7 +49,9 @@ class ConversationDataset(torch.utils.data.Dataset):
     """Records of several LLaVA-format sources, one index space (source after source).
 
     ``dataset[i]`` is ``(record, image, skipped)``: the decoded RGB image (None for a text-only
-    record, or a bad image when ``on_bad_image="skip"``; ``skipped`` then says why)."""
+    record, or a bad image when ``on_bad_image="skip"``; ``skipped`` then says why). With
+    ``decode_images=False`` the image's path stands in for it (its features are cached:
+    `mage.feature_cache`)."""
 
     def __init__(
         self,
@@ -58,6 +60,7 @@ class ConversationDataset(torch.utils.data.Dataset):
         caption_from_reply: bool = False,
         on_bad_image: str = "error",
         records_dir: str | Path | None = None,
+        decode_images: bool = True,
     ):
         if not sources:
             raise DataError("no training data: the stage's `data` list is empty")
@@ -67,6 +70,7 @@ class ConversationDataset(torch.utils.data.Dataset):
         self.sizes = [len(t) for t in self.tables]
         self.offsets = np.cumsum([0, *self.sizes])
         self.on_bad_image = on_bad_image
+        self.decode_images = decode_images
 
     def __len__(self) -> int:
         return int(self.offsets[-1])
@@ -93,6 +97,10 @@ class ConversationDataset(torch.utils.data.Dataset):
         """The record ids of one source, in order."""
         return list(self.tables[part]["id"])
 
+    def image_paths(self) -> list[str]:
+        """Every distinct image path of the data, sorted."""
+        return sorted({p for t in self.tables for p in t["image"] if p})
+
     def column(self, name: str) -> np.ndarray:
         """A column over all sources (``num_words``, ``has_image``), for length grouping."""
         return np.concatenate([np.asarray(t[name]) for t in self.tables])
@@ -116,6 +124,8 @@ class ConversationDataset(torch.utils.data.Dataset):
 
     def __getitem__(self, index: int) -> tuple[Record, Image.Image | None, str | None]:
         record = self.record(index)
+        if not self.decode_images:
+            return record, record.image_path, None
         image, skipped = self._load(record)
         return record, image, skipped
 
@@ -206,7 +216,9 @@ def pad_left(sequences: list[list[int]], pad_id: int) -> tuple[torch.Tensor, tor
 
 
 class Collator:
-    """Turns records into a training batch for `MageModel.forward`."""
+    """Turns records into a training batch for `MageModel.forward`: ``pixel_values`` from the
+    images, or with ``features`` (a `mage.feature_cache.FeatureCache`, the dataset giving
+    image paths) the tower's cached outputs as ``image_features``."""
 
     def __init__(
         self,
@@ -216,7 +228,9 @@ class Collator:
         num_image_tokens: int,
         max_length: int,
         with_captions: bool,
+        features=None,
     ):
+        self.features = features
         self.tokenizer = tokenizer
         self.template = template
         self.preprocess = preprocess
@@ -249,7 +263,10 @@ class Collator:
         batch = {"input_ids": input_ids, "attention_mask": attention_mask, "labels": label_ids}
         if skipped:
             batch["skipped"] = skipped
-        if images:
+        if self.features is not None:  # even with no image: the model then knows no rank
+            rows = [self.features.get(p) for p in images]  # runs the tower (FSDP)
+            batch["image_features"] = torch.stack(rows) if rows else self.features.empty()
+        elif images:
             batch["pixel_values"] = self.preprocess(images)
         if any(c is not None for c in captions):
             cap_ids = [

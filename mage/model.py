@@ -38,7 +38,7 @@ class MageOutput:
     loss: torch.Tensor | None
     ce_loss: torch.Tensor | None
     mse_loss: torch.Tensor | None
-    logits: torch.Tensor
+    logits: torch.Tensor  # [batch, length, vocab]; with labels [target tokens, vocab]
     ce_sum: torch.Tensor | None = None  # summed token cross-entropy
     ce_tokens: torch.Tensor | None = None  # target tokens it sums over
     mse_sum: torch.Tensor | None = None  # summed per-sample MSE
@@ -134,7 +134,10 @@ class MageModel(nn.Module):
     # ---- forward -------------------------------------------------------------------------
     def encode_images(self, pixel_values: torch.Tensor) -> torch.Tensor:
         """[B, 3, H, W] -> image tokens [B, num_image_tokens, hidden]."""
-        features = self.vision(pixel_values.to(self.vision.dtype))
+        return self.project_features(self.vision(pixel_values.to(self.vision.dtype)))
+
+    def project_features(self, features: torch.Tensor) -> torch.Tensor:
+        """The tower's outputs [B, patches, dim] (live or cached) -> image tokens."""
         tokens = self.projector(features.to(next(self.projector.parameters()).dtype))
         # Blind control: zero tokens, kept in the graph so a stage that trains only the IAN runs.
         return tokens * 0.0 if self.config.blind else tokens
@@ -166,20 +169,33 @@ class MageModel(nn.Module):
         caption_ids=None,
         caption_mask=None,
         mse_weight: float | None = None,
+        image_features=None,
     ) -> MageOutput:
-        image_tokens = self.encode_images(pixel_values) if pixel_values is not None else None
+        """``image_features``: the frozen tower's outputs (`mage.feature_cache`) in place of
+        ``pixel_values``."""
+        cached = image_features is not None  # a micro-batch without images: 0 rows
+        image_tokens = None
+        if cached and image_features.shape[0]:
+            image_tokens = self.project_features(image_features)
+        elif pixel_values is not None:
+            image_tokens = self.encode_images(pixel_values)
         # before the LLM, where a rank with images runs the tower: under FSDP a trainable
         # tower gathers its weights in the same order on every rank
-        idle = self._idle_image_path() if image_tokens is None and self.training else None
-        logits = self._run_llm(self.embed(input_ids, image_tokens), attention_mask).logits
-        out = MageOutput(None, None, None, logits)
-        if labels is not None:
-            targets = labels[:, 1:].flatten()
+        idle = self._idle_image_path(cached) if image_tokens is None and self.training else None
+        embeds = self.embed(input_ids, image_tokens)
+        if labels is None:
+            logits = self._run_llm(embeds, attention_mask).logits
+            out = MageOutput(None, None, None, logits)
+        else:
+            # The LM head and softmax only where a next token is a target (the answers, not
+            # the prompt and image): the same loss, [targets, vocab] logits instead of
+            # [batch, length, vocab] (a 32k vocabulary at 2k tokens is GBs).
+            predicts = F.pad(labels[:, 1:] != IGNORE_INDEX, (0, 1))
+            logits = self._run_llm(embeds, attention_mask, logits_to_keep=predicts).logits
+            out = MageOutput(None, None, None, logits)
+            targets = labels[:, 1:][predicts[:, :-1]]
             out.ce_sum = F.cross_entropy(
-                logits[:, :-1].flatten(0, 1).float(),
-                targets,
-                ignore_index=IGNORE_INDEX,
-                reduction="sum",
+                logits.flatten(0, -2).float(), targets, ignore_index=IGNORE_INDEX, reduction="sum"
             )
             if idle is not None:
                 out.ce_sum = out.ce_sum + 0.0 * idle
@@ -199,12 +215,16 @@ class MageModel(nn.Module):
             out.loss = out.ce_loss + weight * out.mse_loss
         return out
 
-    def _idle_image_path(self) -> torch.Tensor:
+    def _idle_image_path(self, cached: bool = False) -> torch.Tensor:
         """The tower and connector on one blank image, summed, for a micro-batch without
         images: every FSDP unit then runs its forward and backward on every rank (a rank that
         skipped them would wait on collectives the others never start), and the loss keeps a
         gradient path when every image of a batch was skipped. Added times 0 to the loss
-        (LLaVA does the same for text-only batches)."""
+        (LLaVA does the same for text-only batches). With cached features (``cached``) no rank
+        runs the tower, so only the connector runs, on one row of zero features."""
+        if cached:
+            zeros = torch.zeros(1, self.vision.num_patches, self.vision.feature_dim)
+            return self.project_features(zeros.to(self.device)).float().sum()
         size = self.vision.image_size
         blank = torch.zeros(1, 3, size, size, device=self.device)
         return self.encode_images(blank).float().sum()

@@ -68,6 +68,21 @@ def _one_batch(cfg, model, stage="stage1", with_captions=True):
     return collate([ds[i] for i in range(4)])
 
 
+def test_the_loss_from_target_logits_equals_the_loss_over_every_position(tiny):
+    cfg, model = tiny
+    batch = _one_batch(cfg, model, "stage2")
+    out = model(**batch)
+    full = model(**{k: v for k, v in batch.items() if k != "labels"}).logits
+    targets = batch["labels"][:, 1:]
+    expected = torch.nn.functional.cross_entropy(
+        full[:, :-1].flatten(0, 1), targets.flatten(), ignore_index=-100, reduction="sum"
+    )
+    assert out.logits.shape == (int((targets != -100).sum()), full.shape[-1])
+    assert out.logits.shape[0] < targets.numel()  # the prompt's positions were left out
+    assert torch.allclose(out.ce_sum, expected, rtol=1e-5)
+    assert int(out.ce_tokens) == int((targets != -100).sum())
+
+
 def test_loss_is_ce_plus_weighted_mse(tiny):
     cfg, model = tiny
     batch = _one_batch(cfg, model)

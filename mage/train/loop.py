@@ -14,6 +14,8 @@ group, torchrun); it knows no dataset in particular and nothing of Ray:
   1 worker x b with accumulation 2 train the same model (to float tolerance);
 - AdamW with a cosine schedule and warmup, gradient clipping, a check for a non-finite loss
   (on every rank at once, so none is left waiting);
+- with ``vision.feature_cache``, the frozen tower's outputs come from `mage.feature_cache`
+  (built on first use) instead of decoded images;
 - checkpoints (`mage.train.checkpoint`, DCP) every ``checkpoint_every`` steps; a call resumes
   from the newest complete one under ``out_dir/checkpoints``.
 
@@ -32,6 +34,7 @@ import torch.distributed as dist
 
 from mage.config import MageConfig
 from mage.data import Collator, ConversationDataset
+from mage.feature_cache import FeatureCache
 from mage.train.checkpoint import CheckpointManager
 from mage.train.parallel import distributed, prepare_model
 from mage.train.pipeline import RankMicroBatches, global_batches, rank_loader
@@ -101,6 +104,12 @@ def train_stage(
     batches = global_batches(dataset, stage_cfg, cfg.seed, stage)
     sampler_probe = RankMicroBatches(batches, rank, world, stage_cfg.batch_size)  # checks N
     autocast = prepare_model(model, cfg, stage, device)
+    features = None
+    if cfg.vision.feature_cache:  # after prepare_model: the tower as this stage runs it
+        features = FeatureCache.ensure(
+            cfg.feature_cache_dir(), model.vision, dataset.image_paths(), cfg.data_root()
+        )
+        dataset.decode_images = False
     optimizer, scheduler = build_optimizer(model, stage_cfg, batches.total_steps)
     params = [p for group in optimizer.param_groups for p in group["params"]]
     checkpoints = CheckpointManager(Path(out_dir) / "checkpoints", cfg.seed, stage)
@@ -117,6 +126,7 @@ def train_stage(
         model.num_image_tokens,
         cfg.max_length,
         with_captions=mse_weight > 0,
+        features=features,
     )
     loader = rank_loader(
         dataset,

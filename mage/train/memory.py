@@ -15,7 +15,8 @@ by part and by what the stage trains, then laid out as `mage.train.parallel` lay
   by an SDPA/flash kernel, no seq^2 term), about ``(6*h + 3*i)`` when it is frozen (a frozen
   linear layer's input is not kept), or with activation checkpointing one hidden state per
   layer plus one layer recomputed; plus the logits (compute dtype) and their fp32 copy for the
-  cross-entropy.
+  cross-entropy, counted at every token (an upper bound: training computes them only where the
+  next token is a target, `MageModel.forward`).
 
 An estimate, not a measurement: allocator fragmentation, CUDA context (~1 GiB), communication
 buffers and the image-token expansion are not in it. ``mage-harness bench train`` measures.

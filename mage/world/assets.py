@@ -80,7 +80,7 @@ def prepare_assets(
     With ``shipped`` (the default), assets shipped with the package for this recipe and world
     are copied instead of trained. ``progress``: a bar on a terminal, else one line per
     finished phase. ``features=True`` also caches both encoders' features of the training
-    images (`mage.world.features`)."""
+    images (`cache_features`)."""
     if size not in ASSET_CONFIGS:
         raise AssetsError(f"unknown assets size {size!r}; choose one of {sorted(ASSET_CONFIGS)}")
     cfg = ASSET_CONFIGS[size]
@@ -221,11 +221,29 @@ def shipped_mismatch(folder: Path, names: list[str], training_hash: str) -> str 
 
 def _with_features(paths: WorldPaths, out_dir: Path, features: bool) -> Path:
     if features:
-        from mage.world.features import cache_features
-
-        for name in encoders.ENCODER_IDS:
-            cache_features(paths, out_dir, name)
+        cache_features(paths, out_dir)
     return out_dir
+
+
+def cache_features(world: WorldPaths | str | Path, assets_dir: str | Path) -> list[Path]:
+    """Both encoders' outputs on the world's training images, in ``assets_dir/features``
+    (`mage.feature_cache`: what a preset with ``vision.feature_cache: {assets}/features``
+    reads, so its first trial need not build them). Returns the files."""
+    from mage.config import VisionConfig
+    from mage.feature_cache import FeatureCache
+    from mage.registry import resolve_encoder
+    from mage.vision import build_vision_tower
+
+    paths, _ = resolve_world(world)
+    check_assets(assets_dir, paths)
+    records = [r for part in (paths.stage1, paths.stage2) for r in json.loads(part.read_text())]
+    images = sorted({str(paths.root / r["image"]) for r in records if r.get("image")})
+    out = []
+    for name in encoders.ENCODER_IDS:
+        tower = build_vision_tower(resolve_encoder(VisionConfig(encoder=name), str(assets_dir)))
+        cache = FeatureCache.ensure(Path(assets_dir) / "features", tower, images, paths.root)
+        out.append(cache.path)
+    return out
 
 
 def check_assets(assets_dir: str | Path, world: WorldPaths | str | Path | None = None) -> dict:
