@@ -19,7 +19,7 @@ from typing import Any, Literal
 
 import numpy as np
 
-from harness.spec import SpecError, SweepSpec
+from harness.spec import EXHAUSTIVE, SpecError, SweepSpec
 from mage.config import ConfigError, MageConfig, get_dotted, set_dotted
 
 
@@ -173,6 +173,16 @@ def _random_points(spec: SweepSpec, base: MageConfig) -> list[dict[str, Any]]:
     return points
 
 
+def one_at_a_time_points(spec: SweepSpec) -> list[dict[str, Any]]:
+    """The centre (every axis at its first value), then each other value of each axis with
+    the rest at the centre: the rows of a paper's ablation table."""
+    centre = {name: axis.values[0] for name, axis in spec.axes.items()}
+    points = [centre]
+    for name, axis in spec.axes.items():
+        points += [{**centre, name: value} for value in axis.values[1:]]
+    return points
+
+
 def plan_sweep(spec: SweepSpec, presets: dict[str, Any] | None = None) -> SweepPlan:
     """Resolve a spec into variants; every config is built, so bad values fail here."""
     if presets is None:
@@ -188,9 +198,11 @@ def plan_sweep(spec: SweepSpec, presets: dict[str, Any] | None = None) -> SweepP
         points = [{}]
         for name, axis in spec.axes.items():
             points = [{**p, name: v} for p in points for v in axis.values]
+    elif spec.search == "one_at_a_time":
+        points = one_at_a_time_points(spec)
     elif spec.search == "random":
         points = _random_points(spec, base)
-    kind = "grid" if spec.search == "grid" else "sampled"
+    kind = "grid" if spec.search in EXHAUSTIVE else "sampled"
     plan.variants = [plan.variant(plan.axis_overrides(p), kind) for p in points]
     for b in spec.baselines:
         overrides = {**b.overrides, **({"blind": True} if b.blind else {})}

@@ -8,6 +8,9 @@ Axes are dotted config paths (``ian.depth``). An axis whose name is not a config
 values are mappings is a *bundle*: each value sets several fields together (e.g. an encoder
 with the SEB stride that divides its patch grid). ``values`` is a grid; ``choices`` or
 ``{low, high, log, step}`` are sampled by ``search: optuna`` (TPE) or ``search: random``.
+``search: one_at_a_time`` reads ``values`` as a paper's ablation table does: the first value
+of every axis is the centre, and each other value is tried with every other axis at its
+centre (1 + the other values' count variants, not their product).
 """
 
 from __future__ import annotations
@@ -22,6 +25,7 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_valida
 
 from mage.config import ConfigError, describe_error
 
+EXHAUSTIVE = ("grid", "one_at_a_time")  # designs that run every variant they list
 MAX_SEEDS = 10_000  # seeds per variant a spec may ask for as a number
 
 
@@ -265,7 +269,7 @@ class SweepSpec(_Strict):
     eval_data_dir: str | None = Field(None, description="benchmark data for evaluate()")
     assets_dir: str | None = Field(None, description="prepared assets; default $MAGE_ASSETS_DIR")
     axes: dict[str, AxisSpec] = Field(default_factory=dict)
-    search: Literal["grid", "optuna", "random"] = "grid"
+    search: Literal["grid", "one_at_a_time", "optuna", "random"] = "grid"
     search_seed: int = Field(0, ge=0)
     optuna_storage: str | None = Field(
         None, description="SQLAlchemy URL of the Optuna study; default sqlite in the sweep folder"
@@ -326,22 +330,23 @@ class SweepSpec(_Strict):
         self._absolute_paths()
         if self.world is not None and self.data_dir is not None:
             raise ValueError("give `world:` (synthetic data) or `data_dir:` (real data), not both")
-        if self.search == "grid":
+        if self.search in EXHAUSTIVE:
             if self.num_samples is not None:
                 raise ValueError(
-                    "num_samples is for search: optuna or random; a grid is exhaustive"
+                    f"num_samples is for search: optuna or random; search: {self.search} "
+                    "runs every variant it implies"
                 )
             for name, axis in self.axes.items():
                 if axis.kind != "values":
                     raise ValueError(
-                        f"axes[{name!r}]: a grid needs `values: [...]`; ranges and `choices` "
-                        "are sampled by search: optuna or random"
+                        f"axes[{name!r}]: search: {self.search} needs `values: [...]`; ranges "
+                        "and `choices` are sampled by search: optuna or random"
                     )
         elif self.num_samples is None:
             raise ValueError(f"search: {self.search} needs num_samples (variants to sample)")
         elif not self.axes:
             raise ValueError(f"search: {self.search} needs at least one axis")
-        if self.search != "grid" and self.early_stopping and len(self.seed_list) > 1:
+        if self.search not in EXHAUSTIVE and self.early_stopping and len(self.seed_list) > 1:
             raise ValueError(
                 "early_stopping with search: optuna/random and several seeds is refused: seeds "
                 "are repeats of one sampled variant (Tune's Repeater), which early stopping "
@@ -376,6 +381,8 @@ class SweepSpec(_Strict):
         variants = self.num_samples or 0
         if self.search == "grid":
             variants = math.prod(len(axis.values) for axis in self.axes.values())
+        elif self.search == "one_at_a_time":
+            variants = 1 + sum(len(axis.values) - 1 for axis in self.axes.values())
         return (variants + len(self.baselines)) * len(self.seed_list)
 
     @property

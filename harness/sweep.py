@@ -63,7 +63,12 @@ from harness.trial import TrialFn
 from harness.tune_trial import StoreCallback
 from mage.io import atomic_write_text
 
-PHASES = {"grid": ["main"], "random": ["main"], "optuna": ["baselines", "search"]}
+PHASES = {
+    "grid": ["main"],
+    "one_at_a_time": ["main"],
+    "random": ["main"],
+    "optuna": ["baselines", "search"],
+}
 
 
 # --------------------------------------------------------------------------------------

@@ -139,7 +139,16 @@ def collect_variants(data: SweepData, objective_means: dict[str, float] | None =
     ]
     rows = _order(rows, data, axes)
     baseline_id = _resolve_baseline(data, rows, notes)
-    reference = _reference_point(rows, axes, baseline_id, objective_means or {}, notes)
+    centre = _centre(data.spec, axes) if data.spec.get("search") == "one_at_a_time" else {}
+    if centre:  # a one-at-a-time design: its slices go through the centre
+        reference = centre
+        notes.append(
+            "ablation slices go through the one-at-a-time centre ("
+            + ", ".join(f"{field_label(a)} = {format_value(v)}" for a, v in centre.items())
+            + "): each axis row changes one thing."
+        )
+    else:
+        reference = _reference_point(rows, axes, baseline_id, objective_means or {}, notes)
     return Variants(rows, fields, axes, baseline_id, reference, tuple(notes))
 
 
@@ -270,7 +279,8 @@ def _reference_point(
     notes: list[str],
 ) -> dict[str, Any]:
     """Axis values that ablation slices hold fixed: the baseline's when it is a grid variant,
-    else those of the grid variant with the best objective mean."""
+    else those of the grid variant with the best objective mean (a one-at-a-time design's
+    centre replaces either: `_centre`)."""
     grid = rows[rows["is_grid"]]
     if grid.empty:
         return {}
@@ -288,6 +298,12 @@ def _reference_point(
             "because the report baseline is not a grid point."
         )
     return {a: native(source[a]) for a in axes if a in source}
+
+
+def _centre(spec: dict, axes: tuple[str, ...]) -> dict[str, Any]:
+    """A one-at-a-time design's centre: each axis at its first value (`harness.plan`)."""
+    values = {name: (axis or {}).get("values") for name, axis in (spec.get("axes") or {}).items()}
+    return {a: native(values[a][0]) for a in axes if values.get(a)}
 
 
 def _rank_value(mean: float | None) -> float:

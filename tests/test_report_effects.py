@@ -259,3 +259,21 @@ def test_intervals_that_do_not_resample_items_are_named(tmp_path, summary):
     assert not any("no per-item" in n for n in notes)
     seeds_only = next(n for n in notes if n.startswith("intervals over seeds only"))
     assert "MME-P" in seeds_only and "SEED" in seeds_only
+
+
+def test_a_one_at_a_time_design_slices_through_its_centre(tmp_path):
+    """search: one_at_a_time: the first values are the centre; each axis row compares a value
+    with the centre, not with the best-scoring variant (here depth 1 · λ 1)."""
+    root = make_effects_store(tmp_path / "oat")
+    manifest = json.loads((root / "manifest.json").read_text())
+    manifest["spec"]["search"] = "one_at_a_time"
+    manifest["spec"]["axes"] = {"ian.depth": {"values": [2, 1]},
+                                "loss.mse_weight": {"values": [0.0, 1.0]}}  # fmt: skip
+    (root / "manifest.json").write_text(json.dumps(manifest))
+    summary = summarize(load_sweep(root))
+    assert summary.variants.reference == {"ian.depth": 2, "loss.mse_weight": 0.0}
+    lines = effect_lines(summary)
+    weight = next(line for line in lines if line.startswith("MSE weight λ 1 vs 0"))
+    assert weight.startswith("MSE weight λ 1 vs 0 (IAN depth = 2)") and "MME-P +120.0" in weight
+    assert any(line.startswith("IAN depth 1 vs 2 (MSE weight λ = 0)") for line in lines)
+    assert any("one-at-a-time centre" in note for note in summary.variants.notes)

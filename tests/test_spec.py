@@ -82,7 +82,7 @@ def test_a_sweep_whose_variants_now_resolve_differently_is_not_continued(tmp_pat
             r"(?s)axes\['ian.depth'\] value -1.*ian.depth: Input should be greater",
         ),
         ({"axes": {"ian.stride": {"values": [3]}}}, r"ian.stride=3 does not divide"),
-        ({"axes": {"ian.depth": {"low": 0, "high": 3}}}, r"a grid needs `values"),
+        ({"axes": {"ian.depth": {"low": 0, "high": 3}}}, r"search: grid needs `values"),
         ({"axes": {"ian.depth": {"values": []}}}, r"`values` is empty"),
         ({"search": "optuna"}, r"needs num_samples"),
         ({"report": {"baseline": "nope"}}, r"report.baseline: 'nope' is not a variant"),
@@ -323,3 +323,18 @@ def test_a_sampled_integer_range_is_checked_value_by_value_and_a_bad_sample_is_r
     callback.handle(SimpleNamespace(config={"ian.stride": 3}), error=False)  # no exception
     refused = _refused({"ian.stride": 3, "__trial_index__": 0})
     assert refused["trial_status"] == "failed" and math.isnan(refused["objective"])
+
+
+def test_one_at_a_time_runs_the_centre_and_each_other_value_alone():
+    plan = plan_of(spec_with(search="one_at_a_time", axes={
+        "ian.depth": {"values": [1, 0, 2]}, "loss.mse_weight": {"values": [1.0, 0.0]}}))  # fmt: skip
+    main = [v.overrides for v in plan.variants if v.kind == "grid"]
+    assert main == [
+        {"ian.depth": 1, "loss.mse_weight": 1.0},  # the centre: first values
+        {"ian.depth": 0, "loss.mse_weight": 1.0},
+        {"ian.depth": 2, "loss.mse_weight": 1.0},
+        {"ian.depth": 1, "loss.mse_weight": 0.0},
+    ]
+    assert plan.num_trials == parse_spec(plan.spec.to_dict()).trial_count == (4 + 2) * 2
+    with pytest.raises(SpecError, match="search: one_at_a_time needs `values"):
+        parse_spec(spec_with(search="one_at_a_time", axes={"ian.depth": {"low": 0, "high": 2}}))
