@@ -41,12 +41,14 @@ def test_shipped_spec_validates_and_dry_runs(path, capsys):
 
 
 def test_smoke_is_a_measurable_cpu_sweep():
-    """The embedded default: the paper's axes on the synthetic world, the LLaVA baseline and
-    two controls declared as such, enough seeds for a seed-level test, 2 trials at a time."""
+    """The embedded default: the paper's axes on the synthetic world (one at a time from the
+    preset's depth 1 · λ 1), the LLaVA baseline and two controls declared as such, enough
+    seeds for a seed-level test, 2 trials at a time."""
     plan = _plan(ABLATIONS / "smoke.yaml")
     spec = plan.spec
-    grid = [v for v in plan.variants if v.kind == "grid"]
-    assert len(grid) == 4
+    grid = [v.overrides for v in plan.variants if v.kind == "grid"]
+    assert spec.search == "one_at_a_time" and len(grid) == 3
+    assert grid[0] == {"ian.depth": 1, "loss.mse_weight": 1.0}
     assert set(spec.axes) == {"ian.depth", "loss.mse_weight"}
     roles = {b.name: b.role for b in spec.baselines}
     baselines = {v.name: v.config for v in plan.variants if v.kind == "baseline"}

@@ -12,6 +12,11 @@ that was drilled on picking lettered options and, last, on describing what its c
 world ResNet, lettered choice reached the VLM on some seeds only (MMBench 1.0-16.0, SEED
 25.6-41.8 over 4 seeds); with the ViT every seed leaves chance (MMBench 9.4-20.8, SEED
 31.2-42.8; figures in docs/cpu-world.md).
+
+How it runs on one CPU thread per trial: the tower is frozen in both stages, so its outputs
+come from a cache (``vision.feature_cache``, built once per assets folder); stage 2's batches
+are grouped by length; batches load in the loop (no worker processes). Each of the three
+cut a stage's step time on 2 cores (docs/cpu-world.md, "Where the time goes").
 """
 
 from __future__ import annotations
@@ -41,7 +46,8 @@ def world_demo() -> MageConfig:
     return MageConfig(
         name="world-demo",
         max_length=192,
-        vision=VisionConfig(encoder="world-vit"),
+        # the tower is frozen in both stages: read its outputs from a cache, not the PNGs
+        vision=VisionConfig(encoder="world-vit", feature_cache="{assets}/features"),
         # a learned position per IAN token (world-resnet's conv features carry none)
         ian=IANConfig(
             projector="ian",
@@ -61,6 +67,7 @@ def world_demo() -> MageConfig:
             batch_size=16,
             lr=1e-3,
             warmup_ratio=0.05,
+            loader_workers=0,  # (both stages) a cached-feature lookup: worker processes cost more
         ),
         stage2=StageConfig(
             trainable=["ian", "llm"],
@@ -69,6 +76,9 @@ def world_demo() -> MageConfig:
             batch_size=16,
             lr=5e-4,
             warmup_ratio=0.05,
+            # a tool call is 3-4 times as long as a yes/no answer: batches of like lengths
+            group_by="length",
+            loader_workers=0,
         ),
     )
 
