@@ -177,7 +177,9 @@ class StageConfig(_Section):
         description="epoch order: LLaVA-style megabatches of one global batch sorted by length "
         "(and of one modality: image or text-only); none = plain permutation. Weighted draws "
         "(steps without epochs): either value sorts the draws of 16 steps by length, then "
-        "shuffles the batches cut from them",
+        "shuffles the batches cut from them; a step's loss is a mean over its target tokens, so "
+        "this also gives long samples (e.g. tool calls) fewer steps of their own, each weighing "
+        "as much as a step of short ones",
     )
     loader_workers: int = Field(
         2, ge=0, description="DataLoader worker processes per rank (0 = load in the loop)"

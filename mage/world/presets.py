@@ -14,9 +14,9 @@ world ResNet, lettered choice reached the VLM on some seeds only (MMBench 1.0-16
 31.2-42.8; figures in docs/cpu-world.md).
 
 How it runs on one CPU thread per trial: the tower is frozen in both stages, so its outputs
-come from a cache (``vision.feature_cache``, built once per assets folder); stage 2's batches
-are grouped by length; batches load in the loop (no worker processes). Each of the three
-cut a stage's step time on 2 cores (docs/cpu-world.md, "Where the time goes").
+come from a cache (``vision.feature_cache``, built once per assets folder), and batches load
+in the loop (no worker processes). Each cut a stage's step time on 2 cores (docs/cpu-world.md,
+"The smoke sweep: where the time goes").
 """
 
 from __future__ import annotations
@@ -76,8 +76,9 @@ def world_demo() -> MageConfig:
             batch_size=16,
             lr=5e-4,
             warmup_ratio=0.05,
-            # a tool call is 3-4 times as long as a yes/no answer: batches of like lengths
-            group_by="length",
+            # no group_by: with it, tool calls (3-4 times as long as a yes/no answer) came in
+            # a few steps of their own, each weighing as much as a step of one-token answers,
+            # and the right tool fell from 73-81% to 16-25% (docs/cpu-world.md)
             loader_workers=0,
         ),
     )
