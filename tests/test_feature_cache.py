@@ -115,3 +115,23 @@ def test_a_micro_batch_without_images_runs_the_connector_only(tiny, tmp_path):
     out.ce_sum.backward()
     assert torch.isfinite(out.ce_sum) and not ran  # the tower never ran
     assert any(p.grad is not None for p in model.projector.parameters())  # FSDP sees its unit
+
+
+def test_prepare_features_fills_the_cache_a_world_trial_reads(test_world, test_assets):
+    """`prepare --features` (`cache_features`) writes what a world-test stage then finds: the
+    tower as a trial builds it, every training image, keyed relative to the world folder."""
+    from mage.world.assets import cache_features
+
+    files = cache_features(test_world, test_assets)
+    assert len(files) == 2 and all(f.parent == test_assets / "features" for f in files)
+    cfg = get_preset("world-test").with_overrides(
+        {"data_dir": str(test_world.root), "assets_dir": str(test_assets)}
+    )
+    model = MageModel.build(cfg)
+    dataset = build_dataset(cfg, "stage1")
+    stamps = {f: f.stat().st_mtime_ns for f in files}
+    cache = FeatureCache.ensure(
+        cfg.feature_cache_dir(), model.vision, dataset.image_paths(), cfg.data_root()
+    )
+    assert cache.path in stamps and cache.path.stat().st_mtime_ns == stamps[cache.path]
+    assert all(not os.path.isabs(key) for key in cache.rows)
