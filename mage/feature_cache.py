@@ -48,7 +48,8 @@ def tower_fingerprint(tower) -> str:
                                        default=str).encode())  # fmt: skip
     for name, tensor in sorted(tower.state_dict().items()):
         digest.update(name.encode())
-        digest.update(tensor.detach().cpu().contiguous().view(torch.uint8).numpy().tobytes())
+        data = tensor.detach().cpu().contiguous().reshape(-1)  # 0-d (BatchNorm counts) too
+        digest.update(data.view(torch.uint8).numpy().tobytes())
     return digest.hexdigest()
 
 
