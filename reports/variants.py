@@ -303,6 +303,8 @@ def _reference_point(
 def _centre(spec: dict, axes: tuple[str, ...]) -> dict[str, Any]:
     """A one-at-a-time design's centre: each axis at its first value (`harness.plan`)."""
     values = {name: (axis or {}).get("values") for name, axis in (spec.get("axes") or {}).items()}
+    if any(isinstance(v[0], dict) for v in values.values() if v):
+        return {}  # a bundle axis: its stored label is not its value; the usual reference
     return {a: native(values[a][0]) for a in axes if values.get(a)}
 
 

@@ -109,7 +109,7 @@ def train_stage(
         features = FeatureCache.ensure(
             cfg.feature_cache_dir(), model.vision, dataset.image_paths(), cfg.data_root()
         )
-        dataset.decode_images = False
+        dataset.decode_images = False  # (a dataset passed in too) its paths stand for images
     optimizer, scheduler = build_optimizer(model, stage_cfg, batches.total_steps)
     params = [p for group in optimizer.param_groups for p in group["params"]]
     checkpoints = CheckpointManager(Path(out_dir) / "checkpoints", cfg.seed, stage)
