@@ -277,3 +277,15 @@ def test_a_one_at_a_time_design_slices_through_its_centre(tmp_path):
     assert weight.startswith("MSE weight λ 1 vs 0 (IAN depth = 2)") and "MME-P +120.0" in weight
     assert any(line.startswith("IAN depth 1 vs 2 (MSE weight λ = 0)") for line in lines)
     assert any("one-at-a-time centre" in note for note in summary.variants.notes)
+
+
+def test_a_one_at_a_time_spec_with_a_bundle_axis_keeps_the_usual_reference(tmp_path):
+    root = make_effects_store(tmp_path / "bundle")
+    manifest = json.loads((root / "manifest.json").read_text())
+    manifest["spec"]["search"] = "one_at_a_time"
+    manifest["spec"]["axes"]["tower"] = {"values": [{"vision.pretrained": "world"}]}
+    (root / "manifest.json").write_text(json.dumps(manifest))
+    summary = summarize(load_sweep(root))
+    reference = summary.variants.reference
+    assert (reference["ian.depth"], reference["loss.mse_weight"]) == (1, 1.0)  # best scored
+    assert not any("one-at-a-time centre" in note for note in summary.variants.notes)
