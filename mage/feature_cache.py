@@ -73,9 +73,6 @@ class FeatureCache:
     def __len__(self) -> int:
         return len(self.rows)
 
-    def __contains__(self, image_path) -> bool:
-        return image_key(image_path, self.root) in self.rows
-
     def get(self, image_path: str | Path) -> torch.Tensor:
         key = image_key(image_path, self.root)
         if key not in self.rows:
