@@ -21,6 +21,11 @@ import open_clip
 import torch
 from torch import nn
 
+from mage.clip_configs import (  # noqa: F401  (WORLD_*: re-exported, the tests read them here)
+    BUILTIN_CLIP_CFGS,
+    WORLD_RESNET_CLIP_CFG,
+    WORLD_VIT_CLIP_CFG,
+)
 from mage.registry import ENCODERS, EncoderSpec
 from mage.vision_hf import HFVisionTower
 from mage.vision_tower import (
@@ -32,21 +37,6 @@ from mage.vision_tower import (
 )
 
 _TRANSFORM_KEYS = ("size", "mean", "std", "resize_mode", "interpolation", "fill_color")
-
-# Text towers only matter to whoever pretrains these CLIPs; the vision tower keeps `.visual`.
-_TINY_TEXT_CFG = {"context_length": 16, "vocab_size": 64, "width": 32, "heads": 2, "layers": 1}
-WORLD_TEXT_CFG = {"context_length": 32, "vocab_size": 1024, "width": 64, "heads": 4, "layers": 2}
-TINY_VIT_CLIP_CFG = dict(embed_dim=32, text_cfg=_TINY_TEXT_CFG, vision_cfg=dict(
-    image_size=32, patch_size=8, width=32, layers=2, head_width=16))  # fmt: skip
-TINY_RESNET_CLIP_CFG = dict(embed_dim=32, text_cfg=_TINY_TEXT_CFG, vision_cfg=dict(
-    image_size=64, layers=[1, 1, 1, 1], width=8))  # fmt: skip
-# The synthetic world's encoders (kwargs of open_clip.CLIP); mage.world.assets pretrains them and
-# may replace text_cfg (e.g. vocab_size of the world tokenizer): the JSON it writes is what loads.
-WORLD_VIT_CLIP_CFG = dict(embed_dim=64, text_cfg=WORLD_TEXT_CFG, vision_cfg=dict(
-    image_size=64, patch_size=8, width=64, layers=2, head_width=16))  # fmt: skip
-WORLD_RESNET_CLIP_CFG = dict(embed_dim=64, text_cfg=WORLD_TEXT_CFG, vision_cfg=dict(
-    image_size=64, layers=[1, 1, 1, 1], width=16))  # fmt: skip
-BUILTIN_CLIP_CFGS = {"tiny-vit": TINY_VIT_CLIP_CFG, "tiny-resnet": TINY_RESNET_CLIP_CFG}
 
 
 class OpenClipTower(VisionTower):

@@ -18,37 +18,21 @@ import json
 import time
 from dataclasses import dataclass
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import numpy as np
-import open_clip
 import torch
 from PIL import Image
 from safetensors.torch import save_file
 
+from mage.clip_configs import WORLD_CLIP_CFGS
 from mage.world.vocab import world_tokenizer
+
+if TYPE_CHECKING:  # open_clip (with timm) takes seconds to import: only where a CLIP is built
+    import open_clip
 
 ENCODER_IDS = ("world-vit", "world-resnet")
 CONTEXT_LENGTH = 40
-
-# Fallback CLIP kwargs (vision part) when mage.vision does not define WORLD_*_CLIP_CFG.
-_DEFAULT_VISION = {
-    "world-vit": {
-        "embed_dim": 64,
-        "vision_cfg": {
-            "image_size": 64,
-            "patch_size": 8,
-            "width": 64,
-            "layers": 2,
-            "head_width": 16,
-            "mlp_ratio": 4.0,
-        },
-    },
-    "world-resnet": {
-        "embed_dim": 64,
-        "vision_cfg": {"image_size": 64, "layers": [1, 1, 1, 1], "width": 16, "head_width": 64},
-    },
-}
-_VISION_CONSTANTS = {"world-vit": "WORLD_VIT_CLIP_CFG", "world-resnet": "WORLD_RESNET_CLIP_CFG"}
 
 
 @dataclass(frozen=True)
@@ -61,15 +45,9 @@ class ClipTrainConfig:
 
 
 def clip_kwargs(encoder_id: str) -> dict:
-    """The CLIP kwargs for ``encoder_id``: mage.vision's constants if present, else defaults;
-    the text tower always matches the world tokenizer."""
-    base = _DEFAULT_VISION[encoder_id]
-    try:
-        from mage import vision  # the vision engineer's constants, when that module exists
-
-        base = getattr(vision, _VISION_CONSTANTS[encoder_id], base)
-    except ImportError:
-        pass
+    """The CLIP kwargs for ``encoder_id`` (`mage.clip_configs`); the text tower always matches
+    the world tokenizer."""
+    base = WORLD_CLIP_CFGS[encoder_id]
     cfg = copy.deepcopy({k: base[k] for k in ("embed_dim", "vision_cfg")})
     tok = world_tokenizer()
     text_cfg = dict(base.get("text_cfg") or {})
@@ -104,6 +82,8 @@ def load_images(paths: list[Path]) -> torch.Tensor:
 
 
 def normalise(images_u8: torch.Tensor) -> torch.Tensor:
+    import open_clip
+
     mean = torch.tensor(open_clip.OPENAI_DATASET_MEAN).view(1, 3, 1, 1)
     std = torch.tensor(open_clip.OPENAI_DATASET_STD).view(1, 3, 1, 1)
     return (images_u8.float() / 255.0 - mean) / std
@@ -118,6 +98,8 @@ def train_clip(
     on_step=None,
 ) -> tuple[open_clip.CLIP, dict, dict]:
     """Train a tiny CLIP; returns ``(model, clip_kwargs, log)``."""
+    import open_clip
+
     kwargs = clip_kwargs(encoder_id)
     torch.manual_seed(seed)
     model = open_clip.CLIP(**kwargs)
@@ -201,6 +183,7 @@ def save_clip(model: open_clip.CLIP, kwargs: dict, out_dir: Path) -> None:
 
 def load_clip(directory: str | Path) -> open_clip.CLIP:
     """Rebuild a saved world CLIP (for checks; the registry loads it through mage.vision)."""
+    import open_clip
     from safetensors.torch import load_file
 
     directory = Path(directory)

@@ -36,13 +36,16 @@ import re
 import time
 from dataclasses import dataclass
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import numpy as np
 import torch
-from transformers import LlamaConfig, LlamaForCausalLM, PreTrainedTokenizerBase
 
 from mage.template import IMAGE_TOKEN, get_template
 from mage.world import text
+
+if TYPE_CHECKING:  # transformers takes a second or two to import: only where an LLM is built
+    from transformers import LlamaForCausalLM, PreTrainedTokenizerBase
 
 IGNORE_INDEX = -100
 TEMPLATE = "world"
@@ -77,6 +80,8 @@ class TextLMConfig:
 
 
 def build_llm(tokenizer: PreTrainedTokenizerBase, cfg: TextLMConfig, seed: int) -> LlamaForCausalLM:
+    from transformers import LlamaConfig, LlamaForCausalLM
+
     config = LlamaConfig(
         vocab_size=len(tokenizer),
         hidden_size=cfg.hidden_size,
