@@ -104,18 +104,54 @@ def check_local_data(
     return {bench: records[bench] for bench in benchmarks}
 
 
+# MMBench task -> the lmms-eval aggregation (in lmms_eval.tasks.mmbench.en_utils) of its score
+MMBENCH_AGGREGATION = {
+    "mmbench_en_dev": "mmbench_aggregate_dev_results_eval",
+    "mmbench_en_dev_static": "mmbench_aggregate_dev_results_static",
+}
+
+
 def task_specs(
     benchmarks: Iterable[str], data_dir: str | Path | None, mmbench_scoring: str | None = None
 ) -> list[str | dict]:
-    """Task arguments for simple_evaluate: names, or load_from_disk overrides of them."""
+    """Task arguments for simple_evaluate: names, or load_from_disk overrides of them; MMBench
+    with `mmbench_metrics`."""
     names = task_names(benchmarks, mmbench_scoring)
-    if data_dir is None:
-        return list(names.values())
-    root = Path(data_dir).resolve()
+    specs: list[str | dict] = []
+    for bench, task in names.items():
+        spec: dict = {"task": task}
+        if data_dir is not None:
+            spec["dataset_path"] = str(Path(data_dir).resolve() / bench)
+            spec["dataset_kwargs"] = {"load_from_disk": True}
+        if bench == "mmbench":
+            spec["metric_list"] = mmbench_metrics(task)
+        specs.append(spec if len(spec) > 1 else task)
+    return specs
+
+
+def mmbench_metrics(task: str) -> list[dict]:
+    """The MMBench task's metric list with two changes that leave its score as it is:
+
+    - the score's aggregation is the task's own function, taken from the imported
+      ``lmms_eval.tasks.mmbench.en_utils`` (a task YAML's ``!function`` executes a fresh copy
+      of that module, whose evaluator nothing else can reach): so
+      `harness.eval_tables.kept_mmbench_verdicts` sees each verdict as it is reached, and a
+      GPT judge is asked once per question;
+    - the ``submission`` metric, which writes every row to an .xlsx for the MMBench server
+      (0.6 s an evaluation), writes nothing: a local dev split is not submitted.
+    """
+    from lmms_eval.tasks.mmbench import en_utils
+
+    score = getattr(en_utils, MMBENCH_AGGREGATION[task])
     return [
-        {"task": task, "dataset_path": str(root / b), "dataset_kwargs": {"load_from_disk": True}}
-        for b, task in names.items()
+        {"metric": "gpt_eval_score", "aggregation": score, "higher_is_better": True},
+        {"metric": "submission", "aggregation": _no_submission_file, "higher_is_better": True},
     ]
+
+
+def _no_submission_file(results: list, args=None) -> None:
+    """MMBench's ``submission`` aggregation without its .xlsx file (it returns None too)."""
+    return None
 
 
 def hub_records(benchmarks: Iterable[str], results: dict, names: dict[str, str]) -> dict:

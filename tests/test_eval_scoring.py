@@ -151,8 +151,9 @@ def test_a_failing_model_raises_instead_of_scoring_zero(bench_data_dir, tmp_path
 
 def test_mmbench_verdicts_lmms_eval_reached_are_reused_not_decided_again(yes_run, monkeypatch):
     """With GPT matching, deciding each circular question again for the derived tables would
-    call the API a second time (and might be answered otherwise): the verdicts lmms-eval's
-    own evaluator reached while scoring are kept and reused."""
+    call the API a second time (and might be answered otherwise); with static matching it
+    would redo the same work: the verdicts lmms-eval's own evaluator reached while scoring
+    are kept and reused, and equal what deciding again gives."""
     from lmms_eval.tasks.mmbench.mmbench_evals import MMBench_Evaluator
 
     _, out = yes_run
@@ -169,5 +170,38 @@ def test_mmbench_verdicts_lmms_eval_reached_are_reused_not_decided_again(yes_run
         raise AssertionError("decided again")
 
     monkeypatch.setattr(MMBench_Evaluator, "eval_sub_data", no_second_decision)
-    reused = eval_tables.mmbench_hits(logged, "openai", verdicts)
-    pd.testing.assert_frame_equal(reused, decided)
+    for method in ("openai", "static"):
+        reused = eval_tables.mmbench_hits(logged, method, verdicts)
+        pd.testing.assert_frame_equal(reused, decided)
+
+
+def test_the_mmbench_tables_get_the_verdicts_lmms_eval_reached(
+    bench_data_dir,  # noqa: F811
+    tmp_path,
+    offline,
+    monkeypatch,
+):
+    """A task YAML's ``!function`` runs its own copy of lmms-eval's MMBench module, whose
+    evaluator nothing else reaches: the task scores with the imported module's functions
+    (`harness.eval_tasks.mmbench_metrics`), so the tables are handed every verdict as
+    lmms-eval reached it (a GPT judge is asked once). The .xlsx meant for the MMBench server
+    is not written."""
+    given = []
+    decide = eval_tables.mmbench_hits
+
+    def spy(logged, method, verdicts=None):
+        given.append(dict(verdicts or {}))
+        return decide(logged, method, verdicts)
+
+    monkeypatch.setattr(eval_tables, "mmbench_hits", spy)
+    evaluate(
+        YesOrRandomLetterModel(),
+        tasks="mmbench",
+        data_dir=bench_data_dir,
+        out_dir=tmp_path,
+        batch_size=3,
+    )
+    items = pd.read_parquet(tmp_path / "items.parquet")
+    hits = {int(i): int(c) for i, c in zip(items["item_id"], items["correct"])}
+    assert len(given) == 1 and given[0] == hits and len(hits) > 1  # not {}: decided again
+    assert not list(tmp_path.rglob("*.xlsx"))
