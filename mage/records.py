@@ -6,10 +6,11 @@ exists; errors name the file and the record) into a Hugging Face ``datasets`` ta
 disk. Every later trial, rank and DataLoader worker opens that table memory-mapped instead of
 parsing a JSON of hundreds of thousands of records again, and nothing keeps decoded images.
 
-Tables live under a cache folder (``$MAGE_RECORDS_DIR``, default
-``~/.cache/mage-harness/records``; a sweep passes its own ``SWEEP_DIR/records`` so that every
-node of a cluster sees them), named by a hash of the file's path, size and modification time
-and of the parsing options, and built under a file lock, so concurrent trials build one table.
+Tables live under a cache folder (`default_records_dir`: ``$MAGE_RECORDS_DIR``, else
+``$MAGE_CACHE_DIR/records``, else ``~/.cache/mage-harness/records``; a sweep passes its own ``SWEEP_DIR/records`` so that every
+node of a cluster sees them, linked from and to the user's cache), named by a hash of the
+file's path, size and modification time and of the parsing options, and built under a file
+lock, so concurrent trials build one table.
 
 Columns: ``id``, ``conversations`` (the turns as JSON text), ``image`` (absolute path or
 None), ``caption`` (the record's own, or for caption data the first reply), ``kind``,
@@ -35,8 +36,12 @@ class DataError(ValueError):
 
 
 def default_records_dir() -> Path:
-    env = os.environ.get("MAGE_RECORDS_DIR")
-    return Path(env) if env else Path.home() / ".cache" / "mage-harness" / "records"
+    """``$MAGE_RECORDS_DIR``, else ``$MAGE_CACHE_DIR/records``, else
+    ``~/.cache/mage-harness/records``."""
+    if env := os.environ.get("MAGE_RECORDS_DIR"):
+        return Path(env)
+    root = os.environ.get("MAGE_CACHE_DIR") or Path.home() / ".cache" / "mage-harness"
+    return Path(root) / "records"
 
 
 def table_key(source: DataSource, caption_from_reply: bool) -> str:
@@ -145,29 +150,71 @@ def parse_records(source: DataSource, caption_from_reply: bool) -> dict[str, lis
 
 
 def record_table(source: DataSource, caption_from_reply: bool, cache_dir: str | Path | None = None):
-    """The source's records as a memory-mapped ``datasets.Dataset`` (built once, then reused)."""
+    """The source's records as a memory-mapped ``datasets.Dataset`` (built once, then reused).
+
+    ``cache_dir`` (a sweep's own folder) may differ from the user's cache
+    (`default_records_dir`): a table the user's cache already holds is linked from there
+    instead of parsed again (a second sweep of the same data starts seconds sooner), and a
+    table parsed here is linked there too. Both copies are written atomically."""
     import datasets
     from filelock import FileLock
 
-    from mage.io import atomic_path
-
-    folder = Path(cache_dir or default_records_dir()) / table_key(source, caption_from_reply)
+    key = table_key(source, caption_from_reply)
+    folder = Path(cache_dir or default_records_dir()) / key
+    shared = default_records_dir() / key
     folder.parent.mkdir(parents=True, exist_ok=True)
     with FileLock(str(folder) + ".lock"):
-        if not (folder / "dataset_info.json").is_file():
-            columns = parse_records(source, caption_from_reply)
-            table = datasets.Dataset.from_dict(columns, features=_features())
-            quiet = not datasets.utils.are_progress_bars_disabled()
-            if quiet:  # one table per source: no progress bar per save
-                datasets.utils.disable_progress_bars()
-            try:
-                with atomic_path(folder) as tmp:
-                    table.save_to_disk(str(tmp))
-            finally:
-                if quiet:
-                    datasets.utils.enable_progress_bars()
-            del table, columns
+        if not _is_table(folder):
+            if shared != folder and _is_table(shared):
+                _link_tree(shared, folder)
+            else:
+                _build_table(source, caption_from_reply, folder)
+                if shared != folder:
+                    try:
+                        _link_tree(folder, shared)
+                    except OSError:  # a read-only user cache only costs a parse next time
+                        pass
     return datasets.load_from_disk(str(folder))
+
+
+def _is_table(folder: Path) -> bool:
+    return (folder / "dataset_info.json").is_file()
+
+
+def _build_table(source: DataSource, caption_from_reply: bool, folder: Path) -> None:
+    import datasets
+
+    from mage.io import atomic_path
+
+    columns = parse_records(source, caption_from_reply)
+    table = datasets.Dataset.from_dict(columns, features=_features())
+    quiet = not datasets.utils.are_progress_bars_disabled()
+    if quiet:  # one table per source: no progress bar per save
+        datasets.utils.disable_progress_bars()
+    try:
+        with atomic_path(folder) as tmp:
+            table.save_to_disk(str(tmp))
+    finally:
+        if quiet:
+            datasets.utils.enable_progress_bars()
+
+
+def _link_tree(src: Path, dst: Path) -> None:
+    """``dst`` becomes a copy of the table ``src``, its files hard-linked where the file
+    system allows (a saved table's files are never written again), atomically."""
+    import shutil
+
+    from mage.io import atomic_path
+
+    def link_or_copy(a: str, b: str) -> None:
+        try:
+            os.link(a, b)
+        except OSError:
+            shutil.copy2(a, b)
+
+    dst.parent.mkdir(parents=True, exist_ok=True)
+    with atomic_path(dst) as tmp:
+        shutil.copytree(src, tmp, copy_function=link_or_copy)
 
 
 def _features():

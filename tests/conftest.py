@@ -7,15 +7,20 @@ world-llm) are session-scoped: built once, in seconds, and shared by every test 
 
 from __future__ import annotations
 
+import atexit
 import os
+import shutil
 import tempfile
 
 import pytest
 import torch
 
 torch.set_num_threads(1)
-# Parsed record tables (mage.records) go to a throwaway folder, not the user's cache.
-os.environ.setdefault("MAGE_RECORDS_DIR", tempfile.mkdtemp(prefix="mage-records-"))
+# Parsed record tables (mage.records) go to a throwaway folder, not the user's cache,
+# removed when the test run ends.
+if "MAGE_RECORDS_DIR" not in os.environ:
+    os.environ["MAGE_RECORDS_DIR"] = tempfile.mkdtemp(prefix="mage-records-")
+    atexit.register(shutil.rmtree, os.environ["MAGE_RECORDS_DIR"], ignore_errors=True)
 
 
 @pytest.fixture(scope="session", autouse=True)
