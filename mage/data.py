@@ -99,7 +99,12 @@ class ConversationDataset(torch.utils.data.Dataset):
 
     def image_paths(self) -> list[str]:
         """Every distinct image path of the data, sorted."""
-        return sorted({p for t in self.tables for p in t["image"] if p})
+        import pyarrow.compute as pc
+
+        found: set[str] = set()
+        for table in self.tables:  # in Arrow: a Python list of every row's path takes 0.4 s
+            found.update(p for p in pc.unique(table.with_format("arrow")["image"]).to_pylist() if p)
+        return sorted(found)
 
     def column(self, name: str) -> np.ndarray:
         """A column over all sources (``num_words``, ``has_image``), for length grouping."""

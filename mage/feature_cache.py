@@ -58,8 +58,8 @@ def image_key(path: str | Path, root: str | Path | None) -> str:
     path = os.path.abspath(path)
     if root is not None:
         root = os.path.abspath(root)
-        if path.startswith(root + os.sep):
-            return os.path.relpath(path, root)
+        if path.startswith(root + os.sep):  # both normalised: relpath's work, without its cost
+            return path[len(root) + len(os.sep) :]
     return path
 
 
@@ -114,12 +114,24 @@ def _metadata(keys: list[str]) -> dict[str, str]:
     return {"format": str(FORMAT), "images": json.dumps(keys)}
 
 
+# The file last read in this process, by identity: a sweep's trial process reads the same
+# file for each stage of each trial it runs (hundreds of MB), so it reads it once.
+_last_read: dict[tuple, tuple[list[str], torch.Tensor]] = {}
+
+
 def _read(path: Path) -> tuple[list[str], torch.Tensor]:
+    st = path.stat()
+    identity = (str(path.resolve()), st.st_size, st.st_mtime_ns, st.st_ino)
+    if identity in _last_read:
+        return _last_read[identity]
     with safe_open(str(path), framework="pt") as fh:
         meta = fh.metadata() or {}
         if meta.get("format") != str(FORMAT) or "images" not in meta:
             raise DataError(f"{path} is not a feature cache of this version; delete it to rebuild")
-        return json.loads(meta["images"]), fh.get_tensor("features")
+        found = json.loads(meta["images"]), fh.get_tensor("features")
+    _last_read.clear()
+    _last_read[identity] = found
+    return found
 
 
 def _open(path: str):
