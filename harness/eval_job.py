@@ -30,6 +30,14 @@ class EvalJob:
     max_new_tokens: int | None = None
     mmbench_scoring: str | None = None  # decided once by the sweep's driver
     threads: int = 1
+    loader_workers: int = 1  # processes decoding images ahead of generation (0: inline)
+
+
+def loader_workers_for(cpus: float) -> int:
+    """Image-decoding processes for an evaluation that holds ``cpus``: one when a CPU is spare
+    for it; none on one CPU, where it would only compete with generation (two sweep trials on
+    2 cores: 8.2 s an evaluation with one, 7.6 s without)."""
+    return 1 if cpus >= 2 else 0
 
 
 def run_eval(job: EvalJob, device=None) -> None:
@@ -60,6 +68,7 @@ def run_eval(job: EvalJob, device=None) -> None:
             limit=job.limit,
             max_new_tokens_cap=job.max_new_tokens,
             mmbench_scoring=job.mmbench_scoring,
+            loader_workers=job.loader_workers,
         )
         scores, items, record = [result.scores], [result.items], result.record
     if rank == 0:
@@ -97,7 +106,13 @@ def run_eval_on_workers(job: EvalJob, group) -> None:
     resources = {"CPU": group.cpus_per_worker}
     if group.use_gpu:
         resources["GPU"] = group.gpus_per_worker
-    job = EvalJob(**{**asdict(job), "threads": max(1, int(group.cpus_per_worker))})
+    job = EvalJob(
+        **{
+            **asdict(job),
+            "threads": max(1, int(group.cpus_per_worker)),
+            "loader_workers": loader_workers_for(group.cpus_per_worker),
+        }
+    )
     TorchTrainer(
         ray_eval_worker,
         train_loop_config=asdict(job),

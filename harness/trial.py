@@ -29,7 +29,7 @@ from typing import Any
 
 import pandas as pd
 
-from harness.eval_job import EvalJob
+from harness.eval_job import EvalJob, loader_workers_for
 from harness.fingerprint import stage_data_keys
 from harness.spec import SweepSpec
 from harness.stage_cache import content_hash, done_summary, eval_settings, is_done, stage_hash
@@ -314,6 +314,7 @@ def _eval_job(ctx: TrialContext, checkpoint: Path, data: TrialData, out: Path) -
         max_new_tokens=spec.eval_max_new_tokens,
         mmbench_scoring=spec.mmbench_scoring,
         threads=max(1, int(ctx.cpus)),
+        loader_workers=loader_workers_for(ctx.cpus),
     )
 
 

@@ -54,3 +54,27 @@ def test_an_in_process_trial_given_a_gpu_trains_and_scores_on_it(tmp_path, monke
     ctx.gpus = 0.0  # no GPU reserved: the CPU, even where one is visible
     trial._run_stage(ctx, job)
     assert devices == ["cuda", "cuda", None]
+
+
+@pytest.mark.parametrize(("cpus", "workers"), [(1.0, 0), (1.5, 0), (2.0, 1), (8.0, 1)])
+def test_an_evaluation_decodes_images_in_a_process_of_its_own_only_with_a_spare_cpu(
+    tmp_path, cpus, workers
+):
+    """On one CPU a decoding process only competes with generation (the smoke sweep's 2
+    trials on 2 cores); the trial's evaluation job says how many it gets."""
+    from harness import trial
+    from harness.spec import parse_spec
+
+    spec = parse_spec(
+        {
+            "name": "s",
+            "base": "tiny",
+            "tasks": ["mme"],
+            "objective": {"benchmark": "mme", "metric": "mme_perception_score"},
+            "resources": {"cpu": cpus, "gpu": 0},
+        }
+    )
+    ctx = trial.TrialContext(tmp_path, spec, "t-s0", "t", "t", 0, None, cpus=cpus)
+    data = trial.TrialData(None, str(tmp_path / "bench"), None, {})
+    job = trial._eval_job(ctx, tmp_path / "model", data, tmp_path / "eval")
+    assert job.loader_workers == workers == eval_job.loader_workers_for(cpus)
