@@ -194,6 +194,12 @@ def _tokenize_with_ends(
 ) -> tuple[list[int], list[int]]:
     """Ids of ``chunk`` and, per id, a character position inside the chunk that it covers."""
     if getattr(tokenizer, "is_fast", False):
+        backend = getattr(tokenizer, "backend_tokenizer", None)
+        if backend is not None and backend.truncation is None and backend.padding is None:
+            # the Rust tokenizer that tokenizer(...) calls, without the Python wrapper around
+            # it: half the time per call, and a training step tokenizes ~30 of them
+            enc = backend.encode(chunk, add_special_tokens=False)
+            return enc.ids, [e - 1 if e > s else s for s, e in enc.offsets]
         enc = tokenizer(chunk, add_special_tokens=False, return_offsets_mapping=True)
         return enc["input_ids"], [e - 1 if e > s else s for s, e in enc["offset_mapping"]]
     # No offsets (a Python tokenizer): a piece's first token is where tokenising the text
