@@ -35,9 +35,13 @@ class ReportError(ValueError):
 
 
 def build_report(
-    sweep_dir: str | Path, out_dir: str | Path | None = None, figures: bool = True
+    sweep_dir: str | Path,
+    out_dir: str | Path | None = None,
+    figures: bool = True,
+    workers: int = 1,
 ) -> Path:
-    """Write the report of SWEEP_DIR's results store; return the report folder."""
+    """Write the report of SWEEP_DIR's results store; return the report folder. ``workers``:
+    processes drawing the figures (`render_report`)."""
     sweep_dir = Path(sweep_dir)
     out = Path(out_dir) if out_dir is not None else sweep_dir / REPORT_DIRNAME
     if out.exists() and (not out.is_dir() or _foreign(out)):
@@ -45,7 +49,7 @@ def build_report(
             f"{out}: exists and is not a report folder (no index.md); the whole folder is "
             "replaced on each build, so pass a new or former report folder with --out."
         )
-    files = render_report(load_sweep(sweep_dir), figures=figures)
+    files = render_report(load_sweep(sweep_dir), figures=figures, workers=workers)
     with atomic_path(out) as tmp:
         tmp.mkdir()
         for rel, blob in sorted(files.items()):
@@ -75,8 +79,10 @@ def _foreign(path: Path) -> bool:
     return any(path.iterdir()) and not (path / "index.md").exists()
 
 
-def render_report(data: SweepData, figures: bool = True) -> dict[str, bytes]:
-    """Relative path -> bytes of every report file (pure: nothing is written)."""
+def render_report(data: SweepData, figures: bool = True, workers: int = 1) -> dict[str, bytes]:
+    """Relative path -> bytes of every report file (pure: nothing is written). With
+    ``workers`` > 1 the figures are drawn by that many forked processes (the same bytes; the
+    caller must hold no threads that a fork could leave holding a lock)."""
     summary = summarize(data)
     importance = param_importances(summary)
     tables = all_tables(summary)
@@ -87,15 +93,50 @@ def render_report(data: SweepData, figures: bool = True) -> dict[str, bytes]:
     figure_names: list[str] = []
     png: dict[str, bytes] = {}
     if figures:
-        for name, fig in all_figures(summary, importance).items():
-            for fmt in FIGURE_FORMATS:
-                files[f"figures/{name}.{fmt}"] = figure_bytes(fig, fmt)
+        drawn = all_figures(summary, importance)
+        files.update(_figure_files(drawn, workers))
+        for name in drawn:
             png[name] = files[f"figures/{name}.png"]
             figure_names.append(name)
     effects = effect_lines(summary)
     files["index.md"] = index_markdown(summary, importance, tables, figure_names, effects).encode()
     files["index.html"] = index_html(summary, importance, tables, png, effects).encode()
     return files
+
+
+_DRAWN: dict = {}  # the figures a forked drawing process reads (set around the pool)
+
+
+def _figure_files(drawn: dict, workers: int) -> dict[str, bytes]:
+    """``figures/<name>.<fmt>`` -> bytes. One job per figure, its formats in order: drawing
+    one format lays the figure out for the next, so a figure's formats stay together."""
+    import multiprocessing
+    from concurrent.futures import ProcessPoolExecutor
+
+    names = list(drawn)
+    if workers > 1 and len(names) > 1 and "fork" in multiprocessing.get_all_start_methods():
+        _DRAWN.update(drawn)  # forked processes inherit the figures; nothing is pickled
+        try:
+            context = multiprocessing.get_context("fork")
+            with ProcessPoolExecutor(workers, mp_context=context) as pool:
+                blobs = list(pool.map(_draw, names))
+        finally:
+            _DRAWN.clear()
+    else:
+        blobs = [_formats(drawn[name]) for name in names]
+    return {
+        f"figures/{name}.{fmt}": blob
+        for name, formats in zip(names, blobs)
+        for fmt, blob in zip(FIGURE_FORMATS, formats)
+    }
+
+
+def _formats(fig) -> list[bytes]:
+    return [figure_bytes(fig, fmt) for fmt in FIGURE_FORMATS]
+
+
+def _draw(name: str) -> list[bytes]:
+    return _formats(_DRAWN[name])
 
 
 def _meaning_lines(summary: Summary) -> list[str]:

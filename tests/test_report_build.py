@@ -124,3 +124,14 @@ def test_heatmap_fits_long_category_names_with_few_variants():
         warnings.simplefilter("error")
         figure_bytes(fig, "png")
     assert fig.get_size_inches()[1] > 4.0
+
+
+def test_figures_drawn_by_two_processes_are_the_same_files(report, store, tmp_path):
+    """`mage-harness report` draws the figures in forked processes: every file, figures
+    (PNG and PDF) included, is byte for byte the one a single process writes."""
+    parallel = build_report(store, out_dir=tmp_path / "parallel", workers=2)
+    files = sorted(p.relative_to(report) for p in report.rglob("*") if p.is_file())
+    assert [p for p in files if p.suffix == ".pdf"]  # figures were drawn
+    assert files == sorted(p.relative_to(parallel) for p in parallel.rglob("*") if p.is_file())
+    for rel in files:
+        assert (parallel / rel).read_bytes() == (report / rel).read_bytes(), rel

@@ -8,6 +8,7 @@ module only parses arguments."""
 from __future__ import annotations
 
 import argparse
+import os
 import sys
 import time
 from pathlib import Path
@@ -66,7 +67,9 @@ def run(args: argparse.Namespace) -> int:
     # build_report refuses a folder of other files; the whole folder is replaced, so never
     # the current folder or one above it
     check_output_dir(out, "a report folder", lambda p: (p / "index.md").is_file(), replaces=True)
-    out = build_report(args.sweep_dir, out_dir=out, figures=not args.no_figures)
+    # this process holds no threads: its figures can be drawn by forked processes
+    workers = min(2, os.cpu_count() or 1)
+    out = build_report(args.sweep_dir, out_dir=out, figures=not args.no_figures, workers=workers)
     print(f"report written to {out} in {time.perf_counter() - started:.0f} s")
     print(f"  open {out / 'index.html'} (self-contained) or {out / 'index.md'}")
     return 0
