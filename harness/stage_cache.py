@@ -64,6 +64,7 @@ def content_hash(data: Any) -> str:
     return hashlib.sha1(json.dumps(data, sort_keys=True, default=str).encode()).hexdigest()[:16]
 
 
+@functools.cache  # the stage and eval scopes share most files; parsing is the cost
 def code_digest(source: str) -> str:
     """Hash of Python source as code: its AST without docstrings (comments and layout are
     not in an AST), so only changes to what the code does change it."""
