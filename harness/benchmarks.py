@@ -22,13 +22,12 @@ from __future__ import annotations
 
 import hashlib
 import json
-import os
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
-from mage.io import atomic_path, atomic_write_json
+from mage.io import atomic_path, atomic_write_json, cache_root
 
 MANIFEST = "benchmarks.json"
 
@@ -72,10 +71,6 @@ OFFICIAL: dict[str, Official] = {
 
 class BenchmarkDataError(RuntimeError):
     """A benchmark folder is missing, partial or not in the official schema."""
-
-
-def cache_root() -> Path:
-    return Path(os.environ.get("MAGE_CACHE_DIR") or Path.home() / ".cache" / "mage-harness")
 
 
 # ---- the data folder's manifest -----------------------------------------------------------

@@ -25,7 +25,7 @@ from pathlib import Path
 from typing import Any
 
 from mage.config import DataSource, MageConfig
-from mage.io import atomic_write_text
+from mage.io import atomic_write_text, cache_root
 
 STAGES = ("stage1", "stage2")
 _memo: dict[tuple, str] = {}  # file identity -> digest, for this process
@@ -33,8 +33,7 @@ _memo: dict[tuple, str] = {}  # file identity -> digest, for this process
 
 def cache_dir() -> Path:
     """``$MAGE_CACHE_DIR/fingerprints``, else ``~/.cache/mage-harness/fingerprints``."""
-    root = os.environ.get("MAGE_CACHE_DIR") or Path.home() / ".cache" / "mage-harness"
-    return Path(root) / "fingerprints"
+    return cache_root() / "fingerprints"
 
 
 def _sha1(data: Any) -> str:

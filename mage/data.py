@@ -274,8 +274,8 @@ class Collator:
         batch = {"input_ids": input_ids, "attention_mask": attention_mask, "labels": label_ids}
         if skipped:
             batch["skipped"] = skipped
-        if self.features is not None:  # even with no image: the model then knows no rank
-            rows = [self.features.get(p) for p in images]  # runs the tower (FSDP)
+        if self.features is not None:  # even with no image: the model then knows that no
+            rows = [self.features.get(p) for p in images]  # rank runs the tower (FSDP)
             batch["image_features"] = torch.stack(rows) if rows else self.features.empty()
         elif images:
             batch["pixel_values"] = self.preprocess(images)

@@ -15,6 +15,11 @@ from pathlib import Path
 from typing import Any
 
 
+def cache_root() -> Path:
+    """The project's cache folder: ``$MAGE_CACHE_DIR``, else ``~/.cache/mage-harness``."""
+    return Path(os.environ.get("MAGE_CACHE_DIR") or Path.home() / ".cache" / "mage-harness")
+
+
 class PathError(ValueError):
     """A path the project refuses to write: it has no name, or it is an existing folder (or
     file) the writing command did not make; the message names it and says how to proceed."""

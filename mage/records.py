@@ -7,10 +7,10 @@ disk. Every later trial, rank and DataLoader worker opens that table memory-mapp
 parsing a JSON of hundreds of thousands of records again, and nothing keeps decoded images.
 
 Tables live under a cache folder (`default_records_dir`: ``$MAGE_RECORDS_DIR``, else
-``$MAGE_CACHE_DIR/records``, else ``~/.cache/mage-harness/records``; a sweep passes its own ``SWEEP_DIR/records`` so that every
-node of a cluster sees them, linked from and to the user's cache), named by a hash of the
-file's path, size and modification time and of the parsing options, and built under a file
-lock, so concurrent trials build one table.
+``$MAGE_CACHE_DIR/records``, else ``~/.cache/mage-harness/records``; a sweep passes its own
+``SWEEP_DIR/records`` so that every node of a cluster sees them, linked from and to the
+user's cache), named by a hash of the file's path, size and modification time and of the
+parsing options, and built under a file lock, so concurrent trials build one table.
 
 Columns: ``id``, ``conversations`` (the turns as JSON text), ``image`` (absolute path or
 None), ``caption`` (the record's own, or for caption data the first reply), ``kind``,
@@ -38,10 +38,10 @@ class DataError(ValueError):
 def default_records_dir() -> Path:
     """``$MAGE_RECORDS_DIR``, else ``$MAGE_CACHE_DIR/records``, else
     ``~/.cache/mage-harness/records``."""
-    if env := os.environ.get("MAGE_RECORDS_DIR"):
-        return Path(env)
-    root = os.environ.get("MAGE_CACHE_DIR") or Path.home() / ".cache" / "mage-harness"
-    return Path(root) / "records"
+    from mage.io import cache_root
+
+    env = os.environ.get("MAGE_RECORDS_DIR")
+    return Path(env) if env else cache_root() / "records"
 
 
 def table_key(source: DataSource, caption_from_reply: bool) -> str:
