@@ -44,6 +44,10 @@ from harness.eval_tasks import (
     task_specs,
 )
 
+# lmms-eval scores documents in a thread pool (simple_evaluate's default: 4 threads); the
+# scorers of MME, MMBench and SEED are pure Python, which threads only slow down
+PROCESS_DOCS_PARALLEL = 1
+
 
 @dataclass
 class EvalResult:
@@ -89,6 +93,7 @@ def evaluate(
     budgets: str = "harness",
     device: str | None = None,
     mmbench_scoring: str | None = None,
+    tower_memo: str | Path | None = None,
 ) -> EvalResult:
     """Score a model (a MageModel, a checkpoint folder, or a `MageLMM`) with lmms-eval.
 
@@ -103,7 +108,9 @@ def evaluate(
     ``budgets`` picks the token budgets (`harness.eval_batches`); ``device`` places a model
     loaded from a checkpoint. ``mmbench_scoring``: ``gpt`` or ``static`` (`MMBENCH_SCORING`);
     default: decided here, once, from this process's environment (`mmbench_scoring_from_env`),
-    and recorded.
+    and recorded. ``tower_memo``: a folder where the tower's outputs on each batch are kept
+    for the next evaluation of a model with the same tower (`harness.eval_memo`; local data
+    only, whose content hashes name the batches).
 
     Raises EvalError when the data cannot be read, lmms-eval fails, or a task yields no
     scores; `eval_tables.EvalConsistencyError` when derived rows disagree with lmms-eval.
@@ -118,7 +125,8 @@ def evaluate(
     extraction = mmbench_choice(scoring)[1] if scoring else None
     out_dir = Path(out_dir)
     if data_dir is not None:
-        data_records = check_local_data(data_dir, benchmarks, limit, hash_content=rank == 0)
+        hashed = rank == 0 or tower_memo is not None
+        data_records = check_local_data(data_dir, benchmarks, limit, hash_content=hashed)
     else:
         from huggingface_hub import get_token
 
@@ -135,6 +143,11 @@ def evaluate(
 
     from lmms_eval.evaluator import simple_evaluate
 
+    if tower_memo is not None and data_dir is not None and lm._is_mage():
+        from harness.eval_memo import TowerMemo
+
+        content = {names[b]: data_records[b]["content_sha256"] for b in benchmarks}
+        lm.tower_memo = TowerMemo(tower_memo, lm.model, content, lm.background)
     lm.reset_timings()
     cli_args = argparse.Namespace(output_path=str(out_dir / "lmms_eval"), process_with_media=False)
     began = time.time()
@@ -149,6 +162,7 @@ def evaluate(
                 bootstrap_iters=0,
                 cli_args=cli_args,
                 verbosity="WARNING",
+                process_docs_parallel=PROCESS_DOCS_PARALLEL,
                 task_manager=task_manager(),
                 # as lmms-eval's own command line decides: torchrun collectives inside a group
                 distributed_executor_backend="torchrun" if world > 1 else "accelerate",

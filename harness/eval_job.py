@@ -31,6 +31,7 @@ class EvalJob:
     mmbench_scoring: str | None = None  # decided once by the sweep's driver
     threads: int = 1
     loader_workers: int = 1  # processes decoding images ahead of generation (0: inline)
+    tower_memo: str | None = None  # the tower's outputs kept between evaluations (eval_memo)
 
 
 def loader_workers_for(cpus: float) -> int:
@@ -69,6 +70,7 @@ def run_eval(job: EvalJob, device=None) -> None:
             max_new_tokens_cap=job.max_new_tokens,
             mmbench_scoring=job.mmbench_scoring,
             loader_workers=job.loader_workers,
+            tower_memo=job.tower_memo,
         )
         scores, items, record = [result.scores], [result.items], result.record
     if rank == 0:

@@ -48,11 +48,11 @@ from harness.eval_batches import (
     Row,
     budget,
     doc_image,
-    loader,
     plan_batches,
     scored_enough,
     stop_strings,
 )
+from harness.eval_memo import batch_images
 from mage.images import parse_color
 
 MODEL_ID = "mage"
@@ -165,6 +165,9 @@ class MageLMM(lmms):
         self._rank, self._world_size = process_rank()
         self.checkpoint = None if checkpoint is None else str(checkpoint)
         self.model = model if model is not None else self._load(self.checkpoint, device)
+        # the frozen tower's outputs kept between evaluations (`harness.eval_memo`); set by
+        # `harness.eval.evaluate` when the model's config asks for cached tower outputs
+        self.tower_memo = None
         self.reset_timings()
 
     def reset_timings(self) -> None:
@@ -280,7 +283,13 @@ class MageLMM(lmms):
         length = (lambda context: len(prompts(context, True))) if prompts else len
         collator, batches = plan_batches(self._rows(requests), self.batch_size, length)
         prepare = (lambda image: preprocess_image(self.model, image)) if prompts else None
-        source = BatchSource(batches, self.task_dict, prepare, self.background)
+        images_of = batch_images(
+            batches,
+            lambda subset: BatchSource(subset, self.task_dict, prepare, self.background),
+            self.loader_workers,
+            self.tower_memo if prompts else None,
+            self.model,
+        )
         outputs: list[str] = []
         progress = tqdm(
             total=len(requests),
@@ -290,19 +299,19 @@ class MageLMM(lmms):
         seen: set[tuple[str, int]] = set()
         waited = time.perf_counter()
         with self._inference():
-            for batch in loader(source, self.loader_workers):
+            for index, images in images_of:
                 began = time.perf_counter()
-                rows = batches[batch.index]
+                rows = batches[index]
                 mage_only = {}
                 if prompts:
                     mage_only = {
                         "enough": [r.enough for r in rows],
                         "prompts": [
-                            prompts(r.context, im is not None) for r, im in zip(rows, batch.images)
+                            prompts(r.context, im is not None) for r, im in zip(rows, images)
                         ],
                     }
                 answers = self.model.generate(
-                    batch.images,
+                    images,
                     [r.context for r in rows],
                     max_new_tokens=[r.budget for r in rows],
                     stop=[r.stops for r in rows],

@@ -50,6 +50,7 @@ STAGE_PACKAGES = ("torch", "transformers", "open_clip_torch", "peft", "tokenizer
 EVAL_CODE = (
     "harness.eval",
     "harness.eval_batches",  # batching and reading windows shape the stored answers
+    "harness.eval_memo",
     "harness.eval_parallel",
     "harness.eval_tasks",
     "harness.eval_outputs",

@@ -315,7 +315,15 @@ def _eval_job(ctx: TrialContext, checkpoint: Path, data: TrialData, out: Path) -
         mmbench_scoring=spec.mmbench_scoring,
         threads=max(1, int(ctx.cpus)),
         loader_workers=loader_workers_for(ctx.cpus),
+        tower_memo=tower_memo_dir(data.config),
     )
+
+
+def tower_memo_dir(cfg: MageConfig) -> str | None:
+    """Where evaluations keep the frozen tower's outputs (`harness.eval_memo`): beside the
+    training's cached tower outputs, when the config asks for those (``vision.feature_cache``)."""
+    folder = cfg.feature_cache_dir() if cfg.vision.feature_cache else None
+    return str(Path(folder) / "eval") if folder else None
 
 
 def _evaluate(ctx: TrialContext, job: EvalJob) -> None:

@@ -52,7 +52,8 @@ class VisionConfig(_Section):
         None,
         description="folder of precomputed tower outputs of the training images ({assets}, "
         "{data} filled in): training reads them instead of decoding images and running the "
-        "tower; needs a frozen tower (mage.feature_cache)",
+        "tower; needs a frozen tower (mage.feature_cache). A sweep's evaluations keep the "
+        "tower's outputs on the benchmark images under <folder>/eval (harness.eval_memo)",
     )
 
     @field_validator("encoder")

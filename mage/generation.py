@@ -16,12 +16,14 @@ size 1 gives (``mage-harness bench eval`` checks this on real checkpoints).
 Images may be PIL images of any mode (converted by the tower's ``preprocess``, i.e.
 `mage.images`), ``None`` (a text-only question), or tensors ``[3, H, W]`` that
 `preprocess_image` already produced (the evaluation's loader does that in worker processes,
-off the generation loop).
+off the generation loop), or `TowerOutput`s: images already through the tower (an
+evaluation's memo of a frozen tower's outputs, `harness.eval_memo`).
 """
 
 from __future__ import annotations
 
 from collections.abc import Callable, Sequence
+from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
 import torch
@@ -49,6 +51,25 @@ def preprocess_image(model: MageModel, image: Any) -> torch.Tensor | None:
     return model.vision.preprocess([image])[0]
 
 
+@dataclass(eq=False)
+class TowerOutput:
+    """An image already through the vision tower: its outputs ``[patches, dim]``."""
+
+    features: torch.Tensor
+
+
+def tower_outputs(model: MageModel, images: Sequence[Any]) -> list:
+    """``images`` through the tower, as `image_tokens` would run it (the batch's distinct
+    images stacked in order of first appearance), one `TowerOutput` per distinct image."""
+    unique = {id(im): im for im in images if im is not None}
+    if not unique:
+        return list(images)
+    pixels = torch.stack([preprocess_image(model, im) for im in unique.values()])
+    features = model.vision(pixels.to(model.device).to(model.vision.dtype))
+    outputs = {key: TowerOutput(f) for key, f in zip(unique, features.unbind(0))}
+    return [None if im is None else outputs[id(im)] for im in images]
+
+
 def image_tokens(model: MageModel, images: Sequence[Any]) -> torch.Tensor | None:
     """Projected image tokens of the rows that have an image (None when none has).
 
@@ -59,8 +80,15 @@ def image_tokens(model: MageModel, images: Sequence[Any]) -> torch.Tensor | None
     if not present:
         return None
     unique = {id(im): im for im in present}  # first appearance order
-    pixels = [preprocess_image(model, im) for im in unique.values()]
-    tokens = model.encode_images(torch.stack(pixels).to(model.device))
+    passed = [isinstance(im, TowerOutput) for im in unique.values()]
+    if all(passed):
+        features = torch.stack([im.features for im in unique.values()])
+        tokens = model.project_features(features.to(model.device))
+    elif any(passed):
+        raise ValueError("generate: a batch mixes tower outputs with images")
+    else:
+        pixels = [preprocess_image(model, im) for im in unique.values()]
+        tokens = model.encode_images(torch.stack(pixels).to(model.device))
     if len(unique) == len(present):
         return tokens
     slot = {key: i for i, key in enumerate(unique)}

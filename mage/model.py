@@ -293,8 +293,9 @@ class MageModel(nn.Module):
     ) -> list[str]:
         """Greedy answers, batched with left padding and a KV cache; a row stops at EOS, its
         budget, a stop string or once ``enough(answer)`` holds, and leaves the batch. Same
-        answers as batch size 1. ``images``: PIL (any mode), None, or
-        `mage.generation.preprocess_image` tensors; ``prompts``: their `prompt_ids`, if known."""
+        answers as batch size 1. ``images``: PIL (any mode), None,
+        `mage.generation.preprocess_image` tensors or `mage.generation.TowerOutput`s;
+        ``prompts``: their `prompt_ids`, if known."""
         return generation.generate(self, images, questions, max_new_tokens, stop, enough, prompts)
 
     def loglikelihood(

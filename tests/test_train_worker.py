@@ -64,6 +64,7 @@ def test_an_evaluation_decodes_images_in_a_process_of_its_own_only_with_a_spare_
     trials on 2 cores); the trial's evaluation job says how many it gets."""
     from harness import trial
     from harness.spec import parse_spec
+    from mage.presets import get_preset
 
     spec = parse_spec(
         {
@@ -75,6 +76,8 @@ def test_an_evaluation_decodes_images_in_a_process_of_its_own_only_with_a_spare_
         }
     )
     ctx = trial.TrialContext(tmp_path, spec, "t-s0", "t", "t", 0, None, cpus=cpus)
-    data = trial.TrialData(None, str(tmp_path / "bench"), None, {})
+    config = get_preset("tiny-test")
+    data = trial.TrialData(config, str(tmp_path / "bench"), None, {})
     job = trial._eval_job(ctx, tmp_path / "model", data, tmp_path / "eval")
     assert job.loader_workers == workers == eval_job.loader_workers_for(cpus)
+    assert job.tower_memo is None  # no cached tower outputs asked for
