@@ -119,3 +119,37 @@ def test_every_rank_ends_when_rank_0_fails_to_write(trained_checkpoint, test_wor
         ended = (tmp_path / f"ended.{rank}").read_text()
         assert "rank 0 could not score the evaluation: OSError" in ended, (rank, ended)
         assert "No space left on device" in ended
+
+
+def test_a_second_evaluation_reads_the_kept_tower_outputs_and_scores_alike(
+    trained_checkpoint, test_world, tmp_path, monkeypatch
+):
+    """`harness.eval_memo` through real lmms-eval: the first evaluation with ``tower_memo``
+    keeps each batch's tower outputs, the second runs the tower on no image, and both give
+    the answers, scores and items of an evaluation without the memo."""
+    from mage.model import MageModel
+
+    monkeypatch.setenv("HF_DATASETS_OFFLINE", "1")
+    monkeypatch.setenv("HF_HUB_OFFLINE", "1")
+    data = Path(test_world.bench["mme"]).parent
+    model = MageModel.from_pretrained(trained_checkpoint)
+    towered: list[int] = []
+    real_tower = model.vision.forward
+    monkeypatch.setattr(model.vision, "forward", lambda x: towered.append(len(x)) or real_tower(x))
+    run = lambda name, memo: evaluate(  # noqa: E731
+        model, data_dir=data, out_dir=tmp_path / name, batch_size=4, tower_memo=memo
+    )
+    plain = run("plain", None)
+    assert sum(towered) > 0
+    towered.clear()
+    cold = run("cold", tmp_path / "memo")
+    kept = list((tmp_path / "memo").glob("*/*.safetensors"))
+    assert len(kept) == len(towered) > 0  # one file per batch, one tower call each
+    towered.clear()
+    warm = run("warm", tmp_path / "memo")
+    assert towered == []
+    scored = lambda frame: _sorted(frame[frame.benchmark != "eval"])  # noqa: E731 (not costs)
+    for result, name in ((cold, "cold"), (warm, "warm")):
+        assert _answers(tmp_path / name) == _answers(tmp_path / "plain")
+        pd.testing.assert_frame_equal(scored(result.scores), scored(plain.scores))
+        pd.testing.assert_frame_equal(_sorted(result.items), _sorted(plain.items))
