@@ -63,6 +63,9 @@ class TowerMemo:
         parts = [[r.task, self.task_content[r.task], r.split, int(r.doc_id)] for r in rows]
         return hashlib.sha256(json.dumps(parts).encode()).hexdigest()
 
+    def holds(self, key: str) -> bool:
+        return (self.folder / f"{key}.safetensors").is_file()
+
     def load(self, key: str) -> list | None:
         """The batch's images as `TowerOutput`s (None for a row without one), or None."""
         from mage.generation import TowerOutput
@@ -103,19 +106,16 @@ def batch_images(
     from mage.generation import tower_outputs
 
     keys = [memo.key(rows) if memo is not None else None for rows in batches]
-    kept = {
-        k: saved
-        for k, key in enumerate(keys)
-        if key is not None and (saved := memo.load(key)) is not None
-    }
-    todo = [k for k in range(len(batches)) if k not in kept]
-    fresh = iter(loader(make_source([batches[k] for k in todo]), workers))
-    for k in range(len(batches)):
-        if k in kept:
-            yield k, kept.pop(k)
-            continue
-        images = next(fresh).images
-        if memo is not None and keys[k] is not None:
-            images = tower_outputs(model, images)
-            memo.store(keys[k], images)
+    # which batches to decode, decided up front (the loader prepares them ahead); the kept
+    # ones are read one at a time (a whole benchmark of CLIP-L outputs would take GBs)
+    kept = {k for k, key in enumerate(keys) if key is not None and memo.holds(key)}
+    todo = [rows for k, rows in enumerate(batches) if k not in kept]
+    fresh = iter(loader(make_source(todo), workers))
+    for k, key in enumerate(keys):
+        images = memo.load(key) if k in kept else None
+        if images is None:  # not kept, or its file became unreadable: decode it here
+            images = next(fresh).images if k not in kept else make_source([batches[k]])[0].images
+            if key is not None:
+                images = tower_outputs(model, images)
+                memo.store(key, images)
         yield k, images

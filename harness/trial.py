@@ -322,7 +322,7 @@ def _eval_job(ctx: TrialContext, checkpoint: Path, data: TrialData, out: Path) -
 def tower_memo_dir(cfg: MageConfig) -> str | None:
     """Where evaluations keep the frozen tower's outputs (`harness.eval_memo`): beside the
     training's cached tower outputs, when the config asks for those (``vision.feature_cache``)."""
-    folder = cfg.feature_cache_dir() if cfg.vision.feature_cache else None
+    folder = cfg.feature_cache_dir()
     return str(Path(folder) / "eval") if folder else None
 
 

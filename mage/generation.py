@@ -79,16 +79,14 @@ def image_tokens(model: MageModel, images: Sequence[Any]) -> torch.Tensor | None
     present = [im for im in images if im is not None]
     if not present:
         return None
+    passed = [isinstance(im, TowerOutput) for im in present]
+    if not all(passed):
+        if any(passed):
+            raise ValueError("generate: a batch mixes tower outputs with images")
+        present = tower_outputs(model, present)  # one object per distinct image stays one
     unique = {id(im): im for im in present}  # first appearance order
-    passed = [isinstance(im, TowerOutput) for im in unique.values()]
-    if all(passed):
-        features = torch.stack([im.features for im in unique.values()])
-        tokens = model.project_features(features.to(model.device))
-    elif any(passed):
-        raise ValueError("generate: a batch mixes tower outputs with images")
-    else:
-        pixels = [preprocess_image(model, im) for im in unique.values()]
-        tokens = model.encode_images(torch.stack(pixels).to(model.device))
+    features = torch.stack([im.features for im in unique.values()])
+    tokens = model.project_features(features.to(model.device))
     if len(unique) == len(present):
         return tokens
     slot = {key: i for i, key in enumerate(unique)}

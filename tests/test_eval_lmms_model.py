@@ -341,10 +341,10 @@ def test_questions_of_one_image_share_a_batch_and_its_encoding(monkeypatch):
         )
         for i in range(6)
     ]  # fmt: skip
-    encoded: list[int] = []
-    real = model.encode_images
+    encoded: list[int] = []  # images per tower call
+    real = model.vision.forward
     monkeypatch.setattr(
-        model, "encode_images", lambda pixels: (encoded.append(len(pixels)), real(pixels))[1]
+        model.vision, "forward", lambda pixels: (encoded.append(len(pixels)), real(pixels))[1]
     )
     preprocessed: list[int] = []  # counted in this process: loader_workers=0 only
     tower_preprocess = model.vision.preprocess
